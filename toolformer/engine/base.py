@@ -1,0 +1,119 @@
+"""The LM engine interface: exactly what the annotation method needs from a language model.
+
+Four primitives, each over a batch:
+- ``start_probs``: for every position of a prompt, the probability that the next token starts a call
+  (a lower and an upper bound; equal where the engine knows it exactly);
+- ``token_logprobs_after``: the exact log-probability of one given token after each given prefix;
+- ``sequence_logprobs``: log p(seq[j] | seq[:j]) for the tail of each sequence (scoring);
+- ``sample``: m continuations per prompt, stopping at a stop string.
+Token ids in, numbers out: the caller concatenates ids and never re-tokenizes, so a text's tokens are
+identical in every variant that is compared.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from toolformer.calls import start_token_ids
+
+
+@dataclass
+class StartProbs:
+    """p(start of call) at positions ``start..len(seq)-1``; ``lower == upper`` where exact."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @property
+    def exact(self) -> np.ndarray:
+        return self.lower == self.upper
+
+
+@dataclass
+class Sample:
+    text: str  # continuation, without the stop string
+    closed: bool  # ended on the stop string (not on the token limit)
+    num_tokens: int
+
+
+def doc_start_ids(tokenizer) -> list[int]:
+    """What a document starts with in pretraining: the BOS the tokenizer adds, else ``<|endoftext|>``.
+
+    Scoring contexts begin with it so that the first token of a text has a context, and a prefixed call
+    and the empty prefix are compared on equal terms.
+    """
+    added = tokenizer("", add_special_tokens=True).input_ids
+    if added:
+        return list(added)
+    vocab = tokenizer.get_vocab()
+    for name in ("<|endoftext|>", "</s>", "<s>"):
+        if name in vocab:
+            return [vocab[name]]
+    if tokenizer.eos_token_id is not None:
+        return [tokenizer.eos_token_id]
+    raise ValueError("tokenizer has no BOS, <|endoftext|> or EOS token to start a document with")
+
+
+class Engine(abc.ABC):
+    """One model, one dtype. A run's filtering decisions come from one engine instance's numbers."""
+
+    backend: str
+    dtype: str
+    model_path: str
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.start_ids: list[int] = start_token_ids(tokenizer)
+        self.doc_start: list[int] = doc_start_ids(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc.input_ids), [tuple(o) for o in enc.offset_mapping]
+
+    @abc.abstractmethod
+    def start_probs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int], exact: bool) -> list[StartProbs]:
+        """Start-of-call probability before each token ``seq[j]`` for ``j >= start`` (given ``seq[:j]``).
+
+        ``exact=False`` allows cheap bounds (top-k log-probs); ``exact=True`` asks for exact values.
+        """
+
+    @abc.abstractmethod
+    def token_logprobs_after(self, prefixes: Sequence[Sequence[int]], tokens: Sequence[int]) -> np.ndarray:
+        """Exact log p(tokens[b] | prefixes[b]) for each b."""
+
+    @abc.abstractmethod
+    def sequence_logprobs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> list[np.ndarray]:
+        """log p(seq[j] | seq[:j]) for ``j`` in ``start..len(seq)-1`` (``start >= 1``)."""
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int,
+        max_tokens: int,
+        stop: str,
+        temperature: float,
+        seeds: Sequence[int],
+    ) -> list[list[Sample]]:
+        """``n`` sampled continuations per prompt, each ending at ``stop`` or after ``max_tokens``."""
+
+    def close(self) -> None:
+        """Release the model (vLLM's engine core must be shut down explicitly)."""
+
+    def describe(self) -> dict:
+        """Recorded in a run's metadata: which numbers made the filtering decisions."""
+        return {"backend": self.backend, "dtype": self.dtype, "model": self.model_path}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

