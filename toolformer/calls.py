@@ -87,6 +87,15 @@ def _find_arrow(text: str, start: int) -> tuple[int, int]:
     return -1, -1
 
 
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def parse_call(text: str, tools: Iterable[str] | None = None) -> Call | None:
     """Parse one call, tolerant of what a sampling LM writes.
 
@@ -121,7 +130,7 @@ def parse_call(text: str, tools: Iterable[str] | None = None) -> Call | None:
         if not tail.endswith(")"):
             return None  # e.g. a sample cut mid-input
         raw_input, result = tail[:-1], None
-    if raw_input.count("(") != raw_input.count(")"):
+    if not _balanced(raw_input):
         return None
     return Call(name, _unquote(raw_input), result if result else None)
 

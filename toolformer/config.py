@@ -37,7 +37,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.85
     cpu_kv_cache_gib: float = 2.0
     block_size: Optional[int] = 32  # small blocks: forced one-token requests recompute < 32 tokens
-    top_logprobs: int = 20  # what decides p > tau_s cheaply
+    # Top-k log-probs per position decide p > tau_s cheaply; on CPU 100 cost the same as 20 and leave
+    # ~5x fewer positions to compute exactly when tau_s < 0.05.
+    top_logprobs: int = 100
     hf_max_batch_tokens: int = 8192
 
 

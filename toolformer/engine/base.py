@@ -78,10 +78,13 @@ class Engine(abc.ABC):
         return list(enc.input_ids), [tuple(o) for o in enc.offset_mapping]
 
     @abc.abstractmethod
-    def start_probs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int], exact: bool) -> list[StartProbs]:
+    def start_probs(
+        self, seqs: Sequence[Sequence[int]], starts: Sequence[int], top_k: int | None = None
+    ) -> list[StartProbs]:
         """Start-of-call probability before each token ``seq[j]`` for ``j >= start`` (given ``seq[:j]``).
 
-        ``exact=False`` allows cheap bounds (top-k log-probs); ``exact=True`` asks for exact values.
+        Engines may return bounds (``lower < upper``) from the ``top_k`` most likely tokens where exact
+        values would cost more; ``annotate.positions`` asks ``token_logprobs_after`` for the few that matter.
         """
 
     @abc.abstractmethod

@@ -69,7 +69,7 @@ class HFEngine(Engine):
                 yield b, logprobs[row, : len(seqs[b])]
 
     # -- interface ---------------------------------------------------------------------------------------
-    def start_probs(self, seqs, starts, exact=True):
+    def start_probs(self, seqs, starts, top_k=None):
         out: list[StartProbs | None] = [None] * len(seqs)
         ids = torch.tensor(self.start_ids)
         for b, logprobs in self._log_softmax(seqs):

@@ -76,6 +76,7 @@ class VLLMEngine(Engine):
 
         self.model_path, self.dtype = model_path, dtype
         self.top_logprobs = top_logprobs
+        self.enable_prefix_caching = enable_prefix_caching
         kwargs = dict(
             model=model_path,
             dtype=dtype,
@@ -118,48 +119,51 @@ class VLLMEngine(Engine):
         return self.llm.generate(prompts, params, use_tqdm=False)
 
     # -- interface ---------------------------------------------------------------------------------------
-    def start_probs(self, seqs, starts, exact=False):
+    def _prompt_logprobs(self, seqs, starts, k: int) -> list:
+        """Prompt log-probs (top ``k`` plus the actual token) valid for rows ``j >= start``.
+
+        vLLM skips prefix-cache reads for prompt-log-prob requests by default because cached positions get
+        no log-probs. We only need the rows after the shared few-shot prompt, so we read the cache and
+        check: row j is computed iff ``j - 1 >= num_cached_tokens``. Requests whose cache reached into the
+        needed rows (a text seen before) are recomputed without the cache.
+        """
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=self.top_logprobs, detokenize=False)
-        outputs = self._generate(seqs, params)
+        def params(skip: bool):
+            return SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False, skip_reading_prefix_cache=skip)
+
+        outputs = self._generate(seqs, params(not self.enable_prefix_caching))
+        redo = [b for b, o in enumerate(outputs) if (o.num_cached_tokens or 0) > starts[b] - 1]
+        if redo:
+            again = self._generate([seqs[b] for b in redo], params(True))
+            for b, o in zip(redo, again):
+                outputs[b] = o
+        return [o.prompt_logprobs for o in outputs]
+
+    def start_probs(self, seqs, starts, top_k: int | None = None):
+        k = min(top_k or self.top_logprobs, self.top_logprobs)
         ids = self.start_ids
         result = []
-        for seq, start, out in zip(seqs, starts, outputs):
+        for seq, start, rows in zip(seqs, starts, self._prompt_logprobs(seqs, starts, k)):
             n = len(seq) - start
             lower = np.zeros(n)
             missing = np.zeros(n)
             floor = np.zeros(n)
             for pos in range(n):
-                entries = out.prompt_logprobs[start + pos]
+                entries = rows[start + pos]
                 # The actual next token is always included; only ranks <= k make up the top-k.
-                top = [lp.logprob for lp in entries.values() if lp.rank is not None and lp.rank <= self.top_logprobs]
-                floor[pos] = math.exp(min(top)) if len(top) >= self.top_logprobs else 0.0
+                top = [lp.logprob for lp in entries.values() if lp.rank is not None and lp.rank <= k]
+                floor[pos] = math.exp(min(top)) if len(top) >= k else 0.0
                 for tok in ids:
                     lp = entries.get(tok)
                     if lp is None:
                         missing[pos] += 1
                     else:
                         lower[pos] += math.exp(lp.logprob)
-            upper = lower + missing * floor
-            # With the whole top-k seen (fewer entries than k means the vocabulary ran out) a missing
-            # variant has probability at most the k-th largest; where every variant was found, it is exact.
-            probs = StartProbs(lower, np.where(missing > 0, upper, lower))
-            if exact:
-                probs = self._refine(seq, start, probs)
-            result.append(probs)
+            # A variant missing from the top k has probability at most the k-th largest; where every
+            # variant was found the value is exact (lower == upper).
+            result.append(StartProbs(lower, np.where(missing > 0, lower + missing * floor, lower)))
         return result
-
-    def _refine(self, seq, start, probs: StartProbs) -> StartProbs:
-        todo = np.flatnonzero(~probs.exact)
-        if len(todo) == 0:
-            return probs
-        prefixes = [list(seq[: start + pos]) for pos in todo for _ in self.start_ids]
-        tokens = [tok for _ in todo for tok in self.start_ids]
-        p = np.exp(self.token_logprobs_after(prefixes, tokens)).reshape(len(todo), len(self.start_ids)).sum(1)
-        lower, upper = probs.lower.copy(), probs.upper.copy()
-        lower[todo] = upper[todo] = p
-        return StartProbs(lower, upper)
 
     def token_logprobs_after(self, prefixes, tokens):
         from vllm import SamplingParams
@@ -178,13 +182,9 @@ class VLLMEngine(Engine):
         return out
 
     def sequence_logprobs(self, seqs, starts):
-        from vllm import SamplingParams
-
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
-        outputs = self._generate(seqs, params)
         result = []
-        for seq, start, out in zip(seqs, starts, outputs):
-            result.append(np.array([out.prompt_logprobs[j][seq[j]].logprob for j in range(start, len(seq))]))
+        for seq, start, rows in zip(seqs, starts, self._prompt_logprobs(seqs, starts, 0)):
+            result.append(np.array([rows[j][seq[j]].logprob for j in range(start, len(seq))]))
         return result
 
     def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds):

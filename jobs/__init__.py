@@ -1,0 +1,1 @@
+"""Job entry points: thin shells over the toolformer library, one per job."""

@@ -1,0 +1,35 @@
+"""What every job's command line shares: ``--config FILE`` and dotted overrides (``key.sub=value``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from toolformer.config import RunConfig, load_config
+
+
+def offline_by_default() -> None:
+    """Hub lookups fail in 2 s instead of retrying for 46 s when there is no network; a user with
+    network access sets HF_HUB_OFFLINE=0."""
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse(description: str, argv: Sequence[str] | None = None, default_config: str | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=default_config, help="YAML config (see jobs/configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. corpus.limit=10 annotate.tools=[Calculator]")
+    args = parser.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"overrides must look like key.sub=value, got: {' '.join(bad)}")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except Exception as exc:  # omegaconf's errors name the bad key; show that, not a traceback
+        parser.error(str(exc).splitlines()[0])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return cfg, args

@@ -1,0 +1,1 @@
+"""Annotation: positions, sampling, execution, scoring and filtering (DESIGN §1.2)."""

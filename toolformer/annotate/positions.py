@@ -1,0 +1,70 @@
+"""Where to sample calls: positions with ``p_i > τs``, at most the k best (DESIGN §1.2 step 2).
+
+Engines may give bounds instead of exact values (vLLM's top-20 log-probs). A position is settled without
+more work when its upper bound cannot reach the selection; only positions whose bound straddles the bar
+are computed exactly, with one forced one-token request per missing start variant.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from toolformer.engine.base import Engine, StartProbs
+
+
+def _bar(lower: np.ndarray, tau_s: float, k: int) -> float:
+    """A value every selected position must exceed: τs, or the k-th best certain lower bound."""
+    certain = np.sort(lower[lower > tau_s])[::-1]
+    return max(tau_s, float(certain[k - 1])) if len(certain) >= k else tau_s
+
+
+def needs_exact(probs: StartProbs, tau_s: float, k: int) -> np.ndarray:
+    """Indices whose exact value could change the selection."""
+    bar = _bar(probs.lower, tau_s, k)
+    return np.flatnonzero(~probs.exact & (probs.upper > bar) & (probs.upper > tau_s))
+
+
+def choose(p: np.ndarray, tau_s: float, k: int) -> list[tuple[int, float]]:
+    """(index, p) of the at most k best positions with ``p > τs``, best first (ties: earlier first)."""
+    idx = np.flatnonzero(p > tau_s)
+    order = sorted(idx.tolist(), key=lambda j: (-p[j], j))[:k]
+    return [(j, float(p[j])) for j in order]
+
+
+def select_positions(
+    engine: Engine,
+    seqs: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    tau_s: float,
+    k: int,
+    top_logprobs: int | None = None,
+) -> tuple[list[list[tuple[int, float]]], dict]:
+    """Selected (text index, p_start) per sequence, and counters of how much exact work was needed.
+
+    ``seqs[b] = P(x) + x`` and ``starts[b] = len(P(x))``; text index j means the call goes before x[j].
+    ``top_logprobs`` caps how many log-probs per position an engine may use for its bounds.
+    """
+    probs = engine.start_probs(seqs, starts, top_logprobs)
+    todo = [needs_exact(p, tau_s, k) for p in probs]
+    prefixes, tokens = [], []
+    for seq, start, idx in zip(seqs, starts, todo):
+        for j in idx:
+            for tok in engine.start_ids:
+                prefixes.append(list(seq[: start + j]))
+                tokens.append(tok)
+    exact = np.exp(engine.token_logprobs_after(prefixes, tokens)) if prefixes else np.zeros(0)
+    per_pos = exact.reshape(-1, len(engine.start_ids)).sum(1) if len(exact) else exact
+    out, cursor = [], 0
+    for p, idx in zip(probs, todo):
+        values = p.lower.copy()
+        values[idx] = per_pos[cursor : cursor + len(idx)]
+        cursor += len(idx)
+        out.append(choose(values, tau_s, k))
+    stats = {
+        "positions_scanned": int(sum(len(p.lower) for p in probs)),
+        "positions_exact_from_topk": int(sum(p.exact.sum() for p in probs)),
+        "positions_refined": int(sum(len(i) for i in todo)),
+    }
+    return out, stats
