@@ -30,6 +30,8 @@ def parse(description: str, argv: Sequence[str] | None = None, default_config: s
     try:
         cfg = load_config(args.config, args.overrides)
     except Exception as exc:  # omegaconf's errors name the bad key; show that, not a traceback
-        parser.error(str(exc).splitlines()[0])
+        lines = str(exc).splitlines()
+        key = next((line.split(":", 1)[1].strip() for line in lines if "full_key:" in line), None)
+        parser.error(f"{key}: {lines[0]}" if key else lines[0])
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     return cfg, args

@@ -130,9 +130,11 @@ def parse_call(text: str, tools: Iterable[str] | None = None) -> Call | None:
         if not tail.endswith(")"):
             return None  # e.g. a sample cut mid-input
         raw_input, result = tail[:-1], None
-    if not _balanced(raw_input):
+    value = _unquote(raw_input)
+    quoted = value != raw_input.strip()
+    if not quoted and not _balanced(raw_input):
         return None
-    return Call(name, _unquote(raw_input), result if result else None)
+    return Call(name, value, result if result else None)
 
 
 @dataclass(frozen=True)

@@ -285,26 +285,21 @@ def chunk_document(doc: Document, tokenizer, max_tokens: int) -> list[TextChunk]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc.offset_mapping
     spans: list[tuple[int, int]] = []
-    if len(offsets) <= max_tokens:
-        spans.append((0, len(text)))
-    else:
-        starts = [o[0] for o in offsets]
-        tok = 0
-        while tok < len(offsets):
-            end_tok = min(tok + max_tokens, len(offsets))
-            c0 = offsets[tok][0]
-            if end_tok == len(offsets):
-                spans.append((c0, len(text)))
-                break
-            c1 = offsets[end_tok][0]
-            half = offsets[tok + max_tokens // 2][0]
-            cut = None
-            for m in _BREAK.finditer(text, half, c1):
-                cut = m.end()
-            c1 = cut if cut and cut > c0 else c1
-            spans.append((c0, c1))
-            nxt = bisect.bisect_left(starts, c1)
-            tok = max(nxt, tok + 1)
+    ends = [o[1] for o in offsets]
+    c0, tok = 0, 0
+    while tok < len(offsets):
+        end_tok = tok + max_tokens
+        if end_tok >= len(offsets):
+            spans.append((c0, len(text)))
+            break
+        c1 = offsets[end_tok][0]
+        cut = None
+        for m in _BREAK.finditer(text, offsets[tok + max_tokens // 2][0], c1):
+            cut = m.end()
+        c1 = cut if cut and cut > c0 else max(c1, c0 + 1)
+        spans.append((c0, c1))
+        c0 = c1
+        tok = bisect.bisect_right(ends, c0)  # the first token that reaches past the cut
     chunks = []
     for k, (c0, c1) in enumerate(s for s in spans if text[s[0] : s[1]].strip()):
         piece = text[c0:c1].strip()
@@ -359,7 +354,7 @@ def _arithmetic_triple(numbers: list[tuple[int, float, int]]) -> bool:
                 if any(_close(c, r) for r in cands):
                     return True
                 # c = a / b or b / a, as written: rounded to c's own decimals (at least one)
-                if dec >= 1 and any(round(q, dec) == c for q in (a / b, b / a) if a != 0):
+                if dec >= 1 and any(round(q, dec) == c for q in ([a / b, b / a] if a else [])):
                     return True
                 # a is the result of b and c
                 if _close(a, b + c) or _close(a, abs(b - c)) or (b != 1 and c != 1 and _close(a, b * c)):

@@ -1,0 +1,34 @@
+import pytest
+
+from jobs.cli import parse
+from toolformer.config import config_hash, load_config
+
+DEFAULT = "jobs/configs/default.yaml"
+
+
+def test_defaults_are_the_papers():
+    cfg = load_config(DEFAULT)
+    assert cfg.tool_params("Calendar").tau_s == 0.05 and cfg.tool_params("Calendar").tau_f == 1.0
+    assert (cfg.tool_params("Calendar").top_k, cfg.tool_params("Calendar").num_samples) == (5, 5)
+    calc = cfg.tool_params("calculator")
+    assert (calc.tau_s, calc.top_k, calc.num_samples, calc.tau_f) == (0.0, 20, 10, 0.5)
+    assert cfg.tool_params("MT").tau_f == 0.5
+    assert cfg.annotate.no_result_form == "arrow"
+
+
+def test_overrides_and_hash():
+    a = load_config(DEFAULT)
+    b = load_config(DEFAULT, ["corpus.limit=7", "annotate.per_tool.Calendar.tau_f=2.0", "name=other"])
+    assert b.corpus.limit == 7 and b.tool_params("Calendar").tau_f == 2.0 and b.output_dir == "runs/other"
+    assert config_hash(a) != config_hash(b)
+    assert config_hash(a) == config_hash(load_config(DEFAULT, ["name=renamed"]))  # the name changes no output
+
+
+def test_bad_keys_and_values_are_clear_errors(capsys):
+    with pytest.raises(Exception, match="nosuchkey"):
+        load_config(DEFAULT, ["corpus.nosuchkey=1"])
+    with pytest.raises(SystemExit):
+        parse("x", ["--config", DEFAULT, "corpus.limit=notanumber"])
+    assert "corpus.limit" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse("x", ["--config", DEFAULT, "justaword"])

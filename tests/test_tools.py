@@ -1,0 +1,99 @@
+import datetime as dt
+import time
+
+import pytest
+
+from toolformer.tools import ToolRequest, build_tool, canonical_name, tool_names
+from toolformer.tools.calculator import calculate
+from toolformer.tools.calendar import date_from_url, document_date, format_date
+
+
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        ("10-2-3", "5"),
+        ("2+3*4", "14"),
+        ("(2+3)*4", "20"),
+        ("100/10/5", "2"),
+        ("2*3/4", "1.5"),
+        ("723 / 252", "2.87"),
+        ("400 / 1400", "0.29"),
+        ("1,234 + 5", "1239"),
+        ("1,234,567 - 0.5", "1234566.5"),
+        ("0.1 + 0.2", "0.3"),
+        (".5 * 4", "2"),
+        ("-3 + 5", "2"),
+        ("-(2 - 7)", "5"),
+        ("18 + 12 x 3", "54"),
+        ("12 × 3 ÷ 4 − 1", "8"),
+        ("  7  ", "7"),
+        ("1/3", "0.33"),
+        ("2/3", "0.67"),
+        ("-1/3", "-0.33"),
+        ("0.001 * 1", "0"),
+    ],
+)
+def test_calculator_semantics(expr, expected):
+    assert calculate(expr) == expected
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["", "   ", "1/0", "2 +", "(1 + 2", "1 + 2)", "2 ** 3", "1,2 + 3", "abc", "3 % 2", "1e5", "sqrt(4)", "2 3"],
+)
+def test_calculator_invalid(expr):
+    assert calculate(expr) is None
+
+
+HOSTILE = [
+    "9**9**9",
+    "__import__('os').system('true')",
+    "(" * 10_000 + "1" + ")" * 10_000,
+    "9" * 10_000,
+    "9" * 10_000 + " * " + "9" * 10_000,
+    "-" * 10_000 + "1",
+    "1" + "*999999999999" * 18,
+    "((((((((((((((((((((((((((((((((((((((1))))))))))))))))))))))))))))))))))))))",
+    "\x00\xff" * 1000,
+]
+
+
+@pytest.mark.parametrize("expr", HOSTILE, ids=range(len(HOSTILE)))
+def test_calculator_hostile_input_returns_nothing_fast(expr):
+    t0 = time.perf_counter()
+    assert calculate(expr) is None
+    assert time.perf_counter() - t0 < 0.05
+
+
+def test_calculator_tool_never_raises():
+    tool = build_tool("calculator")
+    assert tool([ToolRequest("2 + 2"), ToolRequest(None), ToolRequest("9**9**9")]) == ["4", None, None]
+
+
+def test_calendar_format_and_sources():
+    assert format_date(dt.date(2023, 1, 30)) == "Today is Monday, January 30, 2023."
+    assert date_from_url("https://example.com/news/2017/03/09/story.html") == dt.date(2017, 3, 9)
+    assert date_from_url("https://example.com/blog/2019-07-17-title") == dt.date(2019, 7, 17)
+    assert date_from_url("https://example.com/2016/05/page") == dt.date(2016, 5, 1)
+    assert date_from_url("https://example.com/item/12345678/2019") is None
+    assert date_from_url("https://example.com/v2.13.0/docs") is None
+    assert date_from_url(None) is None
+    fields = {"date": "2019-07-17T12:15:59Z"}
+    assert document_date("https://x.com/2017/03/09/a", fields) == (dt.date(2017, 3, 9), "url")
+    assert document_date("https://x.com/a", fields, ("url", "date")) == (dt.date(2019, 7, 17), "date")
+    assert document_date("https://x.com/a", {}, ("url", "date")) == (None, None)
+
+
+def test_calendar_tool():
+    tool = build_tool("Calendar")
+    out = tool([ToolRequest("", {"date": "2023-01-30"}), ToolRequest("tomorrow", {"date": "2023-01-30"}), ToolRequest("", {})])
+    assert out == ["Today is Monday, January 30, 2023.", None, None]
+    fixed = build_tool("calendar", today="2020-02-29")
+    assert fixed([ToolRequest("")]) == ["Today is Saturday, February 29, 2020."]
+
+
+def test_registry():
+    assert {"Calculator", "Calendar"} <= set(tool_names())
+    assert canonical_name("CALCULATOR") == "Calculator"
+    with pytest.raises(KeyError, match="unknown tool"):
+        build_tool("Teleporter")
