@@ -17,6 +17,8 @@ def offline_by_default() -> None:
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(key, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # vLLM's per-request INFO lines drown a job's own output; VLLM_LOGGING_LEVEL=INFO brings them back.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 def parse(description: str, argv: Sequence[str] | None = None, default_config: str | None = None) -> tuple[RunConfig, argparse.Namespace]:

@@ -54,6 +54,7 @@ ANNOTATIONS = pa.schema(
         ("status", pa.string()),
         ("heuristic", pa.string()),  # which rule let it in, or why not
         ("n_tokens", pa.int32()),
+        ("positions", pa.list_(pa.int32())),  # where calls were sampled, best p_start first
         ("n_positions", pa.int32()),
         ("n_samples", pa.int32()),
         ("n_closed", pa.int32()),  # samples that ended with "]"

@@ -2,7 +2,7 @@
 
 Engines may give bounds instead of exact values (vLLM's top-20 log-probs). A position is settled without
 more work when its upper bound cannot reach the selection; only positions whose bound straddles the bar
-are computed exactly, with one forced one-token request per missing start variant.
+are computed exactly, with one one-token request per position that returns every start variant.
 """
 
 from __future__ import annotations
@@ -48,14 +48,8 @@ def select_positions(
     """
     probs = engine.start_probs(seqs, starts, top_logprobs)
     todo = [needs_exact(p, tau_s, k) for p in probs]
-    prefixes, tokens = [], []
-    for seq, start, idx in zip(seqs, starts, todo):
-        for j in idx:
-            for tok in engine.start_ids:
-                prefixes.append(list(seq[: start + j]))
-                tokens.append(tok)
-    exact = np.exp(engine.token_logprobs_after(prefixes, tokens)) if prefixes else np.zeros(0)
-    per_pos = exact.reshape(-1, len(engine.start_ids)).sum(1) if len(exact) else exact
+    prefixes = [list(seq[: start + j]) for seq, start, idx in zip(seqs, starts, todo) for j in idx]
+    per_pos = np.exp(engine.token_logprobs_after(prefixes, engine.start_ids)).sum(1) if prefixes else np.zeros(0)
     out, cursor = [], 0
     for p, idx in zip(probs, todo):
         values = p.lower.copy()

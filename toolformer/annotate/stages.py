@@ -74,6 +74,7 @@ class SelectTexts:
                         heuristic=decision.reason,
                         context=json.dumps(decision.context),
                         candidates=[],
+                        positions=[],
                         x_ids=[],  # filled by SampleCalls: the text's token ids, shared by every later stage
                         x_offsets=[],
                         **_counters(),
@@ -135,6 +136,7 @@ class SampleCalls(_LMStage):
         requests, owners = [], []
         start_tokens = dict(zip(("[", " ["), engine.start_ids)) if len(engine.start_ids) == 2 else {}
         for row, seq, start, picks in zip(live, seqs, starts, chosen):
+            row["positions"] = [pos for pos, _ in picks]
             row["n_positions"] = len(picks)
             for pos, p in picks:
                 requests.append(seq[: start + pos] + [self._start_token(engine, row, pos, start_tokens)])

@@ -3,7 +3,7 @@
 Four primitives, each over a batch:
 - ``start_probs``: for every position of a prompt, the probability that the next token starts a call
   (a lower and an upper bound; equal where the engine knows it exactly);
-- ``token_logprobs_after``: the exact log-probability of one given token after each given prefix;
+- ``token_logprobs_after``: exact log-probabilities of given tokens after each given prefix;
 - ``sequence_logprobs``: log p(seq[j] | seq[:j]) for the tail of each sequence (scoring);
 - ``sample``: m continuations per prompt, stopping at a stop string.
 Token ids in, numbers out: the caller concatenates ids and never re-tokenizes, so a text's tokens are
@@ -88,8 +88,8 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def token_logprobs_after(self, prefixes: Sequence[Sequence[int]], tokens: Sequence[int]) -> np.ndarray:
-        """Exact log p(tokens[b] | prefixes[b]) for each b."""
+    def token_logprobs_after(self, prefixes: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
+        """Exact log p(token_ids[t] | prefixes[b]), shape [len(prefixes), len(token_ids)]."""
 
     @abc.abstractmethod
     def sequence_logprobs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> list[np.ndarray]:

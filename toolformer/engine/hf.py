@@ -79,10 +79,11 @@ class HFEngine(Engine):
             out[b] = StartProbs(p, p.copy())
         return out  # type: ignore[return-value]
 
-    def token_logprobs_after(self, prefixes, tokens):
-        out = np.zeros(len(prefixes), dtype=np.float64)
+    def token_logprobs_after(self, prefixes, token_ids):
+        out = np.zeros((len(prefixes), len(token_ids)), dtype=np.float64)
+        ids = torch.tensor(list(token_ids))
         for b, logprobs in self._log_softmax(prefixes):
-            out[b] = float(logprobs[-1, tokens[b]])
+            out[b] = logprobs[-1, ids].double().numpy()
         return out
 
     def sequence_logprobs(self, seqs, starts):

