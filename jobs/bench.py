@@ -93,12 +93,12 @@ def bench_annotate(args) -> dict:
     for tool in sorted({r["tool"] for r in live}):
         params = cfg.tool_params(tool)
         prompts = [(r, j) for r in live if r["tool"] == tool for j in r["positions"]]
-        measured = prompts[: args.naive_sample_prompts]
+        step = max(1, len(prompts) // max(1, args.naive_sample_prompts))
+        measured = prompts[::step][: args.naive_sample_prompts]  # spread over texts and positions
         t0 = time.perf_counter()
-        closed = parsed_like = 0
+        closed = 0
         for r, j in measured:
-            start_tok = naive.start_ids[1] if r["text"][:1] and len(naive.start_ids) > 1 else naive.start_ids[0]
-            samples = naive_sample(naive, r["_prompt"] + r["x_ids"][:j] + [start_tok], params.num_samples,
+            samples = naive_sample(naive, r["_prompt"] + r["x_ids"][:j] + [naive.start_ids[-1]], params.num_samples,
                                    params.max_call_tokens, params.temperature, derive_seed(cfg.seed, r["text_id"], tool, j))
             closed += sum(s.closed for s in samples)
         spent = time.perf_counter() - t0

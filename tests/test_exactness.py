@@ -141,3 +141,19 @@ def test_start_probabilities_match_exact(vllm_engine, reference_model, tokenizer
         if tau_s == 0.0:
             assert stats["positions_refined"] > 0  # the exact path was exercised
     assert chosen_any > 0
+
+
+def test_hf_engine_padded_batches_equal_single_and_reference(model_path, reference_model, tokenizer, texts):
+    from toolformer.engine.hf import HFEngine
+
+    hf = HFEngine(model_path, "float32", max_batch_tokens=4096)
+    seqs = [[0] + tokenizer(t, add_special_tokens=False).input_ids[: 20 + 7 * k] for k, t in enumerate(texts)]
+    batched = hf.sequence_logprobs(seqs, [1] * len(seqs))  # different lengths: right padding in one batch
+    for seq, got in zip(seqs, batched):
+        single = hf.sequence_logprobs([seq], [1])[0]
+        ref = reference_logprobs(reference_model, seq)
+        assert np.abs(got - single).max() < 1e-4 and np.abs(got - ref).max() < 1e-4
+    probs = hf.start_probs(seqs[:2], [5, 5])
+    assert all(p.exact.all() for p in probs)
+    exact = hf.token_logprobs_after([s[:5] for s in seqs[:2]], hf.start_ids)
+    assert np.allclose(np.exp(exact).sum(1), [p.lower[0] for p in probs], atol=1e-6)
