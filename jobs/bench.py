@@ -41,6 +41,7 @@ def bench_annotate(args) -> dict:
 
     from toolformer.annotate.naive import naive_positions, naive_sample, naive_score
     from toolformer.annotate.pipeline import annotate_texts, load_texts
+    from toolformer.annotate.stages import SampleCalls
     from toolformer.config import load_config
     from toolformer.engine import build_engine
     from toolformer.engine.counting import CountingEngine
@@ -98,7 +99,8 @@ def bench_annotate(args) -> dict:
         t0 = time.perf_counter()
         closed = 0
         for r, j in measured:
-            samples = naive_sample(naive, r["_prompt"] + r["x_ids"][:j] + [naive.start_ids[-1]], params.num_samples,
+            start_tok = SampleCalls._start_token(naive, r, j)
+            samples = naive_sample(naive, r["_prompt"] + r["x_ids"][:j] + [start_tok], params.num_samples,
                                    params.max_call_tokens, params.temperature, derive_seed(cfg.seed, r["text_id"], tool, j))
             closed += sum(s.closed for s in samples)
         spent = time.perf_counter() - t0

@@ -134,12 +134,11 @@ class SampleCalls(_LMStage):
             return
         chosen, _ = select_positions(engine, seqs, starts, params.tau_s, params.top_k, self.cfg.engine.top_logprobs)
         requests, owners = [], []
-        start_tokens = dict(zip(("[", " ["), engine.start_ids)) if len(engine.start_ids) == 2 else {}
         for row, seq, start, picks in zip(live, seqs, starts, chosen):
             row["positions"] = [pos for pos, _ in picks]
             row["n_positions"] = len(picks)
             for pos, p in picks:
-                requests.append(seq[: start + pos] + [self._start_token(engine, row, pos, start_tokens)])
+                requests.append(seq[: start + pos] + [self._start_token(engine, row, pos)])
                 owners.append((row, pos, p))
         seeds = [derive_seed(self.cfg.seed, row["text_id"], tool, pos) for row, pos, _ in owners]
         samples = engine.sample(
@@ -184,14 +183,12 @@ class SampleCalls(_LMStage):
             row["n_candidates"] = len(row["candidates"])
 
     @staticmethod
-    def _start_token(engine: Engine, row: dict, pos: int, start_tokens: dict[str, int]) -> int:
-        """`` [`` before a token that starts with a space, ``[`` otherwise: the call then reads naturally
-        in C* ("or [Calculator(...)] 29%", "([Calculator(...)]29%)")."""
-        if not start_tokens:
-            return engine.start_ids[0]
+    def _start_token(engine: Engine, row: dict, pos: int) -> int:
+        """`` [`` where x_i carries its own leading space (byte-level BPE: `` then``), ``[`` otherwise (the
+        space, if any, already ends x_<i). The call then reads as C* will print it: "30 [Calendar()] then"."""
         begin, end = row["x_offsets"][pos]
-        spaced = begin > 0 and row["text"][begin - 1 : begin].isspace() or row["text"][begin:end].startswith(" ")
-        return start_tokens[" ["] if spaced else start_tokens["["]
+        want = " [" if row["text"][begin:end].startswith(" ") else "["
+        return engine.start_variants.get(want, engine.start_ids[0])
 
     @staticmethod
     def _char_start(row: dict, pos: int) -> int:

@@ -68,6 +68,10 @@ class Engine(abc.ABC):
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.start_ids: list[int] = start_token_ids(tokenizer)
+        # "[" and " [" → their ids (a tokenizer may lack one of them)
+        self.start_variants: dict[str, int] = {
+            tokenizer.decode([i], clean_up_tokenization_spaces=False): i for i in self.start_ids
+        }
         self.doc_start: list[int] = doc_start_ids(tokenizer)
 
     def encode(self, text: str) -> list[int]:

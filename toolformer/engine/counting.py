@@ -17,6 +17,7 @@ class CountingEngine(Engine):
         # No super().__init__: the inner engine already holds the tokenizer and derived ids.
         self.inner = inner
         self.tokenizer, self.start_ids, self.doc_start = inner.tokenizer, inner.start_ids, inner.doc_start
+        self.start_variants = inner.start_variants
         self.backend, self.dtype, self.model_path = inner.backend, inner.dtype, inner.model_path
         self.counts: Counter = Counter()
         self.seconds: dict[str, float] = defaultdict(float)
