@@ -1,9 +1,10 @@
-"""The whole job, small, on the embedded defaults: annotate 50 Wikipedia summaries with Calculator and
-Calendar calls on SmolLM2-135M-Instruct, merge the survivors into C*, print the funnel.
+"""The whole job, small, on the embedded defaults: annotate 50 Wikipedia summaries with calls to all five
+tools on SmolLM2-135M-Instruct, merge the survivors into C*, print the funnel.
 
-Only ~3% of the summaries pass the Calculator's heuristic (arithmetic among three numbers), so the demo
-picks its 50 documents on purpose: half that pass it, half that do not (every one has a date, so all go to
-the Calendar). It writes them as cc_net records to ``<output_dir>/demo_corpus.jsonl`` and annotates that.
+Only ~3% of the summaries pass the Calculator's heuristic (arithmetic among three numbers) and few hold a
+foreign phrase for MT, so the demo picks its documents on purpose: up to a fifth with a foreign phrase, up
+to half with arithmetic, the rest plain (every one has a date, so all go to the Calendar; all go to QA and
+WikiSearch). It writes them as cc_net records to ``<output_dir>/demo_corpus.jsonl`` and annotates that.
 
     python -m jobs.demo                       # what `make demo` runs
     python -m jobs.demo corpus.limit=10       # any override of jobs/configs/demo.yaml
@@ -21,19 +22,24 @@ DEMO_CONFIG = str(Path(__file__).parent / "configs" / "demo.yaml")
 
 
 def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int) -> Path:
-    """``n`` embedded summaries as cc_net JSONL: half with arithmetic in them, half without."""
+    """``n`` embedded summaries as cc_net JSONL: some with a foreign phrase, some with arithmetic, the rest plain."""
     import json
 
-    from toolformer.corpus import calculator_heuristic, embedded_ccnet_records
+    from toolformer.corpus import calculator_heuristic, embedded_ccnet_records, mt_heuristic
 
-    with_math, without = [], []
+    foreign, with_math, plain = [], [], []
     for record, _ in embedded_ccnet_records(lang, date):
         text = record.get("raw_content") or ""
         if not text.strip():
             continue
-        has_math = calculator_heuristic(text, record["digest"], random_keep=0.0, seed=seed) is not None
-        (with_math if has_math else without).append(record)
-    chosen = with_math[: n // 2] + without[: n - min(len(with_math), n // 2)]
+        if len(foreign) < n // 5 and mt_heuristic(text):
+            foreign.append(record)
+        elif calculator_heuristic(text, record["digest"], random_keep=0.0, seed=seed) is not None:
+            with_math.append(record)
+        else:
+            plain.append(record)
+    chosen = foreign + with_math[: n // 2 - len(foreign) // 2]
+    chosen += plain[: n - len(chosen)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
     return path
@@ -60,10 +66,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\nFunnel per tool (kept: calls with gain >= τf, and the texts holding them):")
     print(format_funnel(stats["funnel"]))
     print(f"\nC*: {summary['texts']} texts with {summary['calls']} calls {summary['calls_per_tool']} → {summary['cstar']}")
-    for row in read_rows(summary["cstar"])[:3]:
-        call = row["calls"][0]
-        lo = max(0, call["char_start"] - 80)
-        print(f"  …{row['text'][lo: call['char_end'] + 60]}…  (gain {call['gain']:.2f})")
+    shown: set[str] = set()
+    for row in read_rows(summary["cstar"]):  # one example per tool, the best kept call first
+        for call in sorted(row["calls"], key=lambda c: -c["gain"]):
+            if call["tool"] in shown:
+                continue
+            shown.add(call["tool"])
+            lo = max(0, call["char_start"] - 80)
+            print(f"  [{call['tool']}, gain {call['gain']:.2f}] …{row['text'][lo: call['char_end'] + 60]}…")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s; run stats in {Path(cfg.output_dir) / 'stats.json'}")
 
 

@@ -376,6 +376,32 @@ def calculator_heuristic(text: str, key: str, random_keep: float = 0.01, seed: i
     return None
 
 
+_MT_WINDOW, _MT_STEP = 10, 5  # words: the paper's ~10-token chunk
+
+
+def mt_heuristic(text: str, min_confidence: float = 0.8) -> str | None:
+    """A non-English chunk (~10 words, language id > 0.8, letters not just digits or symbols) with English
+    before and after it (DESIGN §1.3); returns the chunk's language, or None."""
+    from toolformer.tools.mt import identify
+
+    words = text.split()
+    if len(words) < 3 * _MT_STEP:
+        return None
+    langs = []
+    for start in range(0, max(1, len(words) - _MT_STEP), _MT_STEP):
+        chunk = " ".join(words[start : start + _MT_WINDOW])
+        lang, prob = identify(chunk)
+        letters = sum(ch.isalpha() for ch in chunk)
+        langs.append(lang if prob > min_confidence and letters >= len(chunk) / 2 else "?")
+    for i, lang in enumerate(langs):
+        if lang in ("en", "?"):
+            continue
+        # windows overlap by half: English must lie in windows that do not touch this one
+        if "en" in langs[: max(0, i - 1)] and "en" in langs[i + 2 :]:
+            return lang
+    return None
+
+
 @dataclass
 class HeuristicResult:
     passed: bool
@@ -395,4 +421,8 @@ def tool_heuristic(tool: str, chunk: TextChunk, cfg, seed: int = 0) -> Heuristic
         if date is None:
             return HeuristicResult(False, "no_document_date")
         return HeuristicResult(True, f"date_from_{source}", {"date": date.isoformat()})
-    return HeuristicResult(True, "all_texts")
+    if name == "mt":
+        lang = mt_heuristic(chunk.text)
+        return HeuristicResult(lang is not None, f"non_english_{lang}" if lang else "no_foreign_chunk")
+    # QA and WikiSearch see every text; a search may leave out the text's own article.
+    return HeuristicResult(True, "all_texts", {"title": chunk.title} if chunk.title else {})

@@ -314,3 +314,6 @@ class ScoreCalls(_LMStage):
                 )
                 if math.isnan(cand["gain"]):
                     cand["gain"], cand["kept"] = None, False
+                if cand["kept"] and row["tool"] == "MT" and cand["input"] not in row["text"][: cand["char_start"]]:
+                    # the paper drops MT calls whose input only appears after the call (nothing to translate yet)
+                    cand["kept"], cand["error"] = False, "mt_input_after_call"

