@@ -1,7 +1,7 @@
 """Build the search index WikiSearch and QA read: passage store, BM25 (bm25s) and dense (FAISS).
 
     python -m jobs.build_index --out indexes/wiki                      # the embedded Wikipedia summaries
-    python -m jobs.build_index --out indexes/psgs --source psgs_w100.tsv --dense-kind ivf
+    python -m jobs.build_index --out indexes/psgs --source psgs_w100.tsv --dense-kind ivfpq
     python -m jobs.build_index --out indexes/kilt --source kilt_knowledgesource.json --dense-kind hnsw
 
 Sources: DPR TSV (``id, text, title``), KILT knowledge-source JSONL, JSONL or Parquet with ``text``/``title``
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--source", action="append", default=[], help="passage file or glob (repeatable); none = embedded")
     p.add_argument("--lang", default="en-us", help="embedded Wikipedia language (en-us, fr-fr, es-es)")
     p.add_argument("--encoder", default=None, help="sentence-transformers folder (default: all-MiniLM-L6-v2 package)")
-    p.add_argument("--dense-kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    p.add_argument("--dense-kind", default="auto", choices=["auto", "flat", "ivf", "ivfpq", "hnsw"])
     p.add_argument("--ivf-nlist", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shard-size", type=int, default=50_000)

@@ -35,5 +35,5 @@ def parse(description: str, argv: Sequence[str] | None = None, default_config: s
         lines = str(exc).splitlines()
         key = next((line.split(":", 1)[1].strip() for line in lines if "full_key:" in line), None)
         parser.error(f"{key}: {lines[0]}" if key else lines[0])
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     return cfg, args

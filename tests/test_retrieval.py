@@ -135,3 +135,27 @@ def test_resume_keeps_embedded_shards(tmp_path):
     assert meta["passages"] == 120
     assert (out / "dense" / "emb-00000.npy").stat().st_mtime_ns == shard0
     assert Retriever(str(out)).setup().search(["topic 3"], k=2, mode="dense")[0]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+def test_large_corpus_index_kinds(tmp_path, kind):
+    import numpy as np
+
+    from toolformer.tools.index import build_faiss
+
+    rng = np.random.default_rng(0)
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    vecs = rng.normal(size=(3000, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    np.save(dense / "emb-00000.npy", vecs[:2000])
+    np.save(dense / "emb-00001.npy", vecs[2000:])
+    got = build_faiss(tmp_path, 3000, 384, IndexConfig(dense_kind=kind, ivf_nprobe=64, pq_m=48))
+    assert got == kind
+    import faiss
+
+    index = faiss.read_index(str(dense / "index.faiss"))
+    if hasattr(index, "nprobe"):
+        index.nprobe = 64
+    _, ids = index.search(vecs[[5, 2500]], 5)
+    assert 5 in ids[0] and 2500 in ids[1]  # a vector finds itself

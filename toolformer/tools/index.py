@@ -44,9 +44,10 @@ def default_encoder_path() -> str:
 @dataclass
 class IndexConfig:
     encoder: str | None = None  # sentence-transformers folder or hub name; None = all-MiniLM-L6-v2 from its package
-    dense_kind: str = "auto"  # auto | flat | ivf | hnsw   (auto: flat up to 200k passages, else ivf)
+    dense_kind: str = "auto"  # auto | flat | ivf | ivfpq | hnsw   (auto: flat up to 200k passages, else ivfpq)
     ivf_nlist: int | None = None  # default ~4 * sqrt(n)
     ivf_nprobe: int = 16
+    pq_m: int = 48  # ivfpq: bytes per vector (384 dims / 48 = 8 dims per sub-quantizer); 21M passages → ~1 GB
     hnsw_m: int = 32
     batch_size: int = 256  # passages per encode() call and progress line (the model sees 32 at a time)
     shard_size: int = 50_000  # passages per embedding file (the unit of resume)
@@ -179,20 +180,25 @@ def embed_shards(out: Path, n: int, cfg: IndexConfig, progress: Callable[[str], 
 def build_faiss(out: Path, n: int, dim: int, cfg: IndexConfig) -> str:
     import faiss
 
-    kind = cfg.dense_kind if cfg.dense_kind != "auto" else ("flat" if n <= 200_000 else "ivf")
+    kind = cfg.dense_kind if cfg.dense_kind != "auto" else ("flat" if n <= 200_000 else "ivfpq")
     shards = sorted((out / "dense").glob("emb-*.npy"))
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "ivf":
-        nlist = cfg.ivf_nlist or max(1, int(4 * np.sqrt(n)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.concatenate([np.load(s, mmap_mode="r")[: max(1, 64 * nlist // len(shards))] for s in shards])
+    elif kind in ("ivf", "ivfpq"):
+        nlist = cfg.ivf_nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 points per list
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        per_shard = max(1, max(64 * nlist, 256 * 40) // len(shards))
+        sample = np.concatenate([np.load(s, mmap_mode="r")[:per_shard] for s in shards])
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
         index.nprobe = cfg.ivf_nprobe
     else:
-        raise ValueError(f"unknown dense index kind {cfg.dense_kind!r} (auto | flat | ivf | hnsw)")
+        raise ValueError(f"unknown dense index kind {cfg.dense_kind!r} (auto | flat | ivf | ivfpq | hnsw)")
     for s in shards:
         index.add(np.ascontiguousarray(np.load(s, mmap_mode="r"), dtype=np.float32))
     tmp = out / "dense" / "index.faiss.tmp"
@@ -290,7 +296,11 @@ class Retriever:
         if meta["dense"]:
             import faiss
 
-            self._state["faiss"] = faiss.read_index(str(root / "dense" / "index.faiss"))
+            path = str(root / "dense" / "index.faiss")
+            try:  # IVF lists can be memory-mapped: workers on one node share the pages
+                self._state["faiss"] = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            except RuntimeError:
+                self._state["faiss"] = faiss.read_index(path)
             if hasattr(self._state["faiss"], "nprobe"):
                 self._state["faiss"].nprobe = meta["config"].get("ivf_nprobe", 16)
             self._state["encoder"] = load_encoder(self.encoder or _encoder_of(meta), None, meta.get("encoder_dtype") or "auto")

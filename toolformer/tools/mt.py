@@ -61,7 +61,7 @@ class MT(Tool):
     name = "MT"
     quote_input = True
 
-    def __init__(self, translator: str = "embedded", min_confidence: float = 0.5, max_new_tokens: int = 48,
+    def __init__(self, translator: str = "embedded", min_confidence: float = 0.5, max_new_tokens: int = 32,
                  batch_size: int = 8, **_ignored):
         self.translator = Generator(translator, batch_size=batch_size)
         self.min_confidence, self.max_new_tokens = min_confidence, max_new_tokens
