@@ -34,7 +34,8 @@ class Generator:
         cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
         self.model = cls.from_pretrained(path, dtype=getattr(torch, self.dtype)).eval()
         if not self.seq2seq:
-            self.tokenizer.padding_side = "left"
+            # left: generation continues every row from its real end; a long prompt loses its start, not its question
+            self.tokenizer.padding_side = self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         return self
