@@ -1,10 +1,14 @@
-"""Annotate a corpus with API calls and keep the calls that help (one process; the Ray job comes later).
+"""Annotate a corpus with API calls and keep the calls that help: a Ray job over shards, resumable.
 
-    python -m jobs.annotate --config jobs/configs/default.yaml name=ccnet10 \
-        corpus.paths=[../shared/data/webtext/ccnet_output_10docs_exact.jsonl]
+    python -m jobs.annotate --config jobs/configs/default.yaml name=ccnet \
+        'corpus.paths=[../shared/data/webtext/ccnet_output_10docs_exact.jsonl]' shards.docs_per_shard=4
 
-Writes ``<output_dir>/texts.parquet``, ``annotations.parquet`` and ``stats.json`` (config hash, engine and
-dtype, corpus accounting, funnel), then prints the funnel per tool.
+On a cluster:  ray job submit --working-dir . -- python -m jobs.annotate --config jobs/configs/cluster.yaml ...
+
+Shards the corpus first (jobs.prepare) if ``<output_dir>/manifest.json`` is missing, then annotates the pending
+shards in waves on Ray Data actor pools; re-running the same command resumes where it stopped. Per shard:
+``texts/``, ``annotations/``, ``stats/annotate/``, ``markers/annotate/``; ``stats.json`` for the run.
+``annotate.runner=local`` runs everything in this process instead (no Ray, no shards; the reference).
 """
 
 from __future__ import annotations
@@ -20,12 +24,23 @@ DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 def main(argv: Sequence[str] | None = None) -> dict:
     offline_by_default()
     cfg, _ = parse(__doc__, argv, DEFAULT_CONFIG)
-    from toolformer.annotate.pipeline import run_annotate
     from toolformer.report import format_funnel
 
-    stats = run_annotate(cfg)
+    if cfg.annotate.runner == "local":
+        from toolformer.annotate.pipeline import run_annotate
+
+        stats = run_annotate(cfg)
+    elif cfg.annotate.runner == "ray":
+        from toolformer.annotate.ray_job import run_ray_annotate
+        from toolformer.prepare import prepare
+
+        prepare(cfg)
+        stats = run_ray_annotate(cfg)
+        print(f"shards: {stats['shards']}")
+    else:
+        raise SystemExit(f"annotate.runner must be ray or local, got {cfg.annotate.runner!r}")
     print(format_funnel(stats["funnel"]))
-    print(f"annotations: {Path(cfg.output_dir) / 'annotations.parquet'}")
+    print(f"annotations: {cfg.output_dir}")
     return stats
 
 

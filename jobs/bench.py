@@ -3,6 +3,7 @@
     python -m jobs.bench annotate                 # 100 C4 docs, Calculator + Calendar, fast vs naive
     python -m jobs.bench annotate --docs 20 --naive-sample-prompts 10
     python -m jobs.bench tools                    # retrieval recall@1/5, QA, MT chrF, queries/s, index build
+    python -m jobs.bench ray                      # Ray job vs single process, 1 vs 2 LM actors, resume cost
 
 ``annotate``: the pipeline's stages on the vLLM engine against the same algorithm done naively
 (transformers, one sequence at a time, a KV-cached ``generate`` per position, a full-length forward per
@@ -225,11 +226,17 @@ def bench_tools(args) -> dict:
     builds = []
     ctx = mp.get_context("spawn")
     for n in args.build_sizes:
+        done = work / f"build-{n}" / "bench_build.json"
+        if done.is_file():  # measured by an earlier run in this --work-dir
+            builds.append({**json.loads(done.read_text()), "reused_from_earlier_run": True})
+            continue
         q = ctx.Queue()
         proc = ctx.Process(target=_child_build, args=(n, str(work / f"build-{n}"), q))
         proc.start()
         proc.join()
         builds.append(q.get() if proc.exitcode == 0 else {"passages": n, "error": f"exit {proc.exitcode}"})
+        if "error" not in builds[-1]:
+            done.write_text(json.dumps(builds[-1]))
     result["index_build"] = builds
 
     # Retrieval quality: all shipped LAMA evidence passages indexed, queries from the facts' templates.
@@ -238,9 +245,13 @@ def bench_tools(args) -> dict:
     from toolformer.tools.passages import read_passages
 
     t0 = time.perf_counter()
-    meta = build_index(read_passages([str(wp / "lama_google_re_snippets.jsonl"), str(wp / "lama_trex_evidence_sentences.jsonl.gz"),
-                                      str(wp / "flashrag_wiki18_100w_sample.tsv")]), index_dir, IndexConfig(), sources=["lama"])
-    result["lama_index"] = {"passages": meta["passages"], "seconds": round(time.perf_counter() - t0, 1)}
+    if (index_dir / "index.json").is_file():  # finished by an earlier run in this --work-dir
+        meta = json.loads((index_dir / "index.json").read_text())
+        result["lama_index"] = {"passages": meta["passages"], "reused_from_earlier_run": True}
+    else:
+        meta = build_index(read_passages([str(wp / "lama_google_re_snippets.jsonl"), str(wp / "lama_trex_evidence_sentences.jsonl.gz"),
+                                          str(wp / "flashrag_wiki18_100w_sample.tsv")]), index_dir, IndexConfig(), sources=["lama"])
+        result["lama_index"] = {"passages": meta["passages"], "seconds": round(time.perf_counter() - t0, 1)}
     rng = random.Random(0)
     facts = {"google_re": [f for f in google_re_facts(data) if f.gold_passages],
              "trex": [f for f in trex_facts(data) if f.gold_passages]}
@@ -298,6 +309,82 @@ def bench_tools(args) -> dict:
     return result
 
 
+def _timed_job(args: list[str], env: dict | None = None) -> tuple[float, str]:
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return time.perf_counter() - t0, proc.stdout
+
+
+def bench_ray(args) -> dict:
+    """Each run is a driver subprocess with its own local Ray (2 CPUs here), as a user runs it."""
+    import shutil
+    import tempfile
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="toolformer-bench-ray-"))
+    cfg_args = ["--config", args.config, f"corpus.limit={args.docs}", f"shards.docs_per_shard={args.docs_per_shard}",
+                *args.overrides]
+    base = work / "prepared"
+    shutil.rmtree(work / "prepared", ignore_errors=True)
+    t_prep, _ = _timed_job(["jobs.prepare", *cfg_args, f"output_dir={base}"])
+    manifest = json.loads((base / "manifest.json").read_text())
+    result: dict = {"benchmark": "ray", "docs": manifest_docs(manifest), "shards": len(manifest["shards"]),
+                    "cpus": len(os.sched_getaffinity(0)), "prepare_seconds": round(t_prep, 1)}
+
+    local = work / "local"
+    shutil.rmtree(local, ignore_errors=True)
+    t_local, _ = _timed_job(["jobs.annotate", *cfg_args, f"output_dir={local}", "annotate.runner=local"])
+    local_stats = json.loads((local / "stats.json").read_text())
+    result["single_process"] = {"seconds": round(t_local, 1), "engine_start_s": round(local_stats["seconds"]["engine_start"], 1),
+                                "annotate_s": round(local_stats["seconds"]["total"] - local_stats["seconds"]["engine_start"], 1)}
+    runs = {}
+    for actors in args.lm_actors:
+        run = work / f"ray-{actors}"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(base, run)
+        t, _ = _timed_job(["jobs.annotate", *cfg_args, f"output_dir={run}", f"ray.sample.actors={actors}",
+                           f"ray.score.actors={actors}", f"shards.wave_shards={len(manifest['shards'])}"])
+        waves = [json.loads(p.read_text()) for p in sorted((run / "waves").glob("*.json"))]
+        stats = json.loads((run / "stats.json").read_text())
+        runs[f"lm_actors_{actors}"] = {
+            "seconds": round(t, 1), "wave_seconds": round(sum(w["seconds"] for w in waves), 1),
+            "docs_per_s": round(stats["docs"] / t, 4), "texts_per_s_in_waves": waves[-1]["texts_per_s"],
+            "tokens_per_s_in_waves": waves[-1]["tokens_per_s"], "shards_done": stats["shards"]["done"]}
+    result["ray"] = runs
+    first = runs[f"lm_actors_{args.lm_actors[0]}"]
+    result["ray_overhead_ratio"] = round(first["seconds"] / t_local, 2)
+    result["ray_overhead_seconds"] = round(first["seconds"] - t_local, 1)
+
+    # Resume: the same command again on a finished run skips every shard (driver start to exit).
+    run = work / f"ray-{args.lm_actors[0]}"
+    t_skip, out = _timed_job(["jobs.annotate", *cfg_args, f"output_dir={run}"])
+    result["resume"] = {"finished_shards": len(manifest["shards"]), "seconds_to_skip_all": round(t_skip, 2)}
+    # ... and the bookkeeping alone at scale: 10,000 finished shards' markers listed and subtracted.
+    from toolformer.shards import Manifest, RunState, ShardInfo, Store
+
+    big = work / "resume-10k"
+    shutil.rmtree(big, ignore_errors=True)
+    store = Store(big)
+    Manifest([ShardInfo(f"shard-{i:05d}", f"shards/shard-{i:05d}.parquet", [], 1000, "0" * 64) for i in range(10_000)],
+             1000, "bench").save(store)
+    state = RunState(store, "annotate")
+    for i in range(9_990):
+        store.write_json({"shard_id": f"shard-{i:05d}"}, "markers", "annotate", f"shard-{i:05d}.json")
+    t0 = time.perf_counter()
+    pending = state.pending(Manifest.load(store))
+    result["resume"]["pending_of_10000_with_9990_markers_seconds"] = round(time.perf_counter() - t0, 3)
+    assert len(pending) == 10
+    return result
+
+
+def manifest_docs(manifest: dict) -> int:
+    return sum(s["n_docs"] for s in manifest["shards"])
+
+
 def main(argv=None) -> None:
     # stdout carries the JSON alone: libraries that log to stdout (vLLM does) are pointed at stderr.
     out, sys.stdout = sys.stdout, sys.stderr
@@ -316,8 +403,15 @@ def main(argv=None) -> None:
     t.add_argument("--mt-sentences", type=int, default=100)
     t.add_argument("--build-sizes", type=int, nargs="*", default=[10_000, 100_000])
     t.add_argument("--work-dir", default=None)
+    r = sub.add_parser("ray", help="the Ray job against the single-process pipeline; 1 vs 2 LM actors; resume")
+    r.add_argument("--config", default=str(REPO / "jobs" / "configs" / "bench_ray.yaml"))
+    r.add_argument("--docs", type=int, default=24)
+    r.add_argument("--docs-per-shard", type=int, default=4)
+    r.add_argument("--lm-actors", type=int, nargs="*", default=[1, 2])
+    r.add_argument("--work-dir", default=None)
+    r.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    result = {"annotate": bench_annotate, "tools": bench_tools}[args.which](args)
+    result = {"annotate": bench_annotate, "tools": bench_tools, "ray": bench_ray}[args.which](args)
     out.write(json.dumps(result, indent=2) + "\n")
     out.flush()
 

@@ -91,12 +91,51 @@ class AnnotateConfig:
     no_result_form: str = "arrow"  # arrow: [T(x) -> ]  (the paper's e(c, ε)) | bare: [T(x)]
     prefix_separator: str = "\n"  # between a prefixed call and the text while scoring
     batch_size: int = 16  # texts per engine call
+    # ray: shards on Ray Data actor pools (jobs.prepare's manifest; resumable) | local: one process, no shards
+    runner: str = "ray"
     tool_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class MergeConfig:
     max_per_tool: int = 25_000
+
+
+@dataclass
+class ShardsConfig:
+    docs_per_shard: int = 1000  # a shard is the unit of resume and of retry
+    # Shards per wave: each wave starts the actor pools and commits its shards at its end, so a crash
+    # loses at most one wave; size it so engine start-up stays a small share of a wave.
+    wave_shards: int = 8
+    max_failures: int = 3  # attempts before a shard is quarantined
+    verify_checksums: bool = True  # a shard whose bytes differ from the manifest is quarantined at once
+
+
+@dataclass
+class StageResources:
+    """One Ray Data actor pool: its size and what each actor asks the scheduler for."""
+
+    actors: int = 1
+    max_actors: Optional[int] = None  # autoscale up to this many (None: fixed at `actors`)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom resources steer stages to node types
+    batch_size: Optional[int] = None  # rows (text x tool) per call; None: annotate.batch_size texts' worth
+
+
+@dataclass
+class RayConfig:
+    # None: RAY_ADDRESS if set (a submitted job), else a local Ray started for the run; or "auto", "ray://..".
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None  # for a local Ray only
+    # Fractions of a CPU here so that every pool, plus the read and write tasks, fits on 2 cores (pools
+    # whose reservations fill the node starve the reader and the run waits forever); jobs/configs/cluster.yaml
+    # gives GPUs and whole nodes instead.
+    select: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1))
+    sample: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.3))
+    execute: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1))
+    score: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.3))
+    io_num_cpus: float = 0.25  # read and write tasks: I/O bound
 
 
 @dataclass
@@ -109,6 +148,8 @@ class RunConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def tool_params(self, tool: str) -> ToolParams:
         """Defaults with the tool's overrides on top (tool names match case-insensitively)."""
@@ -139,6 +180,10 @@ def to_dict(cfg: RunConfig) -> dict:
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the settings that change outputs (the run name and output place do not)."""
     data = to_dict(cfg)
-    data.pop("name", None)
-    data.pop("output_dir", None)
+    # Where and how it runs does not change what it computes.
+    for key in ("name", "output_dir", "ray"):
+        data.pop(key, None)
+    data.get("annotate", {}).pop("runner", None)
+    data.get("shards", {}).pop("wave_shards", None)
+    data.get("shards", {}).pop("max_failures", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -133,11 +133,23 @@ def record_to_document(
 
 
 # -- readers ------------------------------------------------------------------------------------------------
-def _json_lines(path: Path, skips: SkipLog) -> Iterator[tuple[Any, str]]:
-    opener = gzip.open if path.suffix == ".gz" else open
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _open_binary(path: str | Path):
+    """A local file, or any fsspec URI (s3://, gs://, http://, memory://); .gz is decompressed."""
+    if is_uri(path):
+        import fsspec
+
+        return fsspec.open(str(path), "rb", compression="gzip" if str(path).endswith(".gz") else None).open()
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def _json_lines(path: str | Path, skips: SkipLog) -> Iterator[tuple[Any, str]]:
     lineno = 0
     try:
-        with opener(path, "rb") as f:
+        with _open_binary(path) as f:
             for lineno, raw in enumerate(f, 1):
                 where = f"{path}:{lineno}"
                 if not raw.strip():
@@ -155,11 +167,11 @@ def _json_lines(path: Path, skips: SkipLog) -> Iterator[tuple[Any, str]]:
         skips.add("truncated_file", f"{path}:{lineno + 1} ({type(exc).__name__})")
 
 
-def _parquet_rows(path: Path, skips: SkipLog) -> Iterator[tuple[Any, str]]:
+def _parquet_rows(path: str | Path, skips: SkipLog) -> Iterator[tuple[Any, str]]:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(_open_binary(path) if is_uri(path) else path)
         row = 0
         for batch in pf.iter_batches(batch_size=1024):
             for record in batch.to_pylist():
@@ -169,17 +181,29 @@ def _parquet_rows(path: Path, skips: SkipLog) -> Iterator[tuple[Any, str]]:
         skips.add("unreadable_file", f"{path} ({exc})")
 
 
-def _format_of(path: Path, fmt: str) -> str:
+def _format_of(path: str | Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
-    if path.suffix == ".parquet":
+    if str(path).endswith(".parquet"):
         return "parquet"
     return "jsonl"  # cc_net output and JSONL-with-text share a reader; the record says which it is
 
 
-def expand_paths(paths: Iterable[str]) -> list[Path]:
-    out: list[Path] = []
+def expand_paths(paths: Iterable[str]) -> list[Path | str]:
+    """Files from paths, directories and globs; fsspec URIs are expanded by fsspec and stay strings."""
+    out: list[Path | str] = []
     for p in paths:
+        if is_uri(p):
+            import fsspec
+
+            fs, _, found = fsspec.get_fs_token_paths(p)
+            files = [f for f in found if fs.isfile(f)]
+            for d in (f for f in found if fs.isdir(f)):  # a directory URI: every file under it
+                files += [f for f in fs.find(d) if not f.rsplit("/", 1)[-1].startswith(".")]
+            if not files:
+                raise FileNotFoundError(f"no input files match {p!r}")
+            out.extend(fs.unstrip_protocol(f) for f in sorted(files))
+            continue
         matches = sorted(glob.glob(p, recursive=True)) if any(c in p for c in "*?[") else [p]
         if not matches:
             raise FileNotFoundError(f"no input files match {p!r}")

@@ -50,3 +50,13 @@ def format_funnel(f: dict[str, dict]) -> str:
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep] + [line(r) for r in rows])
+
+
+def sum_funnels(funnels: Iterable[dict[str, dict]]) -> dict[str, dict]:
+    """Funnels of several shards added up (every figure is a count)."""
+    out: dict[str, dict] = defaultdict(lambda: defaultdict(int))
+    for f in funnels:
+        for tool, counts in f.items():
+            for key, value in counts.items():
+                out[tool][key] += value
+    return {tool: dict(v) for tool, v in sorted(out.items())}

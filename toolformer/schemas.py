@@ -1,6 +1,8 @@
 """Parquet schemas of every hand-off, defined once, and an atomic writer.
 
+docs         one row per document in a prepared shard (jobs.prepare)
 texts        one row per annotated text (a document chunk)
+work         what flows between the annotation stages (a text x tool row, candidates nested)
 annotations  one row per text and tool, candidates nested
 cstar        the augmented corpus C*: texts with their surviving calls inserted
 """
@@ -14,6 +16,19 @@ from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+DOCS = pa.schema(
+    [
+        ("doc_id", pa.string()),  # the cc_net digest when the record has one
+        ("shard_id", pa.string()),
+        ("url", pa.string()),
+        ("date", pa.string()),
+        ("title", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),  # file:line it was read from
+        ("meta", pa.string()),  # the remaining cc_net fields, as JSON
+    ]
+)
 
 TEXTS = pa.schema(
     [
@@ -65,6 +80,23 @@ ANNOTATIONS = pa.schema(
         ("candidates", pa.list_(CANDIDATE)),
     ]
 )
+
+# Between stages (Ray Data blocks, or the plain loop's batches): texts' fields, the annotation so far, and
+# what the LM stages share (the text's token ids and offsets). Scoring drops the bulky columns again.
+WORK = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        *[f for f in TEXTS if f.name not in ("text_id", "doc_id")],
+        *ANNOTATIONS,
+        ("context", pa.string()),  # JSON: what the tool is told (the document date for Calendar)
+        ("x_ids", pa.list_(pa.int32())),
+        ("x_offsets", pa.list_(pa.list_(pa.int32()))),
+        ("tool_ms", pa.float64()),  # wall time of this row's tool calls
+    ]
+)
+
+# A stage's output once scored: the annotation and its text, without token ids (what a shard commits).
+SCORED = pa.schema([f for f in WORK if f.name not in ("x_ids", "x_offsets", "context")])
 
 CALL = pa.struct(
     [

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from toolformer.annotate.stages import ExecuteCalls, SampleCalls, ScoreCalls, SelectTexts, batch_of, rows_of
 from toolformer.config import RunConfig, config_hash, to_dict
-from toolformer.corpus import SkipLog, chunk_document, read_documents
+from toolformer.corpus import Document, SkipLog, TextChunk, chunk_document, read_documents
 from toolformer.engine import Engine, build_engine
 from toolformer.report import funnel
 from toolformer.schemas import ANNOTATIONS, TEXTS, to_table, write_parquet_atomic
@@ -36,19 +36,21 @@ def load_texts(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict]:
         embedded_lang=c.embedded_lang,
         embedded_date=c.embedded_date,
     )
-    rows, n_docs, chunks_per_doc = [], 0, Counter()
+    rows, n_docs = [], 0
     for doc in docs:
         n_docs += 1
-        for chunk in chunk_document(doc, tokenizer, c.max_text_tokens):
-            rows.append({**asdict(chunk), "source": doc.source})
-            chunks_per_doc[doc.doc_id] += 1
-    stats = {
-        "docs_read": n_docs,
-        "docs_skipped": skips.as_dict(),
-        "docs_without_text_after_chunking": n_docs - len(chunks_per_doc),
-        "texts": len(rows),
-    }
+        rows.extend(texts_of(doc, tokenizer, c.max_text_tokens))
+    stats = {"docs_read": n_docs, "docs_skipped": skips.as_dict(), "texts": len(rows)}
     return rows, stats
+
+
+def texts_of(doc: Document, tokenizer, max_tokens: int) -> list[dict]:
+    """A document's texts (TEXTS rows). A document that chunks to nothing still yields one (empty) text, so
+    that it has annotation rows (status ``empty``) and stays accounted for."""
+    chunks = chunk_document(doc, tokenizer, max_tokens) or [
+        TextChunk(f"{doc.doc_id}#0", doc.doc_id, 0, doc.url, doc.date, doc.title, "")
+    ]
+    return [{**asdict(chunk), "source": doc.source} for chunk in chunks]
 
 
 class Annotator:

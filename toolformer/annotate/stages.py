@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -66,8 +67,14 @@ class SelectTexts:
                 decision = tool_heuristic(tool, chunk, self.cfg.corpus, self.cfg.seed)
                 out.append(
                     dict(
+                        shard_id=row.get("shard_id"),
                         text_id=row["text_id"],
                         doc_id=row["doc_id"],
+                        chunk=row["chunk"],
+                        url=row["url"],
+                        date=row["date"],
+                        title=row["title"],
+                        source=row.get("source"),
                         tool=tool,
                         text=row["text"],
                         status="pending" if decision.passed else "heuristic_rejected",
@@ -77,6 +84,7 @@ class SelectTexts:
                         positions=[],
                         x_ids=[],  # filled by SampleCalls: the text's token ids, shared by every later stage
                         x_offsets=[],
+                        tool_ms=0.0,
                         **_counters(),
                     )
                 )
@@ -220,7 +228,9 @@ class ExecuteCalls:
             if row["status"] != "annotated" or not cands:
                 continue
             context = json.loads(row["context"] or "{}")
+            t0 = time.perf_counter()
             results = self.tools[row["tool"]]([ToolRequest(c["input"], context) for c in cands])
+            row["tool_ms"] = 1000 * (time.perf_counter() - t0)
             for cand, result in zip(cands, results):
                 result = clean_field(result) if isinstance(result, str) else None
                 cand["result"] = result or None

@@ -1,0 +1,71 @@
+"""Where a sharded annotate run stands: shards done / pending / failed / quarantined, documents, calls kept
+per tool, and an ETA from the recent waves' throughput.
+
+    python -m jobs.status runs/ccnet            # or s3://bucket/runs/ccnet;  --json for the raw figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence
+
+
+def run_status(output_dir: str) -> dict:
+    from toolformer.report import sum_funnels
+    from toolformer.shards import Manifest, RunState, Store
+
+    store = Store(output_dir)
+    manifest = Manifest.load(store)
+    state = RunState(store, "annotate")
+    done, quarantined = state.done(), state.quarantined()
+    failed = state.failed() - done - quarantined
+    stats = state.stats()
+    f = sum_funnels(s["funnel"] for s in stats)
+    docs_done = sum(s["docs"] for s in stats)
+    pending_docs = sum(s.n_docs for s in manifest.shards if s.shard_id not in done | quarantined)
+    waves = [store.read_json("waves", n) for n in store.names("waves", suffix=".json")][-5:]
+    secs, wdocs = sum(w["seconds"] for w in waves), sum(w["docs"] for w in waves)
+    rate = wdocs / secs if secs and wdocs else None
+    return {
+        "output_dir": store.uri,
+        "shards": {"total": len(manifest.shards), "done": len(done), "pending": len(manifest.shards) - len(done) - len(quarantined),
+                   "failed_retryable": len(failed), "quarantined": len(quarantined)},
+        "quarantined": {q: store.read_json("quarantine", "annotate", f"{q}.json")["error"] for q in sorted(quarantined)},
+        "docs": {"total": manifest.n_docs, "processed": docs_done, "pending": pending_docs,
+                 "skipped_by_prepare": manifest.skips.get("total", 0)},
+        "calls_kept": {tool: v.get("kept_at_tool_tau_f", 0) for tool, v in f.items()},
+        "candidates": {tool: v.get("candidates", 0) for tool, v in f.items()},
+        "docs_per_s_recent": round(rate, 3) if rate else None,
+        "eta_s": round(pending_docs / rate) if rate else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("output_dir")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        s = run_status(args.output_dir)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc))
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return s
+    sh = s["shards"]
+    print(f"{s['output_dir']}: {sh['done']}/{sh['total']} shards done, {sh['pending']} pending "
+          f"({sh['failed_retryable']} failed, will retry), {sh['quarantined']} quarantined")
+    d = s["docs"]
+    print(f"documents: {d['processed']} processed, {d['pending']} pending, {d['skipped_by_prepare']} skipped by prepare")
+    for tool, kept in s["calls_kept"].items():
+        print(f"  {tool}: {kept} calls kept of {s['candidates'][tool]} candidates")
+    for q, err in s["quarantined"].items():
+        print(f"  quarantined {q}: {err[:200]}")
+    if s["eta_s"] is not None:
+        print(f"ETA: {s['eta_s'] // 3600}h{s['eta_s'] % 3600 // 60:02d}m at {s['docs_per_s_recent']} docs/s (recent waves)")
+    return s
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""The annotate job on a real local Ray (2 CPUs, loopback): equality with the single-process pipeline,
+`ray job submit`, and recovery from faults (actor killed, driver killed, corrupt shard).
+
+One Ray head serves the module; every run is a driver subprocess, as a user would start it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = ["Calculator", "Calendar"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_env() -> dict:
+    env = dict(os.environ)
+    # Ray 2.60 turns token auth on by default; this head and its clients run without it, on loopback only.
+    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(REPO),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    port, dash = _free_port(), _free_port()
+    ray = str(Path(sys.executable).parent / "ray")
+    env = _ray_env()
+    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+    subprocess.run(
+        [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
+        env=env, check=True, capture_output=True, timeout=120,
+    )
+    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory, shared_data) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(f"""
+name: raytest
+corpus:
+  paths: [{shared_data / 'webtext' / 'ccnet_output_20docs_text_trimmed.jsonl'}]
+  max_doc_chars: 800  # the short documents: one or two texts each
+  limit: 6
+  max_text_tokens: 96
+engine:
+  max_model_len: 1024
+  cpu_kv_cache_gib: 1
+  top_logprobs: 20
+annotate:
+  tools: {json.dumps(TOOLS)}
+  per_tool:
+    Calculator: {{top_k: 2, num_samples: 2}}
+    Calendar: {{tau_s: 0.0, top_k: 2, num_samples: 2}}
+  batch_size: 8
+shards:
+  docs_per_shard: 2
+  wave_shards: 3
+""")
+    return path
+
+
+def _job(args: list[str], config: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", *args[:1], "--config", str(config), *args[1:]]
+    proc = subprocess.run(cmd, cwd=REPO, env=env or _ray_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, config_file) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "run"
+    _job(["jobs.prepare", f"output_dir={out}"], config_file)
+    return out
+
+
+def _copy(prepared: Path, dest: Path) -> Path:
+    shutil.copytree(prepared, dest)
+    return dest
+
+
+def _annotations(run: Path) -> list[dict]:
+    manifest = json.loads((run / "manifest.json").read_text())
+    rows = []
+    for s in manifest["shards"]:
+        path = run / "annotations" / f"{s['shard_id']}.parquet"
+        if (run / "markers" / "annotate" / f"{s['shard_id']}.json").exists():
+            rows += pq.read_table(path).to_pylist()
+    return rows
+
+
+def _assert_same(a: list[dict], b: list[dict]) -> None:
+    """Row for row: every discrete field equal, the losses within the engines' tolerance."""
+    assert len(a) == len(b) and a
+    for x, y in zip(a, b):
+        for key in ("text_id", "doc_id", "tool", "status", "heuristic", "n_tokens", "positions", "n_samples",
+                    "n_closed", "n_parsed", "n_candidates", "n_executed", "n_kept"):
+            assert x[key] == y[key], (key, x["text_id"], x["tool"])
+        assert len(x["candidates"]) == len(y["candidates"])
+        for c, d in zip(x["candidates"], y["candidates"]):
+            for key in ("position", "char_start", "call", "input", "result", "error", "kept"):
+                assert c[key] == d[key], (key, x["text_id"], c)
+            for key in ("loss_none", "loss_call_only", "loss_call_result", "gain", "p_start"):
+                if c[key] is None or d[key] is None:
+                    assert c[key] is None and d[key] is None, (key, c, d)
+                else:
+                    assert math.isclose(c[key], d[key], abs_tol=1e-3), (key, c[key], d[key])
+
+
+def _accounted(run: Path) -> None:
+    """Every document of the manifest is in a committed shard's annotations or in a quarantined shard."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    quarantined = {p.stem for p in (run / "quarantine" / "annotate").glob("*.json")}
+    total = 0
+    for s in manifest["shards"]:
+        sid = s["shard_id"]
+        docs = set(pq.read_table(run / s["path"], columns=["doc_id"]).column("doc_id").to_pylist())
+        assert len(docs) == s["n_docs"]
+        if sid in quarantined:
+            total += len(docs)
+            continue
+        assert (run / "markers" / "annotate" / f"{sid}.json").exists(), f"{sid} neither done nor quarantined"
+        rows = pq.read_table(run / "annotations" / f"{sid}.parquet").to_pylist()
+        assert {r["doc_id"] for r in rows} == docs
+        total += len(docs)
+    assert total == sum(s["n_docs"] for s in manifest["shards"])
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_head, prepared, config_file, tmp_path_factory) -> Path:
+    """The annotate job submitted with `ray job submit` to the head, as on a cluster."""
+    run = _copy(prepared, tmp_path_factory.mktemp("submitted") / "run")
+    ray = str(Path(sys.executable).parent / "ray")
+    runtime_env = {"excludes": [".venv", ".git", "runs", "*.parquet", "__pycache__", ".pytest_cache", ".hypothesis"],
+                   "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    cmd = [ray, "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps(runtime_env), "--",
+           sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"ray job submit failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "SUCCEEDED" in proc.stdout + proc.stderr
+    return run
+
+
+def test_ray_job_submit_annotates_every_shard(reference_run):
+    manifest = json.loads((reference_run / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 3
+    done = sorted(p.stem for p in (reference_run / "markers" / "annotate").glob("*.json"))
+    assert done == [s["shard_id"] for s in manifest["shards"]]
+    _accounted(reference_run)
+    stats = json.loads((reference_run / "stats.json").read_text())
+    assert stats["shards"]["done"] == 3 and stats["docs"] == manifest_docs(reference_run)
+    waves = list((reference_run / "waves").glob("*.json"))
+    assert waves and all("tools" in json.loads(w.read_text()) for w in waves)
+
+
+def manifest_docs(run: Path) -> int:
+    return sum(s["n_docs"] for s in json.loads((run / "manifest.json").read_text())["shards"])
+
+
+def test_ray_job_equals_single_process(reference_run, config_file, tmp_path):
+    local = tmp_path / "local"
+    _job(["jobs.annotate", f"output_dir={local}", "annotate.runner=local"], config_file)
+    _assert_same(_annotations(reference_run), pq.read_table(local / "annotations.parquet").to_pylist())
+    texts_ray = [r for s in sorted((reference_run / "texts").glob("*.parquet")) for r in pq.read_table(s).to_pylist()]
+    assert texts_ray == pq.read_table(local / "texts.parquet").to_pylist()
+    # The merge reads either layout the same way.
+    for run in (reference_run, local):
+        _job(["jobs.merge", f"output_dir={run}"], config_file)
+    assert pq.read_table(reference_run / "cstar.parquet").column("text").to_pylist() == \
+        pq.read_table(local / "cstar.parquet").column("text").to_pylist()
+
+
+def test_status_job_reports_the_run(reference_run):
+    out = subprocess.run([sys.executable, "-m", "jobs.status", str(reference_run), "--json"], cwd=REPO,
+                         env=_ray_env(), capture_output=True, text=True, check=True)
+    s = json.loads(out.stdout)
+    assert s["shards"] == {"total": 3, "done": 3, "pending": 0, "failed_retryable": 0, "quarantined": 0}
+    assert s["docs"]["processed"] == s["docs"]["total"] == manifest_docs(reference_run)
+    assert set(s["calls_kept"]) == set(TOOLS) and s["eta_s"] in (0, None)
+
+
+def test_fault_actor_killed_mid_shard_is_retried(ray_head, prepared, config_file, reference_run, tmp_path):
+    run = _copy(prepared, tmp_path / "run")
+    flag = tmp_path / "killed.txt"
+    env = {**_ray_env(), "TOOLFORMER_FAULT_KILL_STAGE": "sample", "TOOLFORMER_FAULT_ONCE_FILE": str(flag)}
+    _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}"], config_file, env=env)
+    assert flag.exists(), "the sampling actor was never killed"
+    _accounted(run)
+    _assert_same(_annotations(run), _annotations(reference_run))
+
+
+def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepared, config_file, reference_run, tmp_path):
+    run = _copy(prepared, tmp_path / "run")
+    args = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}",
+            f"ray.address={ray_head['address']}", "shards.wave_shards=1"]
+    driver = subprocess.Popen(args, cwd=REPO, env=_ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    markers = run / "markers" / "annotate"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(markers.glob("*.json")) and driver.poll() is None:
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # mid-run: one wave committed, the next in flight
+    driver.wait()
+    first = {p.name: p.read_text() for p in markers.glob("*.json")}
+    assert 1 <= len(first) < 3, f"the driver was to be killed between waves, found {len(first)} markers"
+    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", "shards.wave_shards=1"],
+                config_file)
+    assert f"{len(first)} already done or quarantined, {3 - len(first)} pending" in proc.stdout
+    assert {p.name: p.read_text() for p in markers.glob("*.json") if p.name in first} == first  # not redone
+    assert not (run / "_staging").exists() or not any((run / "_staging").iterdir())
+    _accounted(run)
+    _assert_same(_annotations(run), _annotations(reference_run))
+
+
+def test_quarantine_corrupt_shard_while_others_finish(ray_head, prepared, config_file, tmp_path):
+    run = _copy(prepared, tmp_path / "run")
+    bad = run / "shards" / "shard-00001.parquet"
+    bad.write_bytes(b"PAR1 this is not a parquet file" * 10)
+    # Checksums off: the shard reaches Ray's reader and fails there, the way a shard that crashes a stage does.
+    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}",
+                 "shards.verify_checksums=false", "shards.max_failures=2"], config_file)
+    assert "retrying its shards one by one" in proc.stdout
+    q = json.loads((run / "quarantine" / "annotate" / "shard-00001.json").read_text())
+    assert q["attempts"] == 2 and q["traceback"]
+    assert sorted(p.stem for p in (run / "markers" / "annotate").glob("*.json")) == ["shard-00000", "shard-00002"]
+    _accounted(run)
+
+
+def test_quarantine_on_checksum_mismatch_without_running(prepared, config_file, tmp_path):
+    from toolformer.annotate.ray_job import RayAnnotator
+    from toolformer.config import load_config
+
+    run = _copy(prepared, tmp_path / "run")
+    (run / "shards" / "shard-00002.parquet").write_bytes(b"junk")
+    cfg = load_config(config_file, [f"output_dir={run}"])
+    annotator = RayAnnotator(cfg, log=lambda _: None)
+    assert annotator.verified(["shard-00000", "shard-00002"]) == ["shard-00000"]
+    assert annotator.state.quarantined() == {"shard-00002"}
+    assert "checksum mismatch" in json.loads((run / "quarantine" / "annotate" / "shard-00002.json").read_text())["error"]
+    assert annotator.state.pending(annotator.manifest) == ["shard-00000", "shard-00001"]

@@ -1,0 +1,233 @@
+"""Shards of a run: the immutable manifest, per-stage completion markers, failures, quarantine, resume.
+
+A run directory (local path or object-store URI such as ``s3://bucket/run``) holds::
+
+    manifest.json                     shard id, file, input URIs, doc count, sha256 (written once)
+    config.yaml                       the resolved config prepare ran with, and its hash
+    shards/<shard>.parquet            the documents (DOCS schema)
+    <stage outputs>/<shard>.parquet   texts/, annotations/ ...
+    stats/<stage>/<shard>.json        per-shard counts and timings
+    markers/<stage>/<shard>.json      the commit point: written last, after every output of the shard
+    failures/<stage>/<shard>.json     one entry per failed attempt (error and traceback)
+    quarantine/<stage>/<shard>.json   shards given up on after too many failures; the run goes on
+
+On a local disk every file is written to a temporary name and renamed; on an object store a put is atomic
+per object and the marker, written after the outputs, is what makes a shard done. Pending work is
+``manifest - done - quarantined``, so re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """A run directory on a local disk or an object store, through pyarrow's filesystems."""
+
+    def __init__(self, root: str | os.PathLike):
+        root = str(root)
+        self.local = "://" not in root or root.startswith("file://")
+        if self.local:
+            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+            self.root = str(Path(root.removeprefix("file://")).resolve())
+        else:
+            self.fs, self.root = pafs.FileSystem.from_uri(root)
+        self.uri = root
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return f.read()
+
+    def read_json(self, *parts: str) -> Any:
+        return json.loads(self.read_bytes(*parts))
+
+    def write_bytes(self, data: bytes, *parts: str) -> str:
+        """Readers see the old object or the whole new one, never a part."""
+        target = self.path(*parts)
+        parent = target.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if not self.local:  # an object put is atomic
+            with self.fs.open_output_stream(target) as f:
+                f.write(data)
+            return target
+        tmp = f"{parent}/.{target.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+
+    def write_json(self, obj: Any, *parts: str) -> str:
+        return self.write_bytes(json.dumps(obj, indent=2, default=str).encode(), *parts)
+
+    def write_table(self, table: pa.Table, *parts: str) -> str:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        return self.write_bytes(buf.getvalue(), *parts)
+
+    def read_table(self, *parts: str) -> pa.Table:
+        return pq.read_table(self.path(*parts), filesystem=self.fs)
+
+    def names(self, *parts: str, suffix: str = "") -> list[str]:
+        """File names directly under a directory (none if it does not exist)."""
+        sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
+        return sorted(
+            i.base_name for i in self.fs.get_file_info(sel)
+            if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith(".")
+        )
+
+    def delete_dir(self, *parts: str) -> None:
+        if self.exists(*parts):
+            self.fs.delete_dir(self.path(*parts))
+
+    def delete_file(self, *parts: str) -> None:
+        if self.exists(*parts):
+            self.fs.delete_file(self.path(*parts))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class ShardInfo:
+    shard_id: str
+    path: str  # relative to the run directory
+    inputs: list[str]  # the input files its documents came from
+    n_docs: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    shards: list[ShardInfo]
+    docs_per_shard: int
+    config_hash: str
+    inputs: list[str] = field(default_factory=list)
+    skips: dict = field(default_factory=dict)  # records prepare skipped, per reason, with places
+    created: str = field(default_factory=_now)
+    version: int = 1
+
+    @property
+    def n_docs(self) -> int:
+        return sum(s.n_docs for s in self.shards)
+
+    def shard(self, shard_id: str) -> ShardInfo:
+        for s in self.shards:
+            if s.shard_id == shard_id:
+                return s
+        raise KeyError(shard_id)
+
+    @classmethod
+    def load(cls, store: Store) -> "Manifest":
+        if not store.exists("manifest.json"):
+            raise FileNotFoundError(f"no manifest.json in {store.uri}: run jobs.prepare first")
+        data = store.read_json("manifest.json")
+        data["shards"] = [ShardInfo(**s) for s in data["shards"]]
+        return cls(**data)
+
+    def save(self, store: Store) -> None:
+        """Written once: a run's shards never change under it (prepare into a new directory instead)."""
+        if store.exists("manifest.json"):
+            old = store.read_json("manifest.json")
+            if [s["sha256"] for s in old["shards"]] != [s.sha256 for s in self.shards]:
+                raise FileExistsError(f"{store.uri} already has a different manifest; use a new output_dir")
+            return
+        store.write_json(asdict(self), "manifest.json")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+class RunState:
+    """Which shards of a stage are done, failed or quarantined, read from the markers in the store."""
+
+    def __init__(self, store: Store, stage: str, max_failures: int = 3):
+        self.store, self.stage, self.max_failures = store, stage, max_failures
+
+    def done(self) -> set[str]:
+        return {n.removesuffix(".json") for n in self.store.names("markers", self.stage, suffix=".json")}
+
+    def quarantined(self) -> set[str]:
+        return {n.removesuffix(".json") for n in self.store.names("quarantine", self.stage, suffix=".json")}
+
+    def failures(self, shard_id: str) -> list[dict]:
+        if not self.store.exists("failures", self.stage, f"{shard_id}.json"):
+            return []
+        return self.store.read_json("failures", self.stage, f"{shard_id}.json")["attempts"]
+
+    def failed(self) -> set[str]:
+        return {n.removesuffix(".json") for n in self.store.names("failures", self.stage, suffix=".json")}
+
+    def pending(self, manifest: Manifest) -> list[str]:
+        skip = self.done() | self.quarantined()
+        return [s.shard_id for s in manifest.shards if s.shard_id not in skip]
+
+    def record_failure(self, shard_id: str, error: BaseException | str, fatal: bool = False) -> bool:
+        """Count a failed attempt; quarantine the shard at ``max_failures`` (or at once when ``fatal``).
+        Returns whether it is now quarantined."""
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+            tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        else:
+            message, tb = error, ""
+        attempts = self.failures(shard_id) + [{"at": _now(), "error": message[:2000], "traceback": tb[-20000:]}]
+        self.store.write_json({"shard_id": shard_id, "attempts": attempts}, "failures", self.stage, f"{shard_id}.json")
+        if fatal or len(attempts) >= self.max_failures:
+            self.store.write_json(
+                {"shard_id": shard_id, "attempts": len(attempts), "error": message[:2000], "traceback": tb[-20000:],
+                 "at": _now()},
+                "quarantine", self.stage, f"{shard_id}.json",
+            )
+            return True
+        return False
+
+    def commit(self, shard_id: str, outputs: dict[str, pa.Table], stats: dict) -> dict:
+        """Write every output of a shard, its stats, then the marker: the shard is done once the marker is."""
+        files = {}
+        for name, table in outputs.items():
+            self.store.write_table(table, name, f"{shard_id}.parquet")
+            files[name] = {"path": f"{name}/{shard_id}.parquet", "rows": table.num_rows}
+        self.store.write_json(stats, "stats", self.stage, f"{shard_id}.json")
+        marker = {"shard_id": shard_id, "stage": self.stage, "outputs": files, "committed": _now()}
+        self.store.write_json(marker, "markers", self.stage, f"{shard_id}.json")
+        return marker
+
+    def stats(self, shard_ids: Iterable[str] | None = None) -> list[dict]:
+        ids = sorted(self.done()) if shard_ids is None else shard_ids
+        return [self.store.read_json("stats", self.stage, f"{s}.json") for s in ids
+                if self.store.exists("stats", self.stage, f"{s}.json")]
+
+    def committed_outputs(self, manifest: Manifest, name: str) -> list[str]:
+        """Paths of a stage output for every done shard, in manifest order (what merge reads)."""
+        done = self.done()
+        return [self.store.path(name, f"{s.shard_id}.parquet") for s in manifest.shards if s.shard_id in done]
