@@ -135,11 +135,11 @@ def _accounted(run: Path) -> None:
     total = 0
     for s in manifest["shards"]:
         sid = s["shard_id"]
+        if sid in quarantined:  # counted by the manifest (its file may be the corrupt one)
+            total += s["n_docs"]
+            continue
         docs = set(pq.read_table(run / s["path"], columns=["doc_id"]).column("doc_id").to_pylist())
         assert len(docs) == s["n_docs"]
-        if sid in quarantined:
-            total += len(docs)
-            continue
         assert (run / "markers" / "annotate" / f"{sid}.json").exists(), f"{sid} neither done nor quarantined"
         rows = pq.read_table(run / "annotations" / f"{sid}.parquet").to_pylist()
         assert {r["doc_id"] for r in rows} == docs
@@ -159,7 +159,7 @@ def reference_run(ray_head, prepared, config_file, tmp_path_factory) -> Path:
            sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}"]
     proc = subprocess.run(cmd, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"ray job submit failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    assert "SUCCEEDED" in proc.stdout + proc.stderr
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
     return run
 
 

@@ -41,12 +41,21 @@ def init_ray(cfg: RunConfig) -> None:
 
     env = {k: v for k, v in os.environ.items()
            if k.startswith(("TOOLFORMER_", "VLLM_", "HF_", "TRANSFORMERS_")) or k == "TOKENIZERS_PARALLELISM"}
-    if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        # A driver started by hand (not `ray job submit --working-dir`): workers import the package from here.
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        # A submitted job: its runtime env (working_dir, env_vars) already reaches every worker, and Ray refuses
+        # a driver env that sets the same keys again; add only what it lacks.
+        try:
+            given = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        except (ValueError, AttributeError):
+            given = {}
+        env = {k: v for k, v in env.items() if k not in given}
+    else:
+        # A driver started by hand: workers import the package from this checkout.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH")) if p)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
     else:
         # A private Ray for this run; every listener stays on loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
