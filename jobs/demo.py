@@ -1,5 +1,6 @@
 """The whole job, small, on the embedded defaults: annotate 50 Wikipedia summaries with calls to all five
-tools on SmolLM2-135M-Instruct, merge the survivors into C*, print the funnel.
+tools on SmolLM2-135M-Instruct, merge the survivors into C*, print the funnel, then finetune the model on C*
+for a few steps (2 Ray Train workers, DeepSpeed ZeRO-2 on CPU) and export the checkpoint.
 
 Only ~3% of the summaries pass the Calculator's heuristic (arithmetic among three numbers) and few hold a
 foreign phrase for MT, so the demo picks its documents on purpose: up to a fifth with a foreign phrase, up
@@ -74,6 +75,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             shown.add(call["tool"])
             lo = max(0, call["char_start"] - 80)
             print(f"  [{call['tool']}, gain {call['gain']:.2f}] …{row['text'][lo: call['char_end'] + 60]}…")
+    if summary["texts"] and cfg.train.max_steps > 0:
+        from toolformer.train.finetune import run_finetune
+
+        t = cfg.train
+        print(f"\n[demo] finetuning on C* for {t.max_steps} steps only (effective batch {t.effective_batch}, "
+              f"sequence length {t.seq_len}, lr {t.lr}): this shows the machinery, it does not make a better model")
+        ft = run_finetune(cfg, log=lambda m: print(f"  {m}"))
+        print(f"  train loss {ft['final']['train_loss']:.3f} at step {ft['final']['step']}, dev perplexity "
+              f"{ft['best_dev_ppl']:.1f}; checkpoint (HF folder, loads in vLLM): {ft['checkpoints'].get('last')}")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s; run stats in {Path(cfg.output_dir) / 'stats.json'}")
 
 

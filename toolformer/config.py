@@ -139,6 +139,29 @@ class RayConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Finetuning on C* (DESIGN §1.5): the paper's recipe by default."""
+
+    data_dir: Optional[str] = None  # the merged annotation run (cstar.parquet); None: output_dir
+    out_dir: Optional[str] = None  # checkpoints and Ray Train storage; None: <output_dir>/finetune
+    baseline: bool = False  # the paper's "GPT-J + CC": the same texts without their calls
+    mask_results: bool = False  # the paper trains on the results too
+    seq_len: int = 1024
+    effective_batch: int = 128  # sequences per optimizer step = micro_batch x accumulation x workers
+    micro_batch: int = 1
+    lr: float = 1.0e-5
+    warmup_ratio: float = 0.1  # linear warmup over the first 10 % of the steps, then constant
+    max_steps: int = 2000
+    eval_every: int = 500  # dev perplexity and a checkpoint every this many steps (and at the end)
+    dev_size: int = 1000
+    deepspeed_config: str = "jobs/configs/ds_zero3.yaml"  # or ds_zero2.yaml
+    num_workers: int = 2
+    use_gpu: bool = False
+    max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
+    keep_checkpoints: int = 2  # the best by dev perplexity are kept
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/${name}"
@@ -150,6 +173,7 @@ class RunConfig:
     merge: MergeConfig = field(default_factory=MergeConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def tool_params(self, tool: str) -> ToolParams:
         """Defaults with the tool's overrides on top (tool names match case-insensitively)."""
@@ -181,7 +205,7 @@ def config_hash(cfg: RunConfig) -> str:
     """Hash of the settings that change outputs (the run name and output place do not)."""
     data = to_dict(cfg)
     # Where and how it runs does not change what it computes.
-    for key in ("name", "output_dir", "ray"):
+    for key in ("name", "output_dir", "ray", "train"):
         data.pop(key, None)
     data.get("annotate", {}).pop("runner", None)
     data.get("shards", {}).pop("wave_shards", None)

@@ -1,0 +1,149 @@
+"""The finetuning loop: Ray Train ``TorchTrainer`` workers running a DeepSpeed engine over packed C*.
+
+Each worker builds the model, wraps it in DeepSpeed (ZeRO-2/3 from a YAML file; batch sizes, schedule and
+precision filled in here), streams its share of the packed sequences from a Ray Dataset, and every
+``eval_every`` steps measures dev perplexity and reports a checkpoint: the DeepSpeed state (every rank's
+shard, for resuming) plus a Hugging Face folder (safetensors + tokenizer) that vLLM loads as it is. A worker
+group that fails restarts from the last reported checkpoint (``FailureConfig``); a resubmitted run with the
+same name and storage path resumes the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def deepspeed_config(path: str, *, micro_batch: int, accumulation: int, lr: float, warmup_steps: int,
+                     bf16: bool, cpu: bool) -> dict[str, Any]:
+    cfg = yaml.safe_load(Path(path).read_text())
+    cfg.update(
+        train_micro_batch_size_per_gpu=micro_batch,
+        gradient_accumulation_steps=accumulation,
+        # torch's AdamW: DeepSpeed's fused CPU Adam would JIT-build a C++ op on first use.
+        optimizer={"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
+                                                "torch_adam": True}},
+        scheduler={"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
+                                                  "warmup_num_steps": max(1, warmup_steps), "warmup_type": "linear"}},
+        bf16={"enabled": bool(bf16)},
+    )
+    if cpu:
+        cfg.get("zero_optimization", {}).pop("overlap_comm", None)  # no CUDA streams to overlap with
+    return cfg
+
+
+def _maybe_crash(step: int) -> None:
+    """Fault-injection hook for the resume test (never set in a real run): with
+    ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>`` and ``TOOLFORMER_FAULT_ONCE_FILE=<path>``, rank 0 dies once,
+    right after the checkpoint of that step was reported."""
+    at, flag = os.environ.get("TOOLFORMER_FAULT_TRAIN_CRASH_AT"), os.environ.get("TOOLFORMER_FAULT_ONCE_FILE")
+    if not at or not flag or int(at) != step:
+        return
+    try:
+        fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, f"crashed after step {step}\n".encode())
+    os.close(fd)
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    if not config["use_gpu"]:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["seed"])
+    cpu = not (config["use_gpu"] and torch.cuda.is_available())
+    bf16 = not cpu  # the paper trains in bf16; on CPU fp32 keeps the checkpoint exact for the engine tests
+    tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
+    model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32)
+    accumulation = max(1, config["effective_batch"] // (config["micro_batch"] * world))
+    ds_cfg = deepspeed_config(
+        config["deepspeed_config"], micro_batch=config["micro_batch"], accumulation=accumulation, lr=config["lr"],
+        warmup_steps=int(config["warmup_ratio"] * config["max_steps"]), bf16=bf16, cpu=cpu,
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                           config=ds_cfg, dist_init_required=False)
+    device = engine.device
+    state = {"step": 0, "best_dev_ppl": None, "history": [], "resumed_from": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(os.path.join(d, "deepspeed"))
+            state = json.loads(Path(d, "trainer_state.json").read_text())
+            state["resumed_from"] = state["step"]
+    zero3 = ds_cfg.get("zero_optimization", {}).get("stage") == 3
+
+    def batches(name: str):
+        shard = ray.train.get_dataset_shard(name)
+        return shard.iter_torch_batches(batch_size=config["micro_batch"], dtypes=torch.long, device=str(device))
+
+    def dev_perplexity() -> float:
+        engine.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        with torch.no_grad():
+            for b in batches("dev"):
+                out = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
+                n = int((b["labels"][:, 1:] != -100).sum())
+                total += torch.tensor([float(out.loss) * n, n], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        engine.train()
+        return math.exp(total[0] / total[1]) if total[1] else float("nan")
+
+    def save(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save_checkpoint(os.path.join(tmp, "deepspeed"), tag=f"step-{state['step']}")
+            weights = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
+            if rank == 0:
+                engine.module.save_pretrained(os.path.join(tmp, "model"), state_dict=weights, safe_serialization=True)
+                tokenizer.save_pretrained(os.path.join(tmp, "model"))
+                Path(tmp, "trainer_state.json").write_text(json.dumps(state))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    engine.train()
+    t0, tokens, losses = time.perf_counter(), 0, []
+    start = state["step"]
+    while state["step"] < config["max_steps"]:
+        for b in batches("train"):
+            before = engine.global_steps
+            out = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
+            engine.backward(out.loss)
+            engine.step()
+            losses.append(float(out.loss))
+            tokens += int(b["attention_mask"].sum())
+            if engine.global_steps == before:
+                continue  # still accumulating
+            state["step"] = int(engine.global_steps)
+            step = state["step"]
+            metrics = {"step": step, "train_loss": sum(losses) / len(losses), "lr": engine.get_lr()[0],
+                       "tokens_per_s_worker": tokens / (time.perf_counter() - t0), "world_size": world,
+                       "resumed_from": state["resumed_from"], "steps_this_attempt": step - start,
+                       "peak_rss_mb_worker": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            losses.clear()
+            state["history"].append({"step": step, "train_loss": metrics["train_loss"]})
+            if step % config["eval_every"] == 0 or step >= config["max_steps"]:
+                metrics["dev_ppl"] = dev_perplexity()
+                if state["best_dev_ppl"] is None or metrics["dev_ppl"] < state["best_dev_ppl"]:
+                    state["best_dev_ppl"] = metrics["dev_ppl"]
+                save(metrics)
+                _maybe_crash(step)
+            else:
+                ray.train.report(metrics)
+            if step >= config["max_steps"]:
+                break
