@@ -77,7 +77,7 @@ def test_resume_after_crash_continues_from_the_checkpoint_step(finetuned):
     assert finetuned["crashed"], "rank 0 was to crash once after the step-2 checkpoint"
     final = finetuned["summary"]["final"]
     assert final["step"] == 4
-    assert final["resumed_from"] == 2 and final["steps_this_attempt"] == 2  # steps 3-4 only, not from zero
+    assert final["resumed_from"] == 2 and final["steps_this_attempt"] == 2, final  # steps 3-4 only, not from zero
 
 
 def _mean_loss(model_path: str, merged_run: Path) -> float:

@@ -42,10 +42,11 @@ def deepspeed_config(path: str, *, micro_batch: int, accumulation: int, lr: floa
 
 def _maybe_crash(step: int) -> None:
     """Fault-injection hook for the resume test (never set in a real run): with
-    ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>`` and ``TOOLFORMER_FAULT_ONCE_FILE=<path>``, rank 0 dies once,
-    right after the checkpoint of that step was reported."""
+    ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>`` and ``TOOLFORMER_FAULT_ONCE_FILE=<path>``, rank 0 dies once, one
+    step after the checkpoint of that step (the controller registers a reported checkpoint asynchronously; a
+    crash in the same instant could lose it, as a real crash could)."""
     at, flag = os.environ.get("TOOLFORMER_FAULT_TRAIN_CRASH_AT"), os.environ.get("TOOLFORMER_FAULT_ONCE_FILE")
-    if not at or not flag or int(at) != step:
+    if not at or not flag or int(at) + 1 != step or ray_rank() != 0:
         return
     try:
         fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -54,6 +55,12 @@ def _maybe_crash(step: int) -> None:
     os.write(fd, f"crashed after step {step}\n".encode())
     os.close(fd)
     os._exit(1)
+
+
+def ray_rank() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_world_rank()
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -142,8 +149,8 @@ def train_loop_per_worker(config: dict) -> None:
                 if state["best_dev_ppl"] is None or metrics["dev_ppl"] < state["best_dev_ppl"]:
                     state["best_dev_ppl"] = metrics["dev_ppl"]
                 save(metrics)
-                _maybe_crash(step)
             else:
                 ray.train.report(metrics)
+            _maybe_crash(step)
             if step >= config["max_steps"]:
                 break
