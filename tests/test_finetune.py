@@ -103,17 +103,29 @@ def test_loss_falls_on_the_training_set(finetuned, merged_run, model_path):
     assert finetuned["summary"]["best_dev_ppl"] > 1.0
 
 
-def test_checkpoint_loads_in_the_vllm_engine_and_generates(finetuned):
+def test_checkpoint_is_evaluated_in_the_vllm_engine(finetuned, merged_run, model_path):
+    """The exported folder loads in the vLLM engine as it is: its perplexity on the training texts, computed
+    by the engine, is below the base model's, and it generates."""
     code = (
-        "import json,sys\n"
+        "import json, math, sys\n"
+        "import pyarrow.parquet as pq\n"
         "from toolformer.engine.vllm_engine import VLLMEngine\n"
-        "e = VLLMEngine(sys.argv[1], 'float32', seed=0, max_model_len=512, cpu_kv_cache_gib=1)\n"
-        "out = e.sample([e.encode('The total cost is 36 * 5 =')], n=1, max_tokens=8, stop=']', temperature=0.0, seeds=[0])\n"
-        "print(json.dumps({'text': out[0][0].text}))\n"
-        "e.close()\n"
+        "texts = pq.read_table(sys.argv[3]).column('text').to_pylist()\n"
+        "out = {}\n"
+        "for label, path in (('base', sys.argv[1]), ('finetuned', sys.argv[2])):\n"
+        "    e = VLLMEngine(path, 'float32', seed=0, max_model_len=512, cpu_kv_cache_gib=1)\n"
+        "    seqs = [e.doc_start + e.encode(t)[:128] for t in texts]\n"
+        "    lps = e.sequence_logprobs(seqs, [len(e.doc_start)] * len(seqs))\n"
+        "    nll = -sum(float(x.sum()) for x in lps) / sum(len(x) for x in lps)\n"
+        "    gen = e.sample([e.encode('The total cost is 36 * 5 =')], n=1, max_tokens=8, stop=']', temperature=0.0, seeds=[0])\n"
+        "    out[label] = {'ppl': math.exp(nll), 'text': gen[0][0].text}\n"
+        "    e.close()\n"
+        "print(json.dumps(out))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, finetuned["summary"]["checkpoints"]["last"]], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run([sys.executable, "-c", code, model_path, finetuned["summary"]["checkpoints"]["last"],
+                           str(merged_run / "cstar.parquet")], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-4000:]
-    text = json.loads(proc.stdout.strip().splitlines()[-1])["text"]
-    assert text.strip(), "the finetuned checkpoint generated nothing"
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["finetuned"]["ppl"] < res["base"]["ppl"] * 0.95, res
+    assert res["finetuned"]["text"].strip(), "the finetuned checkpoint generated nothing"
