@@ -1,0 +1,59 @@
+"""Every shipped evaluation set loads, with the documented number of examples (SOURCE.txt of each)."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolformer.evaluation.scoring import score
+from toolformer.evaluation.tasks import dateset, load_task, templama_cloze
+
+# Documented sizes; LAMA counts are after the paper's filter (the mask must be the last token).
+EXPECTED = {
+    "svamp": 1000, "mawps": 50, "webquestions": 2032, "nq": 3610, "triviaqa": 3000, "mlqa_de_de": 512,
+    "mlqa": 1190 * 6,  # every XQuAD question in es, de, hi, vi, zh, ar with its English context
+    "lama_squad": 210,  # of 305
+    "lama_google_re": 2937 + 766,  # place of birth/death; "[X] (born [Y])." does not end in the mask
+    "lama_trex": 18601,  # of 22,881 facts (28 relations shipped) whose template ends in [Y]
+    "asdiv": 2084,  # of 2,305: numeric answers only
+    "dateset": 500,
+}
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED))
+def test_loader_counts(task, shared_data):
+    examples = load_task(task, shared_data)
+    assert len(examples) == EXPECTED[task]
+    assert len({e.uid for e in examples}) == len(examples)
+    assert all(e.prompt.strip() and e.answers for e in examples)
+
+
+def test_tool_subsets_follow_the_paper(shared_data):
+    assert "WikiSearch" not in load_task("lama_trex", shared_data, limit=1)[0].tools
+    assert "QA" not in load_task("nq", shared_data, limit=1)[0].tools
+    assert "Calculator" in load_task("svamp", shared_data, limit=1)[0].tools
+
+
+def test_sampling_is_reproducible(shared_data):
+    a = [e.uid for e in load_task("nq", shared_data, limit=20, seed=3)]
+    assert a == [e.uid for e in load_task("nq", shared_data, limit=20, seed=3)]
+    assert a != [e.uid for e in load_task("nq", shared_data, limit=20, seed=4)]
+
+
+def test_gold_answers_score_as_correct(shared_data):
+    for task in ("svamp", "asdiv", "mawps", "lama_trex", "triviaqa", "mlqa"):
+        for e in load_task(task, shared_data, limit=25, seed=0):
+            if len(e.answers[0].split()) > 8:
+                continue  # longer than the word cap allows: no generation can score it (a property of the rule)
+            assert score(e.kind, f"{e.answers[0]} is the answer", e.answers), (task, e.answers)
+
+
+def test_dateset_and_templama(shared_data):
+    items = dateset(n=60, seed=1)
+    assert all(e.meta["today"] for e in items)
+    assert {e.prompt.split()[0] for e in items} >= {"What", "How"}
+    assert {e.meta["relation"] for e in templama_cloze(shared_data)} >= {"member of sports team", "employer"}
+
+
+def test_unknown_task_is_an_error(shared_data):
+    with pytest.raises(ValueError):
+        load_task("squad2", shared_data)

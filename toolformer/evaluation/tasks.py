@@ -1,0 +1,208 @@
+"""The downstream tasks of the paper (DESIGN §1.6) as lists of ``Example``, from the files in ``shared/data``.
+
+Every loader reads a local file (formats in each dataset's SOURCE.txt); ``limit`` and ``seed`` take a
+reproducible random sample. Tool subsets per task follow the paper: WikiSearch off for LAMA, the QA tool
+off for the QA sets; the evaluate job's config can change them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import random
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ALL_TOOLS = ("Calculator", "Calendar", "WikiSearch", "QA", "MT")
+MLQA_LANGS = ("es", "de", "hi", "vi", "zh", "ar")
+
+
+@dataclass
+class Example:
+    task: str
+    uid: str
+    prompt: str  # what the model continues
+    answers: list[str]
+    kind: str  # lama | temporal | math | qa | mlqa (which lenient scorer)
+    tools: tuple[str, ...] = ALL_TOOLS  # the tools it may call
+    meta: dict = field(default_factory=dict)  # e.g. the "current date" a Calendar call should return
+
+
+def _jsonl(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _without(*tools: str) -> tuple[str, ...]:
+    return tuple(t for t in ALL_TOOLS if t not in tools)
+
+
+# -- LAMA ---------------------------------------------------------------------------------------------------
+def _mask_last(sentence: str) -> str | None:
+    """The text before ``[MASK]`` when the mask is the last token (only a final period may follow)."""
+    before, sep, after = sentence.partition("[MASK]")
+    if not sep or after.strip() not in ("", ".") or "[MASK]" in after:
+        return None
+    return before.rstrip()
+
+
+def lama_squad(data: Path) -> list[Example]:
+    out = []
+    for r in _jsonl(data / "lama" / "squad" / "test.jsonl"):
+        prompt = _mask_last(r["masked_sentences"][0])
+        if prompt:
+            out.append(Example("lama_squad", r["id"], prompt, [r["obj_label"]], "lama", _without("WikiSearch")))
+    return out
+
+
+def lama_google_re(data: Path) -> list[Example]:
+    from toolformer.evaluation.lama import google_re_facts
+
+    return [Example("lama_google_re", f.uid, f.cloze, [f.obj, *f.aliases], "lama", _without("WikiSearch"))
+            for f in google_re_facts(data) if _mask_last(f.template.replace("[Y]", "[MASK]"))]
+
+
+def lama_trex(data: Path) -> list[Example]:
+    from toolformer.evaluation.lama import trex_facts
+
+    return [Example("lama_trex", f.uid, f.cloze, [f.obj], "lama", _without("WikiSearch"))
+            for f in trex_facts(data) if _mask_last(f.template.replace("[Y]", "[MASK]"))]
+
+
+# -- math -----------------------------------------------------------------------------------------------------
+def asdiv(data: Path) -> list[Example]:
+    """ASDiv problems with a numeric answer (units in parentheses dropped; ratios, names and yes/no skipped)."""
+    out = []
+    for p in ET.parse(data / "asdiv" / "ASDiv.xml").getroot().iter("Problem"):
+        answer = re.sub(r"\s*\(.*?\)\s*", " ", p.findtext("Answer") or "").strip()
+        if not re.fullmatch(r"-?[\d,]*\.?\d+", answer):
+            continue
+        text = f"{(p.findtext('Body') or '').strip()} {(p.findtext('Question') or '').strip()}"
+        out.append(Example("asdiv", p.get("ID"), text, [answer.replace(",", "")], "math"))
+    return out
+
+
+def svamp(data: Path) -> list[Example]:
+    return [Example("svamp", r["ID"], f"{r['Body'].strip()} {r['Question'].strip()}", [_num(r["Answer"])], "math")
+            for r in json.loads((data / "svamp" / "SVAMP.json").read_text())]
+
+
+def mawps(data: Path) -> list[Example]:
+    return [Example("mawps", str(r["iIndex"]), " ".join(r["sQuestion"].split()), [_num(r["lSolutions"][0])], "math")
+            for r in json.loads((data / "mawps" / "mawps_dev50.json").read_text())]
+
+
+def _num(x) -> str:
+    v = float(x)
+    return str(int(v)) if v == int(v) else str(round(v, 4))
+
+
+# -- open-domain QA ---------------------------------------------------------------------------------------------
+def webquestions(data: Path) -> list[Example]:
+    return [Example("webquestions", r["qId"], r["qText"], r["answers"], "qa", _without("QA"))
+            for r in json.loads((data / "webquestions" / "test.json").read_text())]
+
+
+def nq(data: Path) -> list[Example]:
+    return [Example("nq", str(i), r["question"], r["answer"], "qa", _without("QA"))
+            for i, r in enumerate(_jsonl(data / "nq_open" / "NQ-open.dev.jsonl"))]
+
+
+def triviaqa(data: Path) -> list[Example]:
+    out = []
+    for i, r in enumerate(_jsonl(data / "triviaqa" / "triviaqa_sm_sub.jsonl")):
+        q = r["context"].removeprefix("Question:").removesuffix("Answer:").strip()
+        out.append(Example("triviaqa", str(i), q, [r["answer"], *r.get("aliases", [])], "qa", _without("QA")))
+    return out
+
+
+# -- multilingual QA --------------------------------------------------------------------------------------------
+def mlqa(data: Path, langs: tuple[str, ...] = MLQA_LANGS) -> list[Example]:
+    """MLQA-style items from XQuAD: the English context with the question in another language."""
+    contexts = {}
+    for art in json.loads((data / "xquad" / "xquad.en.json").read_text())["data"]:
+        for para in art["paragraphs"]:
+            for qa in para["qas"]:
+                contexts[qa["id"]] = para["context"]
+    out = []
+    for r in _jsonl(data / "xquad" / "xquad_parallel_questions.jsonl"):
+        for lang in langs:
+            if r.get(f"question_{lang}") and r["id"] in contexts:
+                out.append(Example(f"mlqa_{lang}", f"{r['id']}-{lang}", f"{contexts[r['id']]}\n{r[f'question_{lang}']}",
+                                   [r["answer_en"]], "mlqa", ALL_TOOLS, {"lang": lang}))
+    return out
+
+
+def mlqa_de(data: Path) -> list[Example]:
+    """The real MLQA de/de sample (German context and question): a check of the loader, not the paper's setup."""
+    return [Example("mlqa_de_de", r["id"], f"{r['context']}\n{r['question']}", r["answers"]["text"], "mlqa",
+                    ALL_TOOLS, {"lang": "de"}) for r in _jsonl(data / "mlqa_de" / "mlqa_dev_context-de_question-de.jsonl")]
+
+
+# -- temporal ---------------------------------------------------------------------------------------------------
+_DATESET_TEMPLATES = (
+    ("What day of the week is it today?", lambda d: [d.strftime("%A")]),
+    ("What month is it?", lambda d: [d.strftime("%B")]),
+    ("What year is it?", lambda d: [str(d.year)]),
+    ("What day of the month is it today?", lambda d: [str(d.day)]),
+    ("How many days ago was {past}?", None),
+    ("What year was it {n} years ago?", None),
+)
+
+
+def dateset(n: int = 500, seed: int = 0) -> list[Example]:
+    """Dateset-style questions generated around a random "current date" (the Calendar tool's answer)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        today = dt.date(2000, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 30))
+        q, fn = _DATESET_TEMPLATES[i % len(_DATESET_TEMPLATES)]
+        if "{past}" in q:
+            days = rng.randrange(2, 40)
+            past = today - dt.timedelta(days=days)
+            q, answers = q.format(past=past.strftime("%B %d, %Y").replace(" 0", " ")), [str(days)]
+        elif "{n}" in q:
+            k = rng.randrange(2, 30)
+            q, answers = q.format(n=k), [str(today.year - k)]
+        else:
+            answers = fn(today)
+        out.append(Example("dateset", str(i), q, answers, "temporal", ALL_TOOLS, {"today": today.isoformat()}))
+    return out
+
+
+def templama_cloze(data: Path) -> list[Example]:
+    """TempLAMA-style cloze prompts from its relation templates (the answers are not shipped: no gold, so these
+    items are for generation and tool-call rates only, never scored)."""
+    out = []
+    with open(data / "templama" / "templates.csv", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            t = row["Template"]
+            if t.index("<object>") > t.index("<subject>"):
+                prompt = t.split("<object>")[0].replace("<subject>", "{subject}").rstrip()
+                out.append(Example("templama", row["Wikidata ID"], prompt, [], "temporal", ALL_TOOLS,
+                                   {"relation": row["Relation"]}))
+    return out
+
+
+LOADERS: dict[str, Callable[[Path], list[Example]]] = {
+    "lama_squad": lama_squad, "lama_google_re": lama_google_re, "lama_trex": lama_trex,
+    "asdiv": asdiv, "svamp": svamp, "mawps": mawps,
+    "webquestions": webquestions, "nq": nq, "triviaqa": triviaqa,
+    "mlqa": mlqa, "mlqa_de_de": mlqa_de,
+    "dateset": lambda data: dateset(),
+}
+
+
+def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0) -> list[Example]:
+    if name not in LOADERS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(LOADERS)}")
+    examples = LOADERS[name](Path(data))
+    if limit is not None and limit < len(examples):
+        examples = random.Random(seed).sample(examples, limit)
+    return examples
