@@ -6,6 +6,7 @@
     python -m jobs.bench ray                      # Ray job vs single process, 1 vs 2 LM actors, resume cost
     python -m jobs.bench train                    # finetuning tokens/s and memory per worker, ZeRO 1/2/3 on CPU
     python cluster/gpu_bench_train.py             # (GPU machine) 1B Llama-shaped model, ZeRO-2: tokens/s, MFU
+    python -m jobs.bench eval                     # tool-using decoding: batched vs one input at a time
 
 ``annotate``: the pipeline's stages on the vLLM engine against the same algorithm done naively
 (transformers, one sequence at a time, a KV-cached ``generate`` per position, a full-length forward per
@@ -430,6 +431,42 @@ def bench_train(args) -> dict:
     return result
 
 
+def bench_eval(args) -> dict:
+    """Batched tool-using decoding against one input at a time: same engine, same inputs, same outputs."""
+    from toolformer.config import load_config
+    from toolformer.engine import build_engine
+    from toolformer.evaluation.evaluate import build_tools
+    from toolformer.evaluation.runner import format_prompt, tool_use_prompt
+    from toolformer.evaluation.tasks import load_task
+    from toolformer.inference import DecodeConfig, ToolDecoder
+
+    cfg = load_config(REPO / "jobs" / "configs" / "default.yaml", ["engine.top_logprobs=20"])
+    examples = []
+    for task in args.tasks:
+        examples += load_task(task, _shared_data(), limit=args.per_task, seed=0)
+    prompts = [tool_use_prompt() + format_prompt(e) for e in examples]
+    engine = build_engine(cfg)
+    decoder = ToolDecoder(engine, build_tools(cfg), DecodeConfig(max_new_tokens=32, top_k=10, stop=["\n"]))
+    allowed = [e.tools for e in examples]
+    ctx = [{"date": e.meta.get("today"), "allow_today": True} for e in examples]
+    decoder(prompts[:2], allowed[:2], ctx[:2])  # warm-up
+    t0 = time.perf_counter()
+    batched = decoder(prompts, allowed, ctx)
+    t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = [decoder([p], [a], [c])[0] for p, a, c in zip(prompts, allowed, ctx)]
+    t_single = time.perf_counter() - t0
+    engine.close()
+    same = sum(a.text == b.text for a, b in zip(batched, single))
+    return {
+        "benchmark": "eval", "examples": len(examples), "tasks": args.tasks, "mode": "base model, tools via prompt, k=10",
+        "batched_examples_per_s": round(len(examples) / t_batched, 2),
+        "one_at_a_time_examples_per_s": round(len(examples) / t_single, 2),
+        "speedup": round(t_single / t_batched, 2), "same_outputs": same, "of": len(examples),
+        "examples_with_a_call": sum(bool(d.calls) for d in batched),
+    }
+
+
 def manifest_docs(manifest: dict) -> int:
     return sum(s["n_docs"] for s in manifest["shards"])
 
@@ -465,8 +502,12 @@ def main(argv=None) -> None:
     tr.add_argument("--steps", type=int, default=6)
     tr.add_argument("--zero-stages", type=int, nargs="*", default=[1, 2, 3])
     tr.add_argument("--work-dir", default=None)
+    ev = sub.add_parser("eval", help="tool-using decoding: batched vs one input at a time")
+    ev.add_argument("--tasks", nargs="*", default=["svamp", "arithmetic", "dateset", "lama_trex"])
+    ev.add_argument("--per-task", type=int, default=16)
     args = parser.parse_args(argv)
-    result = {"annotate": bench_annotate, "tools": bench_tools, "ray": bench_ray, "train": bench_train}[args.which](args)
+    result = {"annotate": bench_annotate, "tools": bench_tools, "ray": bench_ray, "train": bench_train,
+              "eval": bench_eval}[args.which](args)
     out.write(json.dumps(result, indent=2) + "\n")
     out.flush()
 

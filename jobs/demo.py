@@ -1,6 +1,7 @@
 """The whole job, small, on the embedded defaults: annotate 50 Wikipedia summaries with calls to all five
 tools on SmolLM2-135M-Instruct, merge the survivors into C*, print the funnel, then finetune the model on C*
-for a few steps (2 Ray Train workers, DeepSpeed ZeRO-2 on CPU) and export the checkpoint.
+for a few steps (2 Ray Train workers, DeepSpeed ZeRO-2 on CPU), export the checkpoint, and evaluate the model
+before and after on small built-in task samples (with and without tools).
 
 Only ~3% of the summaries pass the Calculator's heuristic (arithmetic among three numbers) and few hold a
 foreign phrase for MT, so the demo picks its documents on purpose: up to a fifth with a foreign phrase, up
@@ -84,6 +85,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         ft = run_finetune(cfg, log=lambda m: print(f"  {m}"))
         print(f"  train loss {ft['final']['train_loss']:.3f} at step {ft['final']['step']}, dev perplexity "
               f"{ft['best_dev_ppl']:.1f}; checkpoint (HF folder, loads in vLLM): {ft['checkpoints'].get('last')}")
+        cfg.eval.finetuned = ft["checkpoints"].get("last")
+    if cfg.eval.tasks:
+        from toolformer.evaluation.evaluate import run_evaluate
+
+        print(f"\n[demo] evaluating on {', '.join(cfg.eval.tasks)} ({cfg.eval.limit} examples each: a small sample, "
+              "indicative only), before and after the short finetune")
+        ev = run_evaluate(cfg, log=lambda m: print(f"  {m}"))
+        print(ev["table"])
+        print(f"  → {ev['markdown']}, plot {ev['plot']}")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s; run stats in {Path(cfg.output_dir) / 'stats.json'}")
 
 

@@ -162,6 +162,24 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Downstream evaluation (DESIGN §1.6): tasks, sample sizes, decoding, the models compared."""
+
+    tasks: list[str] = field(default_factory=lambda: [
+        "lama_squad", "lama_google_re", "lama_trex", "asdiv", "svamp", "mawps", "webquestions", "nq", "triviaqa",
+        "mlqa", "dateset"])
+    limit: Optional[int] = 200  # examples per task (a seeded sample); None: all
+    data_dir: Optional[str] = None  # the evaluation files; None: $TOOLFORMER_SHARED_DATA or ../shared/data
+    finetuned: Optional[str] = None  # HF folder of a finetuned model: adds "finetuned (disabled)" and "+ tools"
+    base_prompted: bool = True  # the base model with tools via a few-shot tool-use prompt only
+    tools: list[str] = field(default_factory=lambda: ["Calculator", "Calendar", "WikiSearch", "QA", "MT"])
+    top_k: int = 10  # a call starts when "[" is among the k most likely next tokens (1: plain greedy)
+    max_new_tokens: int = 32
+    max_calls: int = 1
+    out_dir: Optional[str] = None  # None: <output_dir>/eval
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/${name}"
@@ -174,6 +192,7 @@ class RunConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def tool_params(self, tool: str) -> ToolParams:
         """Defaults with the tool's overrides on top (tool names match case-insensitively)."""
@@ -205,7 +224,7 @@ def config_hash(cfg: RunConfig) -> str:
     """Hash of the settings that change outputs (the run name and output place do not)."""
     data = to_dict(cfg)
     # Where and how it runs does not change what it computes.
-    for key in ("name", "output_dir", "ray", "train"):
+    for key in ("name", "output_dir", "ray", "train", "eval"):
         data.pop(key, None)
     data.get("annotate", {}).pop("runner", None)
     data.get("shards", {}).pop("wave_shards", None)

@@ -40,6 +40,16 @@ class Sample:
     num_tokens: int
 
 
+@dataclass
+class Greedy:
+    """A greedy continuation: its token ids, text, the top-k token ids at every step, and why it stopped."""
+
+    token_ids: list[int]
+    text: str
+    top_ids: list[list[int]]  # the k most likely next tokens at each generated step (the chosen one first)
+    stopped_by: str | None  # the stop string that ended it, or None (length / end of text)
+
+
 def doc_start_ids(tokenizer) -> list[int]:
     """What a document starts with in pretraining: the BOS the tokenizer adds, else ``<|endoftext|>``.
 
@@ -111,6 +121,18 @@ class Engine(abc.ABC):
         seeds: Sequence[int],
     ) -> list[list[Sample]]:
         """``n`` sampled continuations per prompt, each ending at ``stop`` or after ``max_tokens``."""
+
+    def greedy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_tokens: int,
+        top_k: int = 1,
+        stop: Sequence[str] = (),
+        banned_ids: Sequence[int] = (),
+    ) -> list[Greedy]:
+        """Greedy continuations with the top ``top_k`` token ids per step; ``banned_ids`` get probability 0."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode greedily")
 
     def close(self) -> None:
         """Release the model (vLLM's engine core must be shut down explicitly)."""

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from toolformer.engine.base import Engine, Sample, StartProbs
+from toolformer.engine.base import Engine, Greedy, Sample, StartProbs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -93,6 +93,38 @@ class HFEngine(Engine):
             rows = logprobs[starts[b] - 1 : len(seqs[b]) - 1]
             out[b] = rows.gather(1, target[:, None])[:, 0].double().numpy()
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def greedy(self, prompts, *, max_tokens, top_k=1, stop=(), banned_ids=()):
+        """The reference: one prompt at a time, a KV-cached step loop reading the top k at every step."""
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for prompt in prompts:
+            ids = torch.tensor([list(prompt)], device=self.device)
+            past, token_ids, tops, stopped = None, [], [], None
+            for _ in range(max_tokens):
+                res = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+                past = res.past_key_values
+                logits = res.logits[0, -1].float()
+                if banned_ids:
+                    logits[list(banned_ids)] = float("-inf")
+                top = torch.topk(logits, max(1, top_k)).indices.tolist()
+                token = top[0]
+                if token == eos:
+                    break
+                token_ids.append(token)
+                tops.append(top)
+                text = self.tokenizer.decode(token_ids)
+                hit = next((s for s in stop if s in text), None)
+                if hit:
+                    stopped = hit
+                    break
+                ids = torch.tensor([[token]], device=self.device)
+            text = self.tokenizer.decode(token_ids)
+            if stopped:
+                text = text[: text.index(stopped) + len(stopped)]
+            out.append(Greedy(token_ids, text, tops, stopped))
+        return out
 
     @torch.inference_mode()
     def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds):

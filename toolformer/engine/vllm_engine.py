@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from toolformer.engine.base import Engine, Sample, StartProbs
+from toolformer.engine.base import Greedy, Engine, Sample, StartProbs
 
 
 def _on_gpu() -> bool:
@@ -181,6 +181,25 @@ class VLLMEngine(Engine):
         for seq, start, rows in zip(seqs, starts, self._prompt_logprobs(seqs, starts, 0)):
             result.append(np.array([rows[j][seq[j]].logprob for j in range(start, len(seq))]))
         return result
+
+    def greedy(self, prompts, *, max_tokens, top_k=1, stop=(), banned_ids=()):
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            temperature=0.0, max_tokens=max_tokens, logprobs=max(1, top_k), stop=list(stop) or None,
+            include_stop_str_in_output=True, logit_bias={int(t): -100.0 for t in banned_ids} or None,
+        )
+        out = []
+        for o in self._generate(prompts, params):
+            c = o.outputs[0]
+            tops = []
+            for chosen, lp in zip(c.token_ids, c.logprobs or []):
+                ranked = sorted(lp.items(), key=lambda kv: (kv[1].rank if kv[1].rank is not None else 1 << 30))
+                ids = [int(t) for t, _ in ranked][:top_k]
+                tops.append(ids if ids and ids[0] == chosen else [int(chosen), *[i for i in ids if i != chosen]][:top_k])
+            stopped = c.stop_reason if isinstance(c.stop_reason, str) else None
+            out.append(Greedy(list(map(int, c.token_ids)), c.text, tops, stopped))
+        return out
 
     def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds):
         from vllm import SamplingParams

@@ -176,6 +176,24 @@ def dateset(n: int = 500, seed: int = 0) -> list[Example]:
     return out
 
 
+def arithmetic(n: int = 200, seed: int = 0) -> list[Example]:
+    """Templated one-step word problems (a self-contained math set for the demo; not one of the paper's)."""
+    rng = random.Random(seed)
+    forms = (
+        ("{a} boxes hold {b} pencils each. How many pencils are there?", lambda a, b: a * b),
+        ("A farmer had {a} sheep and bought {b} more. How many sheep does he have now?", lambda a, b: a + b),
+        ("A tank held {a} liters and {b} liters leaked out. How many liters are left?", lambda a, b: a - b),
+        ("{a} cookies are shared equally among {b} children. How many cookies does each child get?", lambda a, b: a // b),
+    )
+    out = []
+    for i in range(n):
+        q, f = forms[i % len(forms)]
+        b = rng.randrange(3, 40)
+        a = b * rng.randrange(3, 40) if "shared" in q else rng.randrange(b + 10, b + 900)
+        out.append(Example("arithmetic", str(i), q.format(a=a, b=b), [str(f(a, b))], "math"))
+    return out
+
+
 def templama_cloze(data: Path) -> list[Example]:
     """TempLAMA-style cloze prompts from its relation templates (the answers are not shipped: no gold, so these
     items are for generation and tool-call rates only, never scored)."""
@@ -196,7 +214,10 @@ LOADERS: dict[str, Callable[[Path], list[Example]]] = {
     "webquestions": webquestions, "nq": nq, "triviaqa": triviaqa,
     "mlqa": mlqa, "mlqa_de_de": mlqa_de,
     "dateset": lambda data: dateset(),
+    "arithmetic": lambda data: arithmetic(),
 }
+# Tasks that need no files (the demo uses them; it must run without shared/data).
+BUILTIN = ("dateset", "arithmetic")
 
 
 def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0) -> list[Example]:

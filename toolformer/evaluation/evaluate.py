@@ -1,0 +1,74 @@
+"""The evaluate job's driver: every setting on every task, one vLLM engine per model, a results table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from toolformer.config import RunConfig
+from toolformer.evaluation.runner import Setting, evaluate_setting, write_results
+from toolformer.evaluation.tasks import load_task
+from toolformer.inference import DecodeConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def data_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.eval.data_dir or os.environ.get("TOOLFORMER_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+def settings(cfg: RunConfig, base_path: str) -> list[Setting]:
+    out = [Setting("base", base_path, "disabled")]
+    if cfg.eval.base_prompted:
+        out.append(Setting("base + tools (prompted)", base_path, "prompted"))
+    if cfg.eval.finetuned:
+        out += [Setting("finetuned (disabled)", cfg.eval.finetuned, "disabled"),
+                Setting("finetuned + tools", cfg.eval.finetuned, "tools")]
+    return out
+
+
+def build_tools(cfg: RunConfig) -> dict:
+    from toolformer.tools import build_tool, canonical_name
+
+    tools = {}
+    for name in cfg.eval.tools:
+        tool = build_tool(name, **cfg.annotate.tool_options.get(canonical_name(name), {}))
+        tool.setup()
+        tools[name] = tool
+    return tools
+
+
+def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
+    from toolformer.engine import build_engine
+    from toolformer.engine.models import resolve_model
+
+    e = cfg.eval
+    examples = []
+    for task in e.tasks:
+        examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed)
+    log(f"{len(examples)} examples from {len(e.tasks)} tasks")
+    tools = build_tools(cfg)
+    decode = DecodeConfig(max_new_tokens=e.max_new_tokens, top_k=e.top_k, max_calls=e.max_calls, stop=["\n"])
+    base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
+    results, engines = [], {}
+    for setting in settings(cfg, base):
+        if setting.model not in engines:
+            for old in engines.values():
+                old.close()
+            engines = {setting.model: build_engine(_with_model(cfg, setting.model))}
+        r = evaluate_setting(engines[setting.model], tools, setting, examples, decode)
+        log(f"  {setting.name}: {r['examples_per_s']} examples/s; " +
+            ", ".join(f"{t} {v['accuracy']}" for t, v in sorted(r["tasks"].items())))
+        results.append(r)
+    for engine in engines.values():
+        engine.close()
+    return write_results(results, e.out_dir or Path(cfg.output_dir) / "eval")
+
+
+def _with_model(cfg: RunConfig, path: str) -> RunConfig:
+    import copy
+
+    c = copy.deepcopy(cfg)
+    c.model.name_or_path = path
+    return c
