@@ -80,7 +80,7 @@ class ToolDecoder:
                 self._text_round(text)
             if call:
                 self._call_round(call)
-        return [Decoded(self.engine.tokenizer.decode(s.ids[s.n_prompt :]), s.calls) for s in states]
+        return [Decoded(self.engine.tokenizer.decode(s.ids[s.n_prompt :], skip_special_tokens=True), s.calls) for s in states]
 
     def _can_call(self, s: _State) -> bool:
         return not self.cfg.disabled and len(s.calls) < self.cfg.max_calls and bool(s.tools)

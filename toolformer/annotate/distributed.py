@@ -110,13 +110,23 @@ def _pool_args(res: StageResources, default_batch: int) -> dict[str, Any]:
     return args
 
 
+def _read_shard(path: str, filesystem=None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, filesystem=filesystem)
+
+
 def annotation_dataset(cfg: RunConfig, shard_paths: list[str], filesystem=None):
     """The lazy Ray Dataset: shard files → select → sample → execute → score (SCORED rows)."""
+    import ray
     import ray.data
 
     r = cfg.ray
     rows_per_batch = max(1, cfg.annotate.batch_size) * max(1, len(cfg.annotate.tools))
-    ds = ray.data.read_parquet(shard_paths, filesystem=filesystem, ray_remote_args={"num_cpus": r.io_num_cpus})
+    # Each shard read by a small task of our own: read_parquet's file-listing step asks a whole CPU, which
+    # pools packed onto a small node leave no room for (the run then waits forever).
+    read = ray.remote(_read_shard).options(num_cpus=r.io_num_cpus)
+    ds = ray.data.from_arrow_refs([read.remote(p, filesystem) for p in shard_paths])
     # Documents per select call: a batch of texts' worth (a document is usually one or two texts).
     ds = ds.map_batches(ChunkAndSelect, fn_constructor_args=(cfg,), **_pool_args(r.select, cfg.annotate.batch_size))
     for name in ("sample", "execute", "score"):

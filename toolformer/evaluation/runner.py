@@ -36,9 +36,10 @@ def format_prompt(e: Example) -> str:
 
 
 def tool_use_prompt() -> str:
-    from toolformer.prompts import load_prompt
+    """The few-shot tool-use preamble (not an annotation prompt: it has no text slot)."""
+    from importlib import resources
 
-    return load_prompt("tool_use")
+    return resources.files("toolformer.prompts").joinpath("tool_use.txt").read_text(encoding="utf-8")
 
 
 def evaluate_setting(engine, tools: dict, setting: Setting, examples: Sequence[Example], cfg: DecodeConfig) -> dict:
