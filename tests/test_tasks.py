@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from toolformer.evaluation.scoring import score
-from toolformer.evaluation.tasks import dateset, load_task, templama_cloze
+from toolformer.evaluation.tasks import dateset, load_task
 
 # Documented sizes; LAMA counts are after the paper's filter (the mask must be the last token).
 EXPECTED = {
@@ -16,6 +16,7 @@ EXPECTED = {
     "lama_trex": 18601,  # of 22,881 facts (28 relations shipped) whose template ends in [Y]
     "asdiv": 2084,  # of 2,305: numeric answers only
     "dateset": 500,
+    "templama": 1962,  # TempLAMA templates x the T-REx facts of P39, P108, P127
 }
 
 
@@ -51,7 +52,10 @@ def test_dateset_and_templama(shared_data):
     items = dateset(n=60, seed=1)
     assert all(e.meta["today"] for e in items)
     assert {e.prompt.split()[0] for e in items} >= {"What", "How"}
-    assert {e.meta["relation"] for e in templama_cloze(shared_data)} >= {"member of sports team", "employer"}
+    tl = load_task("templama", shared_data)
+    assert {e.meta["relation"] for e in tl} == {"P39", "P108", "P127"}
+    assert all("<subject>" not in e.prompt and e.answers for e in tl)
+    assert load_task("templama", shared_data, limit=3, tools=["Calendar"])[0].tools == ("Calendar",)
 
 
 def test_unknown_task_is_an_error(shared_data):

@@ -167,12 +167,14 @@ class EvalConfig:
 
     tasks: list[str] = field(default_factory=lambda: [
         "lama_squad", "lama_google_re", "lama_trex", "asdiv", "svamp", "mawps", "webquestions", "nq", "triviaqa",
-        "mlqa", "dateset"])
+        "mlqa", "dateset", "templama"])
     limit: Optional[int] = 200  # examples per task (a seeded sample); None: all
     data_dir: Optional[str] = None  # the evaluation files; None: $TOOLFORMER_SHARED_DATA or ../shared/data
     finetuned: Optional[str] = None  # HF folder of a finetuned model: adds "finetuned (disabled)" and "+ tools"
     base_prompted: bool = True  # the base model with tools via a few-shot tool-use prompt only
     tools: list[str] = field(default_factory=lambda: ["Calculator", "Calendar", "WikiSearch", "QA", "MT"])
+    # Per task, the tools it may call, replacing the paper's subsets (e.g. {lama_trex: [WikiSearch]}).
+    task_tools: dict[str, list[str]] = field(default_factory=dict)
     top_k: int = 10  # a call starts when "[" is among the k most likely next tokens (1: plain greedy)
     max_new_tokens: int = 32
     max_calls: int = 1

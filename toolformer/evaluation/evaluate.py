@@ -46,7 +46,7 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     e = cfg.eval
     examples = []
     for task in e.tasks:
-        examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed)
+        examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed, tools=e.task_tools.get(task))
     log(f"{len(examples)} examples from {len(e.tasks)} tasks")
     tools = build_tools(cfg)
     decode = DecodeConfig(max_new_tokens=e.max_new_tokens, top_k=e.top_k, max_calls=e.max_calls, stop=["\n"])

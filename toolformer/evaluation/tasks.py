@@ -15,7 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 ALL_TOOLS = ("Calculator", "Calendar", "WikiSearch", "QA", "MT")
 MLQA_LANGS = ("es", "de", "hi", "vi", "zh", "ar")
@@ -194,18 +194,21 @@ def arithmetic(n: int = 200, seed: int = 0) -> list[Example]:
     return out
 
 
-def templama_cloze(data: Path) -> list[Example]:
-    """TempLAMA-style cloze prompts from its relation templates (the answers are not shipped: no gold, so these
-    items are for generation and tool-call rates only, never scored)."""
-    out = []
+def templama(data: Path) -> list[Example]:
+    """TempLAMA-style cloze items: its relation templates filled with the T-REx facts of the same relations
+    (P39, P108, P127 are shipped). TempLAMA's own time-stamped answers are not available here, so the gold is
+    the T-REx object and the item is asked "as of" nothing: a stand-in for the temporal set, scored like LAMA."""
+    from toolformer.evaluation.lama import trex_facts
+
+    templates = {}
     with open(data / "templama" / "templates.csv", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             t = row["Template"]
-            if t.index("<object>") > t.index("<subject>"):
-                prompt = t.split("<object>")[0].replace("<subject>", "{subject}").rstrip()
-                out.append(Example("templama", row["Wikidata ID"], prompt, [], "temporal", ALL_TOOLS,
-                                   {"relation": row["Relation"]}))
-    return out
+            if t.rstrip(".").endswith("<object>") and t.startswith("<subject>"):
+                templates[row["Wikidata ID"]] = t.split("<object>")[0].rstrip()
+    return [Example("templama", f.uid, templates[f.relation].replace("<subject>", f.subject), [f.obj], "temporal",
+                    _without("WikiSearch"), {"relation": f.relation})
+            for f in trex_facts(data) if f.relation in templates]
 
 
 LOADERS: dict[str, Callable[[Path], list[Example]]] = {
@@ -214,16 +217,22 @@ LOADERS: dict[str, Callable[[Path], list[Example]]] = {
     "webquestions": webquestions, "nq": nq, "triviaqa": triviaqa,
     "mlqa": mlqa, "mlqa_de_de": mlqa_de,
     "dateset": lambda data: dateset(),
+    "templama": templama,
     "arithmetic": lambda data: arithmetic(),
 }
 # Tasks that need no files (the demo uses them; it must run without shared/data).
 BUILTIN = ("dateset", "arithmetic")
 
 
-def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0) -> list[Example]:
+def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0,
+              tools: Sequence[str] | None = None) -> list[Example]:
+    """A task's examples (a seeded sample of ``limit``); ``tools`` replaces the paper's tool subset."""
     if name not in LOADERS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(LOADERS)}")
     examples = LOADERS[name](Path(data))
+    if tools is not None:
+        for e in examples:
+            e.tools = tuple(tools)
     if limit is not None and limit < len(examples):
         examples = random.Random(seed).sample(examples, limit)
     return examples
