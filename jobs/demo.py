@@ -49,7 +49,7 @@ def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int) -> Pa
 
 def main(argv: Sequence[str] | None = None) -> None:
     offline_by_default()
-    cfg, _ = parse(__doc__, argv, DEMO_CONFIG)
+    cfg, args = parse(__doc__, argv, DEMO_CONFIG)
     from jobs.merge import run_merge
     from toolformer.annotate.pipeline import run_annotate
     from toolformer.report import format_funnel
@@ -87,13 +87,20 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{ft['best_dev_ppl']:.1f}; checkpoint (HF folder, loads in vLLM): {ft['checkpoints'].get('last')}")
         cfg.eval.finetuned = ft["checkpoints"].get("last")
     if cfg.eval.tasks:
-        from toolformer.evaluation.evaluate import run_evaluate
+        import subprocess
+        import sys
 
         print(f"\n[demo] evaluating on {', '.join(cfg.eval.tasks)} ({cfg.eval.limit} examples each: a small sample, "
               "indicative only), before and after the short finetune")
-        ev = run_evaluate(cfg, log=lambda m: print(f"  {m}"))
-        print(ev["table"])
-        print(f"  → {ev['markdown']}, plot {ev['plot']}")
+        # A process of its own: vLLM's kernel registry trips over modules Ray Train left imported in this one.
+        cmd = [sys.executable, "-m", "jobs.evaluate", "--config", args.config, *args.overrides,
+               f"output_dir={cfg.output_dir}"]
+        if cfg.eval.finetuned:
+            cmd.append(f"eval.finetuned={cfg.eval.finetuned}")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"evaluation failed:\n{proc.stderr[-3000:]}")
+        print(proc.stdout.strip())
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s; run stats in {Path(cfg.output_dir) / 'stats.json'}")
 
 

