@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from toolformer.config import load_config
 from toolformer.evaluation.runner import results_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_evaluate_writes_table_json_and_plot(tmp_path):
-    from toolformer.evaluation.evaluate import run_evaluate
-
-    cfg = load_config(None, [f"output_dir={tmp_path}", "eval.tasks=[arithmetic,dateset]", "eval.limit=4",
-                             "eval.tools=[Calculator,Calendar]", "eval.max_new_tokens=12", "engine.top_logprobs=20",
-                             "engine.max_model_len=1024", "engine.cpu_kv_cache_gib=1"])
-    out = run_evaluate(cfg, log=lambda _: None)
+    # As a user runs it: a process of its own (an engine closed in the test process would take vLLM's
+    # process-wide parallel state with it, under the session's shared engine).
+    cmd = [sys.executable, "-m", "jobs.evaluate", f"output_dir={tmp_path}", "eval.tasks=[arithmetic,dateset]",
+           "eval.limit=4", "eval.tools=[Calculator,Calendar]", "eval.max_new_tokens=12", "engine.top_logprobs=20",
+           "engine.max_model_len=1024", "engine.cpu_kv_cache_gib=1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = {"table": proc.stdout}
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert [r["setting"]["name"] for r in results] == ["base", "base + tools (prompted)"]
     for r in results:
