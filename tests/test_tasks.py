@@ -61,3 +61,25 @@ def test_dateset_and_templama(shared_data):
 def test_unknown_task_is_an_error(shared_data):
     with pytest.raises(ValueError):
         load_task("squad2", shared_data)
+
+
+def test_hub_loading_fails_clearly_offline(monkeypatch):
+    from toolformer.evaluation.tasks import load_hub_task
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="could not load nq from the hub"):
+        load_hub_task("nq", limit=3)
+    with pytest.raises(ValueError, match="no hub source"):
+        load_hub_task("svamp")
+
+
+def test_hub_rows_convert_like_the_files():
+    from toolformer.evaluation.tasks import _hub_examples
+
+    nq = _hub_examples("nq", [{"question": "who wrote hamlet", "answer": ["Shakespeare"]}])[0]
+    tq = _hub_examples("triviaqa", [{"question": "Q?", "question_id": "t1", "answer": {"value": "Onion", "aliases": ["Onions"]}}])[0]
+    ml = _hub_examples("mlqa_de", [{"id": "x", "context": "Ctx.", "question": "Wer?", "answers": {"text": ["Ann"], "answer_start": [0]}}])[0]
+    assert (nq.kind, nq.answers, "QA" in nq.tools) == ("qa", ["Shakespeare"], False)
+    assert tq.answers == ["Onion", "Onions"] and tq.uid == "t1"
+    assert ml.prompt == "Ctx.\nWer?" and ml.kind == "mlqa" and ml.meta["lang"] == "de"

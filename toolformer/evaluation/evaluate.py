@@ -8,7 +8,7 @@ from typing import Callable
 
 from toolformer.config import RunConfig
 from toolformer.evaluation.runner import Setting, evaluate_setting, write_results
-from toolformer.evaluation.tasks import load_task
+from toolformer.evaluation.tasks import HUB, load_hub_task, load_task
 from toolformer.inference import DecodeConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,10 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     e = cfg.eval
     examples = []
     for task in e.tasks:
-        examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed, tools=e.task_tools.get(task))
+        if e.from_hub and task in HUB:
+            examples += load_hub_task(task, limit=e.limit, seed=cfg.seed)
+        else:
+            examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed, tools=e.task_tools.get(task))
     log(f"{len(examples)} examples from {len(e.tasks)} tasks")
     tools = build_tools(cfg)
     decode = DecodeConfig(max_new_tokens=e.max_new_tokens, top_k=e.top_k, max_calls=e.max_calls, stop=["\n"])

@@ -236,3 +236,47 @@ def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0,
     if limit is not None and limit < len(examples):
         examples = random.Random(seed).sample(examples, limit)
     return examples
+
+
+# -- the same sets from the Hugging Face hub (for users with network; not exercised here: no network) ----------
+HUB = {
+    "nq": ("google-research-datasets/nq_open", None, "validation"),
+    "webquestions": ("stanfordnlp/web_questions", None, "test"),
+    "triviaqa": ("mandarjoshi/trivia_qa", "rc.nocontext", "validation"),
+    **{f"mlqa_{lang}": ("facebook/mlqa", f"mlqa.en.{lang}", "test") for lang in MLQA_LANGS},
+}
+
+
+def _hub_examples(task: str, rows) -> list[Example]:
+    out = []
+    for i, r in enumerate(rows):
+        if task == "nq":
+            out.append(Example(task, str(i), r["question"], list(r["answer"]), "qa", _without("QA")))
+        elif task == "webquestions":
+            out.append(Example(task, str(i), r["question"], list(r["answers"]), "qa", _without("QA")))
+        elif task == "triviaqa":
+            a = r["answer"]
+            out.append(Example(task, r.get("question_id", str(i)), r["question"], [a["value"], *a.get("aliases", [])],
+                               "qa", _without("QA")))
+        else:  # mlqa_<lang>: English context, question in <lang>
+            out.append(Example(task, r["id"], f"{r['context']}\n{r['question']}", list(r["answers"]["text"]), "mlqa",
+                               ALL_TOOLS, {"lang": task.split("_")[1]}))
+    return out
+
+
+def load_hub_task(name: str, limit: int | None = None, seed: int = 0) -> list[Example]:
+    """A task by its hub name (needs network, or a populated HF cache)."""
+    if name not in HUB:
+        raise ValueError(f"no hub source for {name!r}; hub tasks: {', '.join(HUB)} (the others load from files)")
+    try:
+        from datasets import load_dataset
+
+        repo, config, split = HUB[name]
+        rows = load_dataset(repo, config, split=split)
+    except Exception as exc:  # offline, unknown repo, schema change: say what and where
+        raise RuntimeError(f"could not load {name} from the hub ({HUB[name][0]}): {type(exc).__name__}: {exc}. "
+                           "Without network, point eval.data_dir at local files instead.") from exc
+    examples = _hub_examples(name, rows)
+    if limit is not None and limit < len(examples):
+        examples = random.Random(seed).sample(examples, limit)
+    return examples
