@@ -18,6 +18,7 @@ import pyarrow as pa
 from toolformer.annotate.stages import ExecuteCalls, SampleCalls, ScoreCalls, SelectTexts, rows_of
 from toolformer.config import RunConfig, StageResources
 from toolformer.corpus import Document
+from toolformer.faults import fire_once
 from toolformer.schemas import SCORED, TEXTS, WORK, to_table
 
 STAGES = {"sample": SampleCalls, "execute": ExecuteCalls, "score": ScoreCalls}
@@ -31,18 +32,10 @@ def maybe_inject_fault(stage: str) -> None:
     """Fault-injection hook for the tests of recovery (never set in a real run): with
     ``TOOLFORMER_FAULT_KILL_STAGE=<stage>`` and ``TOOLFORMER_FAULT_ONCE_FILE=<path>``, the first actor of that
     stage to see a batch creates the file and dies as a killed process would (no cleanup, no exception)."""
-    if os.environ.get("TOOLFORMER_FAULT_KILL_STAGE") != stage:
-        return
-    flag = os.environ.get("TOOLFORMER_FAULT_ONCE_FILE")
-    if not flag:
-        return
-    try:
-        fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, f"killed pid {os.getpid()} in stage {stage}\n".encode())
-    os.close(fd)
-    os._exit(137)
+    if os.environ.get("TOOLFORMER_FAULT_KILL_STAGE") == stage and fire_once(
+        os.environ.get("TOOLFORMER_FAULT_ONCE_FILE"), f"killed in stage {stage}"
+    ):
+        os._exit(137)
 
 
 class ChunkAndSelect:

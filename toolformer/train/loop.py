@@ -45,16 +45,13 @@ def _maybe_crash(step: int) -> None:
     ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>`` and ``TOOLFORMER_FAULT_ONCE_FILE=<path>``, rank 0 dies once, one
     step after the checkpoint of that step (the controller registers a reported checkpoint asynchronously; a
     crash in the same instant could lose it, as a real crash could)."""
-    at, flag = os.environ.get("TOOLFORMER_FAULT_TRAIN_CRASH_AT"), os.environ.get("TOOLFORMER_FAULT_ONCE_FILE")
-    if not at or not flag or int(at) + 1 != step or ray_rank() != 0:
+    from toolformer.faults import fire_once
+
+    at = os.environ.get("TOOLFORMER_FAULT_TRAIN_CRASH_AT")
+    if not at or int(at) + 1 != step or ray_rank() != 0:
         return
-    try:
-        fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, f"crashed after step {step}\n".encode())
-    os.close(fd)
-    os._exit(1)
+    if fire_once(os.environ.get("TOOLFORMER_FAULT_ONCE_FILE"), f"crashed at step {step}"):
+        os._exit(1)
 
 
 def ray_rank() -> int:
