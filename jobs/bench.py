@@ -82,7 +82,6 @@ def bench_annotate(args) -> dict:
     naive_start = time.perf_counter() - t0
     naive.sequence_logprobs([naive.encode("Warm up.")], [1])
     live = [r for r in rows if r["status"] == "annotated"]
-    per_tool: dict[str, dict] = {}
     positions_equal, n_pos_compared = True, 0
     t_pos = 0.0
     for row in live:

@@ -6,7 +6,6 @@ in a plain ``AutoModelForCausalLM`` forward whose inputs the test builds from li
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -32,7 +32,6 @@ def lama_index(tmp_path_factory, shared_data):
 
 
 def recall_at(retriever, facts, mode, k):
-    ids = retriever._ready()["meta"]
     hits = retriever.search([f.query for f in facts], k=k, mode=mode)
     import pyarrow.parquet as pq
 
