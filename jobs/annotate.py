@@ -5,9 +5,10 @@
 
 On a cluster:  ray job submit --working-dir . -- python -m jobs.annotate --config jobs/configs/cluster.yaml ...
 
-Shards the corpus first (jobs.prepare) if ``<output_dir>/manifest.json`` is missing, then annotates the pending
-shards in waves on Ray Data actor pools; re-running the same command resumes where it stopped. Per shard:
-``texts/``, ``annotations/``, ``stats/annotate/``, ``markers/annotate/``; ``stats.json`` for the run.
+Shards the corpus first (jobs.prepare) if ``<output_dir>/manifest.json`` is missing, then streams every pending
+shard through one Ray Data execution (actor pools and engines start once), committing each shard as soon as it
+is whole; re-running the same command resumes where it stopped. Per shard: ``texts/``, ``annotations/``,
+``stats/annotate/``, ``markers/annotate/``; ``progress/`` summaries and ``stats.json`` for the run.
 ``annotate.runner=local`` runs everything in this process instead (no Ray, no shards; the reference).
 """
 

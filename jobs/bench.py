@@ -46,12 +46,12 @@ def bench_annotate(args) -> dict:
 
     from toolformer.annotate.naive import naive_positions, naive_sample, naive_score
     from toolformer.annotate.pipeline import annotate_texts, load_texts
-    from toolformer.annotate.stages import SampleCalls
+    from toolformer.annotate.stages import start_token
     from toolformer.config import load_config
     from toolformer.engine import build_engine
     from toolformer.engine.counting import CountingEngine
     from toolformer.engine.hf import HFEngine
-    from toolformer.engine.models import resolve_model
+    from toolformer.models import resolve_model
     from toolformer.prompts import load_prompt, render_prompt
     from toolformer.seeds import derive_seed
 
@@ -67,7 +67,12 @@ def bench_annotate(args) -> dict:
     engine.inner.sequence_logprobs([engine.encode("Warm up.")], [1])  # first request pays one-off set-up
     texts, corpus_stats = load_texts(cfg, engine.tokenizer)
     t0 = time.perf_counter()
-    rows, stage_seconds = annotate_texts(texts, cfg, engine)
+    import pyarrow as pa
+
+    from toolformer.schemas import TEXTS
+
+    work, stage_seconds = annotate_texts(pa.Table.from_pylist(texts, schema=TEXTS), cfg, engine)
+    rows = work.to_pylist()
     fast_total = time.perf_counter() - t0
     counts, prim = dict(engine.counts), dict(engine.seconds)
     fast_rss = _peak_rss_mb()
@@ -103,7 +108,7 @@ def bench_annotate(args) -> dict:
         t0 = time.perf_counter()
         closed = 0
         for r, j in measured:
-            start_tok = SampleCalls._start_token(naive, r, j)
+            start_tok = start_token(naive, r["text"], r["x_offsets"], j)
             samples = naive_sample(naive, r["_prompt"] + r["x_ids"][:j] + [start_tok], params.num_samples,
                                    params.max_call_tokens, params.temperature, derive_seed(cfg.seed, r["text_id"], tool, j))
             closed += sum(s.closed for s in samples)
@@ -349,13 +354,11 @@ def bench_ray(args) -> dict:
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(base, run)
         t, _ = _timed_job(["jobs.annotate", *cfg_args, f"output_dir={run}", f"ray.sample.actors={actors}",
-                           f"ray.score.actors={actors}", f"shards.wave_shards={len(manifest['shards'])}"])
-        waves = [json.loads(p.read_text()) for p in sorted((run / "waves").glob("*.json"))]
+                           f"ray.score.actors={actors}"])
         stats = json.loads((run / "stats.json").read_text())
         runs[f"lm_actors_{actors}"] = {
-            "seconds": round(t, 1), "wave_seconds": round(sum(w["seconds"] for w in waves), 1),
-            "docs_per_s": round(stats["docs"] / t, 4), "texts_per_s_in_waves": waves[-1]["texts_per_s"],
-            "tokens_per_s_in_waves": waves[-1]["tokens_per_s"], "shards_done": stats["shards"]["done"]}
+            "seconds": round(t, 1), "run_seconds": stats["seconds"], "docs_per_s": round(stats["docs"] / t, 4),
+            "shards_done": stats["shards"]["done"], "passes": stats["passes"], "actors": stats["actors"]}
     result["ray"] = runs
     first = runs[f"lm_actors_{args.lm_actors[0]}"]
     result["ray_overhead_ratio"] = round(first["seconds"] / t_local, 2)
@@ -402,8 +405,9 @@ def bench_train(args) -> dict:
     write_parquet_atomic(to_table(rows, TEXTS), run / "texts.parquet")
     write_parquet_atomic(ANNOTATIONS.empty_table(), run / "annotations.parquet")
     cut = len(rows) * 9 // 10
-    write_parquet_atomic(to_table([dict(text_id=r["text_id"], doc_id=r["doc_id"], text=r["text"], n_calls=0, calls=[])
-                                   for r in rows[:cut]], CSTAR), run / "cstar.parquet")
+    write_parquet_atomic(to_table([dict(text_id=r["text_id"], doc_id=r["doc_id"], shard_id="local", text=r["text"],
+                                        n_calls=0, calls=[]) for r in rows[:cut]], CSTAR), run / "cstar" / "part-00000.parquet")
+    (run / "merge.json").write_text(json.dumps({"parts": ["cstar/part-00000.parquet"]}))
     result: dict = {"benchmark": "train", "model": "SmolLM2-135M-Instruct (embedded), fp32, CPU",
                     "workers": 2, "seq_len": args.seq_len, "steps": args.steps, "effective_batch": 4,
                     "cpus": len(os.sched_getaffinity(0)), "zero": {}}

@@ -50,8 +50,8 @@ def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int) -> Pa
 def main(argv: Sequence[str] | None = None) -> None:
     offline_by_default()
     cfg, args = parse(__doc__, argv, DEMO_CONFIG)
-    from jobs.merge import run_merge
     from toolformer.annotate.pipeline import run_annotate
+    from toolformer.cstar import cstar_files, run_merge
     from toolformer.report import format_funnel
     from toolformer.schemas import read_rows
 
@@ -64,12 +64,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"[demo] annotating {cfg.corpus.limit or 'all'} embedded documents with {', '.join(cfg.annotate.tools)} "
           f"on {cfg.model.name_or_path} ({cfg.engine.backend}, {cfg.model.dtype})")
     stats = run_annotate(cfg)
-    summary = run_merge(cfg.output_dir, cfg.merge.max_per_tool)
+    summary = run_merge(cfg.output_dir, cfg.merge.max_per_tool, cfg)
     print("\nFunnel per tool (kept: calls with gain >= τf, and the texts holding them):")
     print(format_funnel(stats["funnel"]))
     print(f"\nC*: {summary['texts']} texts with {summary['calls']} calls {summary['calls_per_tool']} → {summary['cstar']}")
     shown: set[str] = set()
-    for row in read_rows(summary["cstar"]):  # one example per tool, the best kept call first
+    rows = [r for f in (cstar_files(cfg.output_dir) if summary["texts"] else []) for r in read_rows(f)]
+    for row in rows:  # one example per tool, the best kept call first
         for call in sorted(row["calls"], key=lambda c: -c["gain"]):
             if call["tool"] in shown:
                 continue

@@ -1,5 +1,5 @@
 """Where a sharded annotate run stands: shards done / pending / failed / quarantined, documents, calls kept
-per tool, and an ETA from the recent waves' throughput.
+per tool, and an ETA from the throughput of the recent progress summaries.
 
     python -m jobs.status runs/ccnet            # or s3://bucket/runs/ccnet;  --json for the raw figures
 """
@@ -19,18 +19,16 @@ def run_status(output_dir: str) -> dict:
     manifest = Manifest.load(store)
     state = RunState(store, "annotate")
     done, quarantined = state.done(), state.quarantined()
-    failed = state.failed() - done - quarantined
     stats = state.stats()
     f = sum_funnels(s["funnel"] for s in stats)
     docs_done = sum(s["docs"] for s in stats)
     pending_docs = sum(s.n_docs for s in manifest.shards if s.shard_id not in done | quarantined)
-    waves = [store.read_json("waves", n) for n in store.names("waves", suffix=".json")][-5:]
-    secs, wdocs = sum(w["seconds"] for w in waves), sum(w["docs"] for w in waves)
-    rate = wdocs / secs if secs and wdocs else None
+    names = store.names("progress", suffix=".json")
+    last = store.read_json("progress", names[-1]) if names else None
+    rate = last["docs_per_s"] if last and last.get("docs_per_s") else None  # over the latest run so far
     return {
         "output_dir": store.uri,
-        "shards": {"total": len(manifest.shards), "done": len(done), "pending": len(manifest.shards) - len(done) - len(quarantined),
-                   "failed_retryable": len(failed), "quarantined": len(quarantined)},
+        "shards": state.counts(manifest),
         "quarantined": {q: store.read_json("quarantine", "annotate", f"{q}.json")["error"] for q in sorted(quarantined)},
         "docs": {"total": manifest.n_docs, "processed": docs_done, "pending": pending_docs,
                  "skipped_by_prepare": manifest.skips.get("total", 0)},
@@ -63,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for q, err in s["quarantined"].items():
         print(f"  quarantined {q}: {err[:200]}")
     if s["eta_s"] is not None:
-        print(f"ETA: {s['eta_s'] // 3600}h{s['eta_s'] % 3600 // 60:02d}m at {s['docs_per_s_recent']} docs/s (recent waves)")
+        print(f"ETA: {s['eta_s'] // 3600}h{s['eta_s'] % 3600 // 60:02d}m at {s['docs_per_s_recent']} docs/s (recent progress)")
     return s
 
 

@@ -26,7 +26,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
-    from toolformer.engine.models import ensure_embedded_model
+    from toolformer.models import ensure_embedded_model
 
     return str(ensure_embedded_model())
 

@@ -20,6 +20,7 @@ from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, to_table, write_parque
 from toolformer.tools import ToolRequest, build_tool
 
 REPO = Path(__file__).resolve().parents[1]
+CSTAR_PART = "cstar/part-00000.parquet"
 
 
 def _texts(shared_data: Path, n: int) -> list[str]:
@@ -47,12 +48,13 @@ def merged_run(tmp_path_factory, shared_data) -> Path:
             cut = text.index(" ", 40)
             aug = f"{text[:cut]} {call}{text[cut:]}"
             start = cut + 1
-            cstar.append(dict(text_id=f"d{i}#0", doc_id=f"d{i}", text=aug, n_calls=1,
+            cstar.append(dict(text_id=f"d{i}#0", doc_id=f"d{i}", shard_id="local", text=aug, n_calls=1,
                               calls=[dict(tool="Calculator", input=expr, result=None, position=0, char_start=start,
                                           char_end=start + len(call), gain=1.0)]))
     write_parquet_atomic(to_table(rows, TEXTS), run / "texts.parquet")
     write_parquet_atomic(ANNOTATIONS.empty_table(), run / "annotations.parquet")
-    write_parquet_atomic(to_table(cstar, CSTAR), run / "cstar.parquet")
+    write_parquet_atomic(to_table(cstar, CSTAR), run / CSTAR_PART)
+    (run / "merge.json").write_text(json.dumps({"parts": [CSTAR_PART]}))
     return run
 
 
@@ -89,7 +91,7 @@ def _mean_loss(model_path: str, merged_run: Path) -> float:
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     losses = []
     with torch.no_grad():
-        for text in pq.read_table(merged_run / "cstar.parquet").column("text").to_pylist():
+        for text in pq.read_table(merged_run / CSTAR_PART).column("text").to_pylist():
             ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"][:128]])
             losses.append(float(model(input_ids=ids, labels=ids).loss))
     return sum(losses) / len(losses)
@@ -123,7 +125,7 @@ def test_checkpoint_is_evaluated_in_the_vllm_engine(finetuned, merged_run, model
         "print(json.dumps(out))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, model_path, finetuned["summary"]["checkpoints"]["last"],
-                           str(merged_run / "cstar.parquet")], cwd=REPO, capture_output=True, text=True, timeout=600,
+                           str(merged_run / CSTAR_PART)], cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])

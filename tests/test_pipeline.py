@@ -7,10 +7,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.merge import run_merge
 from toolformer.annotate.pipeline import run_annotate
 from toolformer.calls import find_calls
 from toolformer.config import load_config
+from toolformer.cstar import cstar_files, run_merge
 from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, read_rows
 from toolformer.tools import ToolRequest, build_tool
 
@@ -49,7 +49,7 @@ def run(tmp_path_factory, shared_data, vllm_engine):
     ])
     stats = run_annotate(cfg, engine=vllm_engine, log=lambda *_: None)
     print("pipeline test run:", stats["seconds"], {t: f["samples"] for t, f in stats["funnel"].items()})
-    merged = run_merge(out, cfg.merge.max_per_tool)
+    merged = run_merge(str(out), cfg.merge.max_per_tool)
     return cfg, out, stats, merged, corpus
 
 
@@ -80,7 +80,7 @@ def test_schemas(run):
     _, out, *_ = run
     assert pq.read_schema(out / "texts.parquet").equals(TEXTS)
     assert pq.read_schema(out / "annotations.parquet").equals(ANNOTATIONS)
-    assert pq.read_schema(out / "cstar.parquet").equals(CSTAR)
+    assert all(pq.read_schema(f).equals(CSTAR) for f in cstar_files(str(out)))
     meta = json.loads((out / "stats.json").read_text())
     assert meta["engine"]["backend"] == "vllm" and meta["engine"]["dtype"] == "float32"
     assert meta["no_result_form"] == "arrow" and len(meta["config_hash"]) == 16
@@ -96,7 +96,7 @@ def test_funnel_is_consistent(run):
 
 def test_cstar_calls_parse_rerun_and_pass_the_filter(run):
     cfg, out, stats, merged, _ = run
-    rows = read_rows(out / "cstar.parquet")
+    rows = [r for f in cstar_files(str(out)) for r in read_rows(f)]
     assert merged["texts"] == len(rows) > 0
     texts = {t["text_id"]: t for t in read_rows(out / "texts.parquet")}
     tools = {name: build_tool(name) for name in TOOLS}

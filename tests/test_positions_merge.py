@@ -6,7 +6,8 @@ import pytest
 from toolformer.annotate.positions import choose, needs_exact, select_positions
 from toolformer.calls import find_calls
 from toolformer.engine.base import StartProbs
-from toolformer.merge import cap_per_tool, insert_calls, kept_calls, merge
+from merge_reference import cap_per_tool, kept_calls, merge
+from toolformer.merge import insert_calls
 
 
 class BoundsEngine:

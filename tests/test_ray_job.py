@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from merge_reference import reference_cstar, sharded_cstar
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ["Calculator", "Calendar"]
@@ -73,10 +74,10 @@ annotate:
   per_tool:
     Calculator: {{top_k: 2, num_samples: 2}}
     Calendar: {{tau_s: 0.0, top_k: 2, num_samples: 2}}
-  batch_size: 8
+  batch_size: 4  # texts per batch: several batches per shard and per LM actor
 shards:
   docs_per_shard: 2
-  wave_shards: 3
+  progress_every_shards: 1
 """)
     return path
 
@@ -171,8 +172,15 @@ def test_ray_job_submit_annotates_every_shard(reference_run):
     _accounted(reference_run)
     stats = json.loads((reference_run / "stats.json").read_text())
     assert stats["shards"]["done"] == 3 and stats["docs"] == manifest_docs(reference_run)
-    waves = list((reference_run / "waves").glob("*.json"))
-    assert waves and all("tools" in json.loads(w.read_text()) for w in waves)
+    assert stats["passes"] == 1
+    progress = [json.loads(p.read_text()) for p in (reference_run / "progress").glob("*.json")]
+    assert sorted(s for p in progress for s in p["committed"]) == [f"shard-0000{i}" for i in range(3)]
+    assert all("tools" in p and p["shards"]["total"] == 3 for p in progress)
+    # One streaming execution: one engine per LM actor for the whole run, fed in batches, not whole shards.
+    actors = stats["actors"]
+    assert actors["engine_starts"] == 2 == len(actors["lm_actors"])
+    assert sorted(a["stage"] for a in actors["lm_actors"]) == ["sample", "score"]
+    assert all(a["batches"] >= 3 for a in actors["lm_actors"]), actors
 
 
 def manifest_docs(run: Path) -> int:
@@ -185,11 +193,12 @@ def test_ray_job_equals_single_process(reference_run, config_file, tmp_path):
     _assert_same(_annotations(reference_run), pq.read_table(local / "annotations.parquet").to_pylist())
     texts_ray = [r for s in sorted((reference_run / "texts").glob("*.parquet")) for r in pq.read_table(s).to_pylist()]
     assert texts_ray == pq.read_table(local / "texts.parquet").to_pylist()
-    # The merge reads either layout the same way.
+    # The merge reads either layout the same way, and its sharded C* equals the single-process reference merge.
     for run in (reference_run, local):
         _job(["jobs.merge", f"output_dir={run}"], config_file)
-    assert pq.read_table(reference_run / "cstar.parquet").column("text").to_pylist() == \
-        pq.read_table(local / "cstar.parquet").column("text").to_pylist()
+    assert sharded_cstar(reference_run) == sharded_cstar(local) == reference_cstar(reference_run)
+    merged = json.loads((reference_run / "merge.json").read_text())
+    assert merged["shards_merged"] == 3 and all(p.startswith("cstar/part-") for p in merged["parts"])
 
 
 def test_status_job_reports_the_run(reference_run):
@@ -214,19 +223,18 @@ def test_fault_actor_killed_mid_shard_is_retried(ray_head, prepared, config_file
 def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepared, config_file, reference_run, tmp_path):
     run = _copy(prepared, tmp_path / "run")
     args = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}",
-            f"ray.address={ray_head['address']}", "shards.wave_shards=1"]
+            f"ray.address={ray_head['address']}"]
     driver = subprocess.Popen(args, cwd=REPO, env=_ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     markers = run / "markers" / "annotate"
     deadline = time.time() + 600
     while time.time() < deadline and not list(markers.glob("*.json")) and driver.poll() is None:
-        time.sleep(0.5)
-    os.killpg(driver.pid, signal.SIGKILL)  # mid-run: one wave committed, the next in flight
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)  # mid-run: one shard committed, the others in flight
     driver.wait()
     first = {p.name: p.read_text() for p in markers.glob("*.json")}
-    assert 1 <= len(first) < 3, f"the driver was to be killed between waves, found {len(first)} markers"
-    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", "shards.wave_shards=1"],
-                config_file)
+    assert 1 <= len(first) < 3, f"the driver was to be killed mid-run, found {len(first)} markers"
+    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}"], config_file)
     assert f"{len(first)} already done or quarantined, {3 - len(first)} pending" in proc.stdout
     assert {p.name: p.read_text() for p in markers.glob("*.json") if p.name in first} == first  # not redone
     assert not (run / "_staging").exists() or not any((run / "_staging").iterdir())
@@ -241,22 +249,33 @@ def test_quarantine_corrupt_shard_while_others_finish(ray_head, prepared, config
     # Checksums off: the shard reaches Ray's reader and fails there, the way a shard that crashes a stage does.
     proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}",
                  "shards.verify_checksums=false", "shards.max_failures=2"], config_file)
-    assert "retrying its shards one by one" in proc.stdout
+    assert "pass 2: retrying 1 failed shards" in proc.stdout
     q = json.loads((run / "quarantine" / "annotate" / "shard-00001.json").read_text())
     assert q["attempts"] == 2 and q["traceback"]
     assert sorted(p.stem for p in (run / "markers" / "annotate").glob("*.json")) == ["shard-00000", "shard-00002"]
     _accounted(run)
 
 
-def test_quarantine_on_checksum_mismatch_without_running(prepared, config_file, tmp_path):
-    from toolformer.annotate.ray_job import RayAnnotator
+def test_checksum_mismatch_is_quarantined_at_once(prepared, config_file, tmp_path):
+    """The shard reader checks the bytes against the manifest; a mismatch is fatal (no retry) for its shard."""
+    import pyarrow as pa
+
+    from toolformer.annotate.distributed import FATAL, read_shards
+    from toolformer.annotate.ray_job import Progress, RayAnnotator
     from toolformer.config import load_config
 
     run = _copy(prepared, tmp_path / "run")
     (run / "shards" / "shard-00002.parquet").write_bytes(b"junk")
+    manifest = json.loads((run / "manifest.json").read_text())
+    refs = pa.Table.from_pylist([{k: s[k] for k in ("shard_id", "path", "sha256")} for s in manifest["shards"]])
+    out = read_shards(refs, str(run), verify=True)
+    errors = {sid: e for sid, e in zip(out.column("shard_id").to_pylist(), out.column("error").to_pylist()) if e}
+    assert list(errors) == ["shard-00002"] and errors["shard-00002"].startswith(FATAL + "checksum mismatch")
+    assert out.num_rows == 1 + sum(s["n_texts"] for s in manifest["shards"][:2])
     cfg = load_config(config_file, [f"output_dir={run}"])
     annotator = RayAnnotator(cfg, log=lambda _: None)
-    assert annotator.verified(["shard-00000", "shard-00002"]) == ["shard-00000"]
+    annotator.progress = Progress(annotator)
+    annotator.fail("shard-00002", errors["shard-00002"])
     assert annotator.state.quarantined() == {"shard-00002"}
     assert "checksum mismatch" in json.loads((run / "quarantine" / "annotate" / "shard-00002.json").read_text())["error"]
     assert annotator.state.pending(annotator.manifest) == ["shard-00000", "shard-00001"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolformer.train.data import IGNORE, Example, pack, result_spans, tokenize
+from toolformer.train.data import IGNORE, TrainText, pack, result_spans, tokenize
 
 EOS, PAD = 0, 99
 
@@ -33,10 +33,10 @@ def test_result_masking_hides_only_result_tokens(tokenizer):
     start = text.index("[")
     spans = result_spans(text, [{"char_start": start, "char_end": text.index("]") + 1}])
     assert [text[a:b] for a, b in spans] == ["0.29"]
-    (ids, keep), = tokenize([Example(text, spans)], tokenizer, mask_results=True)
+    (ids, keep), = tokenize([TrainText(text, spans)], tokenizer, mask_results=True)
     hidden = tokenizer.decode([t for t, k in zip(ids, keep) if not k])
     assert hidden.strip() == "0.29"
-    (ids2, keep2), = tokenize([Example(text, spans)], tokenizer, mask_results=False)
+    (ids2, keep2), = tokenize([TrainText(text, spans)], tokenizer, mask_results=False)
     assert ids2 == ids and all(keep2)  # off by default: the paper trains on everything
     seq = pack([(ids, keep)], seq_len=len(ids) + 1, eos_id=EOS, pad_id=PAD)[0]
     assert sum(label == IGNORE for label in seq["labels"]) == keep.count(False)

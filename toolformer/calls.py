@@ -21,6 +21,10 @@ _ARROWS = ("->", "→", "=>")
 _QUOTES = {'"': '"', "'": "'", "“": "”", "«": "»", "„": "“"}
 _TOOL_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _WS = re.compile(r"\s+")
+# A whole call with its result inside a text (what decoding strips from an answer).
+CALL_WITH_RESULT_PATTERN = re.compile(r"\s?\[[A-Za-z]+\(.*?\)\s*(?:->|→)[^\]]*\]")
+# The result part of a call: group 1 is the result (what finetuning may mask).
+RESULT_PATTERN = re.compile(r"->\s?([^\]]*)\]")
 
 
 class NoResultForm(str, enum.Enum):
@@ -33,9 +37,6 @@ class Call:
     tool: str
     input: str
     result: str | None = None
-
-    def without_result(self) -> "Call":
-        return Call(self.tool, self.input, None)
 
 
 def clean_field(text: str) -> str:

@@ -104,10 +104,11 @@ class MergeConfig:
 @dataclass
 class ShardsConfig:
     docs_per_shard: int = 1000  # a shard is the unit of resume and of retry
-    # Shards per wave: each wave starts the actor pools and commits its shards at its end, so a crash
-    # loses at most one wave; size it so engine start-up stays a small share of a wave.
-    wave_shards: int = 8
     max_failures: int = 3  # attempts before a shard is quarantined
+    # A progress summary (progress/*.json, one JSON line on the log) every this many committed shards, or
+    # every this many seconds with at least one committed shard, whichever comes first.
+    progress_every_shards: int = 8
+    progress_every_s: float = 60.0
     verify_checksums: bool = True  # a shard whose bytes differ from the manifest is quarantined at once
 
 
@@ -121,6 +122,9 @@ class StageResources:
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # custom resources steer stages to node types
     batch_size: Optional[int] = None  # rows (text x tool) per call; None: annotate.batch_size texts' worth
+    # Memory each actor reserves (GiB): Ray packs no more actors on a node than its memory holds, instead of
+    # letting the OOM killer pick. Defaults are peak RSS measured with the embedded model (README).
+    memory_gb: float = 1.0
 
 
 @dataclass
@@ -131,11 +135,17 @@ class RayConfig:
     # Fractions of a CPU here so that every pool, plus the read and write tasks, fits on 2 cores (pools
     # whose reservations fill the node starve the reader and the run waits forever); jobs/configs/cluster.yaml
     # gives GPUs and whole nodes instead.
-    select: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1))
-    sample: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.3))
-    execute: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1))
-    score: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.3))
-    io_num_cpus: float = 0.25  # read and write tasks: I/O bound
+    select: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1, memory_gb=0.5))
+    sample: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.3, memory_gb=3.5))
+    execute: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1, memory_gb=1.5))
+    score: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.3, memory_gb=3.5))
+    # One LM pool whose actors sample, run the tools and score on one engine, instead of separate sample /
+    # execute / score pools: every LM actor stays busy (scoring costs ~1/4 of sampling) and holds one model
+    # copy. For cheap tools (Calculator, Calendar); search, QA and MT are better in their own CPU pool.
+    fuse_lm: bool = False
+    lm: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, memory_gb=3.5))
+    io_num_cpus: float = 0.25  # read, stage-write and commit tasks: I/O bound
+    io_memory_gb: float = 0.5  # per read/write/commit task: one shard's rows at most
 
 
 @dataclass
@@ -230,6 +240,6 @@ def config_hash(cfg: RunConfig) -> str:
     for key in ("name", "output_dir", "ray", "train", "eval"):
         data.pop(key, None)
     data.get("annotate", {}).pop("runner", None)
-    data.get("shards", {}).pop("wave_shards", None)
-    data.get("shards", {}).pop("max_failures", None)
+    for key in ("max_failures", "progress_every_shards", "progress_every_s"):
+        data.get("shards", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

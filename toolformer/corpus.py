@@ -296,6 +296,14 @@ def read_documents(
             yield doc
 
 
+def corpus_documents(c, skips: SkipLog) -> Iterator[Document]:
+    """The documents a ``CorpusConfig`` names, bad records counted in ``skips``."""
+    return read_documents(
+        c.paths, fmt=c.format, skips=skips, limit=c.limit, max_doc_chars=c.max_doc_chars,
+        min_text_chars=c.min_text_chars, embedded_lang=c.embedded_lang, embedded_date=c.embedded_date,
+    )
+
+
 # -- chunking -----------------------------------------------------------------------------------------------
 _BREAK = re.compile(r"\n|(?<=[.!?])\s")
 
@@ -331,6 +339,15 @@ def chunk_document(doc: Document, tokenizer, max_tokens: int) -> list[TextChunk]
             TextChunk(f"{doc.doc_id}#{k}", doc.doc_id, k, doc.url, doc.date, doc.title, piece)
         )
     return chunks
+
+
+def texts_of(doc: Document, tokenizer, max_tokens: int) -> list[dict]:
+    """A document's texts (TEXTS rows). A document that chunks to nothing still yields one (empty) text, so
+    that it has annotation rows (status ``empty``) and stays accounted for."""
+    chunks = chunk_document(doc, tokenizer, max_tokens) or [
+        TextChunk(f"{doc.doc_id}#0", doc.doc_id, 0, doc.url, doc.date, doc.title, "")
+    ]
+    return [{**dataclasses.asdict(chunk), "source": doc.source} for chunk in chunks]
 
 
 # -- per-tool heuristics (DESIGN §1.3) --------------------------------------------------------------------

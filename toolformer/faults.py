@@ -1,4 +1,13 @@
-"""Fault injection for the recovery tests: a failure that happens once per flag file, never in a real run."""
+"""Fault injection for the recovery tests: failures that happen once per flag file, never in a real run.
+
+A test sets ``TOOLFORMER_FAULT_ONCE_FILE=<path>`` and one of the points below; the first process to reach the
+point creates the file and dies as a killed process would (no cleanup, no exception). Library code calls
+``fault_point(name)`` at the few places a test needs, and nothing else of this module.
+
+- ``TOOLFORMER_FAULT_KILL_STAGE=<stage>``: an annotate stage actor (select, sample, execute, score) dies on
+  its first batch;
+- ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>``: finetuning rank 0 dies one step after the checkpoint of that step.
+"""
 
 from __future__ import annotations
 
@@ -16,3 +25,21 @@ def fire_once(flag: str | None, message: str) -> bool:
     os.write(fd, f"{message} (pid {os.getpid()})\n".encode())
     os.close(fd)
     return True
+
+
+def fault_point(point: str, *, stage: str | None = None, step: int | None = None, rank: int | None = None) -> None:
+    """Die here once if a test asked for it (see the module docstring); a no-op otherwise."""
+    env = os.environ
+    if point == "stage" and env.get("TOOLFORMER_FAULT_KILL_STAGE") == stage:
+        hit = fire_once(env.get("TOOLFORMER_FAULT_ONCE_FILE"), f"killed in stage {stage}")
+        code = 137
+    elif point == "train_step" and env.get("TOOLFORMER_FAULT_TRAIN_CRASH_AT") and rank == 0 and step is not None:
+        # one step after the checkpoint: the controller registers a reported checkpoint asynchronously, and a
+        # crash in the same instant could lose it, as a real crash could
+        hit = int(env["TOOLFORMER_FAULT_TRAIN_CRASH_AT"]) + 1 == step and fire_once(
+            env.get("TOOLFORMER_FAULT_ONCE_FILE"), f"crashed at step {step}")
+        code = 1
+    else:
+        return
+    if hit:
+        os._exit(code)

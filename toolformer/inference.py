@@ -12,15 +12,12 @@ with the top-k ids of every step; the first step whose top-k holds a start token
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from toolformer.calls import Call, linearize, parse_call
+from toolformer.calls import CALL_WITH_RESULT_PATTERN, Call, linearize, parse_call
 from toolformer.engine import Engine
 from toolformer.tools import ToolRequest, tool_class
-
-_CALL_TEXT = re.compile(r"\s?\[[A-Za-z]+\(.*?\)\s*(?:->|→)[^\]]*\]")
 
 
 @dataclass
@@ -41,7 +38,7 @@ class Decoded:
     @property
     def answer_text(self) -> str:
         """What the model said, calls taken out (what the lenient scorers read)."""
-        return " ".join(_CALL_TEXT.sub(" ", self.text).split())
+        return " ".join(CALL_WITH_RESULT_PATTERN.sub(" ", self.text).split())
 
 
 @dataclass

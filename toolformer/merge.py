@@ -1,45 +1,52 @@
-"""The augmented corpus C* (DESIGN §1.4).
+"""The augmented corpus C* (DESIGN §1.4), as Arrow steps on one part of a run at a time.
 
-Surviving calls of all tools are inserted into their text at their positions, one call per position
-(the larger gain wins), several per text when several survive. Texts without a surviving call are
-dropped. At most ``max_per_tool`` texts per tool carry that tool's calls (the ones with the largest gains).
+Surviving calls of all tools are inserted into their text at their positions, one call per position (the
+larger gain wins), several per text when several survive. Texts without a surviving call are dropped. At most
+``max_per_tool`` texts per tool carry that tool's calls: those where its best gain is largest (ties: the
+smaller text id). ``cstar.py`` runs these steps over a whole run with Ray tasks.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Iterable
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from toolformer.calls import Call, linearize
+from toolformer.schemas import CSTAR
 from toolformer.tools import tool_class
 
-
-def kept_calls(annotation_rows: Iterable[dict]) -> dict[str, list[dict]]:
-    """text_id → kept candidates (with their tool), from annotation rows."""
-    out: dict[str, list[dict]] = defaultdict(list)
-    for row in annotation_rows:
-        for cand in row.get("candidates") or []:
-            if cand.get("kept") and cand.get("result") is not None:
-                out[row["text_id"]].append({**cand, "tool": row["tool"]})
-    return out
+KEPT = pa.schema([("text_id", pa.string()), ("tool", pa.string()), ("position", pa.int32()),
+                  ("char_start", pa.int32()), ("input", pa.string()), ("result", pa.string()), ("gain", pa.float64())])
+BEST = pa.schema([("tool", pa.string()), ("text_id", pa.string()), ("gain", pa.float64())])
 
 
-def cap_per_tool(calls: dict[str, list[dict]], max_per_tool: int) -> dict[str, list[dict]]:
-    """Keep a tool's calls in at most ``max_per_tool`` texts: those where its best gain is largest."""
-    best: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for text_id, cands in calls.items():
-        per_tool: dict[str, float] = {}
-        for c in cands:
-            per_tool[c["tool"]] = max(per_tool.get(c["tool"], float("-inf")), c["gain"])
-        for tool, gain in per_tool.items():
-            best[tool].append((gain, text_id))
-    allowed = {
-        tool: {tid for _, tid in sorted(pairs, key=lambda p: (-p[0], p[1]))[:max_per_tool]}
-        for tool, pairs in best.items()
-    }
-    return {
-        tid: kept for tid, cands in calls.items() if (kept := [c for c in cands if tid in allowed[c["tool"]]])
-    }
+def kept_candidates(annotations: pa.Table) -> pa.Table:
+    """One row per kept candidate that has a result (KEPT schema)."""
+    cands = annotations.column("candidates").combine_chunks()
+    parents = pc.list_parent_indices(cands)
+    flat = cands.flatten()
+    mask = pc.and_(pc.fill_null(flat.field("kept"), False), pc.is_valid(flat.field("result")))
+    rows = parents.filter(mask)
+    cols = {"text_id": annotations.column("text_id").take(rows), "tool": annotations.column("tool").take(rows)}
+    for name in ("position", "char_start", "input", "result", "gain"):
+        cols[name] = flat.field(name).filter(mask)
+    return pa.table(cols, schema=KEPT)
+
+
+def best_gains(kept: pa.Table) -> pa.Table:
+    """(tool, text_id, gain): each text's best kept gain per tool."""
+    best = kept.group_by(["tool", "text_id"], use_threads=False).aggregate([("gain", "max")])
+    return pa.table({"tool": best.column("tool"), "text_id": best.column("text_id"), "gain": best.column("gain_max")},
+                    schema=BEST)
+
+
+def top_per_tool(best: pa.Table, k: int) -> pa.Table:
+    """The k largest gains per tool (ties: smaller text id first); memory bounded by the input and k."""
+    out = [BEST.empty_table()]
+    for tool in pc.unique(best.column("tool")).to_pylist():
+        mine = best.filter(pc.equal(best.column("tool"), tool))
+        out.append(mine.sort_by([("gain", "descending"), ("text_id", "ascending")]).slice(0, k))
+    return pa.concat_tables(out)
 
 
 def insert_calls(text: str, cands: list[dict]) -> tuple[str, list[dict]]:
@@ -68,12 +75,19 @@ def insert_calls(text: str, cands: list[dict]) -> tuple[str, list[dict]]:
     return "".join(pieces), calls
 
 
-def merge(annotation_rows: Iterable[dict], texts: dict[str, dict], max_per_tool: int = 25_000) -> list[dict]:
-    """C* rows (``text_id, doc_id, text, n_calls, calls``), in text_id order."""
-    calls = cap_per_tool(kept_calls(annotation_rows), max_per_tool)
-    out = []
-    for text_id in sorted(calls):
-        source = texts[text_id]
-        text, inserted = insert_calls(source["text"], calls[text_id])
-        out.append(dict(text_id=text_id, doc_id=source["doc_id"], text=text, n_calls=len(inserted), calls=inserted))
-    return out
+def augment(texts: pa.Table, kept: pa.Table, allowed: pa.Table, shard_id: str) -> pa.Table:
+    """C* rows of one part: its texts (in their order) with the kept calls of the allowed (tool, text) pairs."""
+    if kept.num_rows == 0 or allowed.num_rows == 0:
+        return CSTAR.empty_table()
+    calls = kept.join(allowed.select(["tool", "text_id"]), keys=["tool", "text_id"], join_type="inner")
+    if calls.num_rows == 0:
+        return CSTAR.empty_table()
+    by_text: dict[str, list[dict]] = {}
+    for c in calls.to_pylist():
+        by_text.setdefault(c["text_id"], []).append(c)
+    mine = texts.filter(pc.is_in(texts.column("text_id"), value_set=pa.array(list(by_text))))
+    rows = []
+    for tid, doc_id, text in zip(*(mine.column(c).to_pylist() for c in ("text_id", "doc_id", "text"))):
+        new, inserted = insert_calls(text, by_text[tid])
+        rows.append(dict(text_id=tid, doc_id=doc_id, shard_id=shard_id, text=new, n_calls=len(inserted), calls=inserted))
+    return pa.Table.from_pylist(rows, schema=CSTAR)

@@ -1,9 +1,10 @@
 """Parquet schemas of every hand-off, defined once, and an atomic writer.
 
-docs         one row per document in a prepared shard (jobs.prepare)
-texts        one row per annotated text (a document chunk)
-work         what flows between the annotation stages (a text x tool row, candidates nested)
+shard        a prepared shard: one row per text (a document chunk), in document order (jobs.prepare)
+texts        one row per annotated text
 annotations  one row per text and tool, candidates nested
+work         what flows between the annotation stages (a text x tool row, candidates nested)
+staged       a scored batch written by the Ray job before its shard is committed
 cstar        the augmented corpus C*: texts with their surviving calls inserted
 """
 
@@ -17,19 +18,6 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DOCS = pa.schema(
-    [
-        ("doc_id", pa.string()),  # the cc_net digest when the record has one
-        ("shard_id", pa.string()),
-        ("url", pa.string()),
-        ("date", pa.string()),
-        ("title", pa.string()),
-        ("text", pa.string()),
-        ("source", pa.string()),  # file:line it was read from
-        ("meta", pa.string()),  # the remaining cc_net fields, as JSON
-    ]
-)
-
 TEXTS = pa.schema(
     [
         ("text_id", pa.string()),  # doc_id#chunk
@@ -40,6 +28,15 @@ TEXTS = pa.schema(
         ("title", pa.string()),
         ("source", pa.string()),  # file:line it was read from
         ("text", pa.string()),
+    ]
+)
+
+# Chunked at prepare time, so that the manifest knows how many texts (and so annotation rows) each shard has.
+SHARD = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        *TEXTS,
+        ("meta", pa.string()),  # the record's other fields (cc_net's), as JSON
     ]
 )
 
@@ -65,7 +62,7 @@ ANNOTATIONS = pa.schema(
         ("text_id", pa.string()),
         ("doc_id", pa.string()),
         ("tool", pa.string()),
-        # annotated | heuristic_rejected | too_long  (every text and tool has a row, whatever happened)
+        # annotated | heuristic_rejected | too_long | empty (every text and tool has a row, whatever happened)
         ("status", pa.string()),
         ("heuristic", pa.string()),  # which rule let it in, or why not
         ("n_tokens", pa.int32()),
@@ -81,22 +78,25 @@ ANNOTATIONS = pa.schema(
     ]
 )
 
-# Between stages (Ray Data blocks, or the plain loop's batches): texts' fields, the annotation so far, and
-# what the LM stages share (the text's token ids and offsets). Scoring drops the bulky columns again.
+# Between stages (Ray Data blocks, or the plain loop's batches): the annotation so far, the text and what the
+# tool is told, and what the LM stages share (the text's token ids and offsets).
 WORK = pa.schema(
     [
         ("shard_id", pa.string()),
-        *[f for f in TEXTS if f.name not in ("text_id", "doc_id")],
         *ANNOTATIONS,
+        ("text", pa.string()),
         ("context", pa.string()),  # JSON: what the tool is told (the document date for Calendar)
         ("x_ids", pa.list_(pa.int32())),
         ("x_offsets", pa.list_(pa.list_(pa.int32()))),
         ("tool_ms", pa.float64()),  # wall time of this row's tool calls
+        # Set when a stage failed on this row's shard (or the shard could not be read): the row then passes
+        # through the later stages untouched and the shard is retried. "fatal: ..." quarantines at once.
+        ("error", pa.string()),
     ]
 )
 
-# A stage's output once scored: the annotation and its text, without token ids (what a shard commits).
-SCORED = pa.schema([f for f in WORK if f.name not in ("x_ids", "x_offsets", "context")])
+# What a scored batch stages for its shard's commit (token ids and text dropped; tool_ms kept for the stats).
+STAGED = pa.schema([("shard_id", pa.string()), *ANNOTATIONS, ("tool_ms", pa.float64())])
 
 CALL = pa.struct(
     [
@@ -114,6 +114,7 @@ CSTAR = pa.schema(
     [
         ("text_id", pa.string()),
         ("doc_id", pa.string()),
+        ("shard_id", pa.string()),  # the annotation shard it came from (where its original text is)
         ("text", pa.string()),  # with calls inserted
         ("n_calls", pa.int32()),
         ("calls", pa.list_(CALL)),
@@ -125,6 +126,11 @@ def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
     """Rows to a table of exactly ``schema`` (extra keys are dropped, a missing column is an error)."""
     rows = list(rows)
     return pa.Table.from_pylist([{name: row[name] for name in schema.names} for row in rows], schema=schema)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns of ``schema``, in its order and types (extra columns dropped)."""
+    return table.select(schema.names).cast(schema)
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:

@@ -2,10 +2,12 @@
 
 A run directory (local path or object-store URI such as ``s3://bucket/run``) holds::
 
-    manifest.json                     shard id, file, input URIs, doc count, sha256 (written once)
+    manifest.json                     shard id, file, input URIs, doc and text counts, sha256 (written once)
     config.yaml                       the resolved config prepare ran with, and its hash
-    shards/<shard>.parquet            the documents (DOCS schema)
+    shards/<shard>.parquet            the documents, chunked into texts (SHARD schema)
     <stage outputs>/<shard>.parquet   texts/, annotations/ ...
+    _staging/<pass>/<shard>/*.parquet scored batches of shards not yet committed (deleted once committed)
+    progress/*.json                   periodic progress summaries of the annotate job
     stats/<stage>/<shard>.json        per-shard counts and timings
     markers/<stage>/<shard>.json      the commit point: written last, after every output of the shard
     failures/<stage>/<shard>.json     one entry per failed attempt (error and traceback)
@@ -124,6 +126,7 @@ class ShardInfo:
     inputs: list[str]  # the input files its documents came from
     n_docs: int
     sha256: str
+    n_texts: int = 0  # texts after chunking: a shard is complete with n_texts x tools annotation rows
 
 
 @dataclass
@@ -134,23 +137,30 @@ class Manifest:
     inputs: list[str] = field(default_factory=list)
     skips: dict = field(default_factory=dict)  # records prepare skipped, per reason, with places
     created: str = field(default_factory=_now)
-    version: int = 1
+    version: int = 2  # 2: shards hold texts (chunked at prepare time)
+
+    def __post_init__(self):
+        self._index = {s.shard_id: s for s in self.shards}
 
     @property
     def n_docs(self) -> int:
         return sum(s.n_docs for s in self.shards)
 
+    @property
+    def n_texts(self) -> int:
+        return sum(s.n_texts for s in self.shards)
+
     def shard(self, shard_id: str) -> ShardInfo:
-        for s in self.shards:
-            if s.shard_id == shard_id:
-                return s
-        raise KeyError(shard_id)
+        return self._index[shard_id]
 
     @classmethod
     def load(cls, store: Store) -> "Manifest":
         if not store.exists("manifest.json"):
             raise FileNotFoundError(f"no manifest.json in {store.uri}: run jobs.prepare first")
         data = store.read_json("manifest.json")
+        if data.get("version", 1) < 2:
+            raise SystemExit(f"{store.uri} was prepared by an older version (shards of documents, not texts): "
+                             "prepare it again into a new output_dir")
         data["shards"] = [ShardInfo(**s) for s in data["shards"]]
         return cls(**data)
 
@@ -192,14 +202,21 @@ class RunState:
         skip = self.done() | self.quarantined()
         return [s.shard_id for s in manifest.shards if s.shard_id not in skip]
 
-    def record_failure(self, shard_id: str, error: BaseException | str, fatal: bool = False) -> bool:
+    def counts(self, manifest: Manifest) -> dict[str, int]:
+        """Shards by state: done, quarantined, failed and waiting for a retry, pending (all not yet done)."""
+        done, quarantined = self.done(), self.quarantined()
+        total = len(manifest.shards)
+        return {"total": total, "done": len(done), "pending": total - len(done) - len(quarantined),
+                "failed_retryable": len(self.failed() - done - quarantined), "quarantined": len(quarantined)}
+
+    def record_failure(self, shard_id: str, error: BaseException | str, fatal: bool = False, tb: str = "") -> bool:
         """Count a failed attempt; quarantine the shard at ``max_failures`` (or at once when ``fatal``).
         Returns whether it is now quarantined."""
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         else:
-            message, tb = error, ""
+            message = error
         attempts = self.failures(shard_id) + [{"at": _now(), "error": message[:2000], "traceback": tb[-20000:]}]
         self.store.write_json({"shard_id": shard_id, "attempts": attempts}, "failures", self.stage, f"{shard_id}.json")
         if fatal or len(attempts) >= self.max_failures:

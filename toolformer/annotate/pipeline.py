@@ -10,47 +10,28 @@ import json
 import platform
 import time
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from toolformer.annotate.stages import ExecuteCalls, SampleCalls, ScoreCalls, SelectTexts, batch_of, rows_of
+import pyarrow as pa
+
+from toolformer.annotate.stages import ExecuteCalls, SampleCalls, ScoreCalls, SelectTexts
 from toolformer.config import RunConfig, config_hash, to_dict
-from toolformer.corpus import Document, SkipLog, TextChunk, chunk_document, read_documents
+from toolformer.corpus import SkipLog, corpus_documents, texts_of
 from toolformer.engine import Engine, build_engine
 from toolformer.report import funnel
-from toolformer.schemas import ANNOTATIONS, TEXTS, to_table, write_parquet_atomic
+from toolformer.schemas import ANNOTATIONS, TEXTS, conform, to_table, write_parquet_atomic
 
 
 def load_texts(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict]:
     """Read the corpus, chunk it; every record is a text source, a counted skip, or past the limit."""
     skips = SkipLog()
-    c = cfg.corpus
-    docs = read_documents(
-        c.paths,
-        fmt=c.format,
-        skips=skips,
-        limit=c.limit,
-        max_doc_chars=c.max_doc_chars,
-        min_text_chars=c.min_text_chars,
-        embedded_lang=c.embedded_lang,
-        embedded_date=c.embedded_date,
-    )
     rows, n_docs = [], 0
-    for doc in docs:
+    for doc in corpus_documents(cfg.corpus, skips):
         n_docs += 1
-        rows.extend(texts_of(doc, tokenizer, c.max_text_tokens))
+        rows.extend(texts_of(doc, tokenizer, cfg.corpus.max_text_tokens))
     stats = {"docs_read": n_docs, "docs_skipped": skips.as_dict(), "texts": len(rows)}
     return rows, stats
-
-
-def texts_of(doc: Document, tokenizer, max_tokens: int) -> list[dict]:
-    """A document's texts (TEXTS rows). A document that chunks to nothing still yields one (empty) text, so
-    that it has annotation rows (status ``empty``) and stays accounted for."""
-    chunks = chunk_document(doc, tokenizer, max_tokens) or [
-        TextChunk(f"{doc.doc_id}#0", doc.doc_id, 0, doc.url, doc.date, doc.title, "")
-    ]
-    return [{**asdict(chunk), "source": doc.source} for chunk in chunks]
 
 
 class Annotator:
@@ -66,26 +47,28 @@ class Annotator:
         ]
         self.seconds: dict[str, float] = defaultdict(float)
 
-    def __call__(self, text_rows: list[dict]) -> list[dict]:
-        batch = batch_of(text_rows, TEXTS.names)
+    def __call__(self, texts: pa.Table) -> pa.Table:
+        """TEXTS rows → WORK rows (one per text and tool)."""
+        batch = texts
         for name, stage in self.stages:
             t0 = time.perf_counter()
             batch = stage(batch)
             self.seconds[name] += time.perf_counter() - t0
-        return rows_of(batch)
+        return batch
 
 
 def annotate_texts(
-    text_rows: list[dict], cfg: RunConfig, engine: Engine, progress: Callable[[int, int], None] | None = None
-) -> tuple[list[dict], dict[str, float]]:
+    texts: pa.Table, cfg: RunConfig, engine: Engine, progress: Callable[[int, int], None] | None = None
+) -> tuple[pa.Table, dict[str, float]]:
+    """Every text through the stages, ``annotate.batch_size`` texts at a time; WORK rows in text order."""
     annotator = Annotator(cfg, engine)
-    out: list[dict] = []
+    out: list[pa.Table] = []
     size = max(1, cfg.annotate.batch_size)
-    for start in range(0, len(text_rows), size):
-        out.extend(annotator(text_rows[start : start + size]))
+    for start in range(0, texts.num_rows, size):
+        out.append(annotator(texts.slice(start, size)))
         if progress:
-            progress(min(start + size, len(text_rows)), len(text_rows))
-    return out, dict(annotator.seconds)
+            progress(min(start + size, texts.num_rows), texts.num_rows)
+    return (pa.concat_tables(out) if out else annotator.stages[0][1](texts)), dict(annotator.seconds)
 
 
 def run_metadata(cfg: RunConfig, engine: Engine) -> dict:
@@ -110,15 +93,17 @@ def run_annotate(cfg: RunConfig, engine: Engine | None = None, log: Callable[[st
         texts, corpus_stats = load_texts(cfg, engine.tokenizer)
         log(f"{corpus_stats['docs_read']} documents → {len(texts)} texts; "
             f"skipped {corpus_stats['docs_skipped']['total']} records")
-        write_parquet_atomic(to_table(texts, TEXTS), out_dir / "texts.parquet")
-        rows, seconds = annotate_texts(
-            texts, cfg, engine, progress=lambda done, total: log(f"  annotated {done}/{total} texts")
+        table = to_table(texts, TEXTS)
+        write_parquet_atomic(table, out_dir / "texts.parquet")
+        work, seconds = annotate_texts(
+            table, cfg, engine, progress=lambda done, total: log(f"  annotated {done}/{total} texts")
         )
-        write_parquet_atomic(to_table(rows, ANNOTATIONS), out_dir / "annotations.parquet")
+        annotations = conform(work, ANNOTATIONS)
+        write_parquet_atomic(annotations, out_dir / "annotations.parquet")
         stats = {
             **run_metadata(cfg, engine),
             "corpus": corpus_stats,
-            "funnel": funnel(rows),
+            "funnel": funnel(annotations),
             "seconds": {"engine_start": t_engine, **seconds, "total": time.perf_counter() - t0},
         }
         tmp = out_dir / ".stats.json.tmp"

@@ -1,70 +1,34 @@
-"""The annotate job on Ray: pending shards in waves, committed shard by shard, failures isolated.
+"""The annotate job on Ray: every pending shard in one streaming execution, each committed as soon as it is whole.
 
-A wave is one Ray Data execution over a few shards (select → sample → execute → score actor pools), written
-to a staging area partitioned by shard. Each shard is then checked (every document accounted for, every text
-with a row per tool), sorted into a deterministic order and committed: outputs, stats, then the marker. A
-wave that fails is retried shard by shard to find the culprit; a shard that keeps failing is quarantined
-with its traceback and the run goes on. Killing the driver loses at most the wave in flight.
+One Ray Data execution per run (``distributed.py``): actor pools and their engines start once. The driver only
+reads a few counts per scored batch (shard id, rows written); when a shard's count reaches ``n_texts x tools``
+it submits a commit task (``commit.py``) that checks, orders and writes the shard, stats and marker, while the
+run goes on. The driver holds the manifest and counters, never rows. A shard that failed (an error row, a
+failed commit, an execution that broke) has the attempt recorded with its traceback; after the pass, the
+failed shards get another pass until they commit or are quarantined at ``shards.max_failures``. Killing the
+driver loses only uncommitted shards: a rerun of the same command skips every committed one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections import defaultdict
 from typing import Callable
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from toolformer.annotate.commit import STAGE, commit_shard
+from toolformer.annotate.distributed import FATAL, annotation_dataset, shard_row_counts
+from toolformer.annotate.telemetry import start_sink, summarize
 from toolformer.config import RunConfig, config_hash
-from toolformer.report import funnel, sum_funnels
-from toolformer.schemas import ANNOTATIONS, TEXTS, to_table
-from toolformer.shards import Manifest, RunState, Store, sha256_bytes
-
-STAGE = "annotate"
-
-
-class ShardIncomplete(RuntimeError):
-    """A shard's staged output does not account for all of its documents."""
-
-
-def init_ray(cfg: RunConfig) -> None:
-    """Connect to the cluster (a submitted job, ``ray.address``) or start a local Ray on loopback."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    from toolformer.annotate.distributed import repo_root
-
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith(("TOOLFORMER_", "VLLM_", "HF_", "TRANSFORMERS_")) or k == "TOKENIZERS_PARALLELISM"}
-    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if job:
-        # A submitted job: its runtime env (working_dir, env_vars) already reaches every worker, and Ray refuses
-        # a driver env that sets the same keys again; add only what it lacks.
-        try:
-            given = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
-        except (ValueError, AttributeError):
-            given = {}
-        env = {k: v for k, v in env.items() if k not in given}
-    else:
-        # A driver started by hand: workers import the package from this checkout.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH")) if p)
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
-    else:
-        # A private Ray for this run; every listener stays on loopback.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": env})
+from toolformer.report import sum_funnels
+from toolformer.shards import Manifest, RunState, Store
 
 
 class _Metrics:
-    """The wave counters as Ray metrics (Prometheus, Ray dashboard)."""
+    """The run's counters as Ray metrics (Prometheus, Ray dashboard)."""
 
     def __init__(self):
         from ray.util.metrics import Counter, Gauge
@@ -91,6 +55,73 @@ class _Metrics:
             self.shards.set(n, tags={"state": state})
 
 
+class Progress:
+    """Periodic summaries of committed shards: every N shards or T seconds, to ``progress/`` and the log."""
+
+    def __init__(self, annotator: "RayAnnotator"):
+        self.a = annotator
+        self.index = 0
+        self.t_start = time.perf_counter()
+        self.totals = {"docs": 0, "texts": 0, "text_tokens": 0}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.t0 = time.perf_counter()
+        self.stats: list[dict] = []
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.failed: list[str] = []
+
+    def add(self, stats: dict) -> None:
+        self.stats.append({k: v for k, v in stats.items() if k != "latency_ms"})
+        for tool, ms in stats.get("latency_ms", {}).items():
+            self.latency[tool] += ms
+        self.maybe_flush()
+
+    def fail(self, sid: str) -> None:
+        self.failed.append(sid)
+
+    def maybe_flush(self, force: bool = False) -> None:
+        cfg = self.a.cfg.shards
+        due = len(self.stats) >= max(1, cfg.progress_every_shards) or (
+            self.stats and time.perf_counter() - self.t0 >= cfg.progress_every_s)
+        if due or (force and (self.stats or self.failed)):
+            self.flush()
+
+    def flush(self) -> None:
+        seconds = time.perf_counter() - self.t0
+        f = sum_funnels(s["funnel"] for s in self.stats)
+        docs, texts, tokens = (sum(s[k] for s in self.stats) for k in ("docs", "texts", "text_tokens"))
+        tools = {}
+        for tool, v in f.items():
+            lat = self.latency.get(tool, [])
+            cands, kept = v.get("candidates", 0), v.get("kept_at_tool_tau_f", 0)
+            tools[tool] = {
+                "candidates": cands, "kept": kept, "keep_rate": round(kept / cands, 4) if cands else None,
+                "tool_call_ms_p50": round(float(np.percentile(lat, 50)), 3) if lat else None,
+                "tool_call_ms_p95": round(float(np.percentile(lat, 95)), 3) if lat else None,
+            }
+        for k, v in (("docs", docs), ("texts", texts), ("text_tokens", tokens)):
+            self.totals[k] += v
+        elapsed = time.perf_counter() - self.t_start
+        # Rates over the whole run so far: commits arrive in bursts, so per-interval rates would swing wildly.
+        rate = lambda n: round(n / elapsed, 3) if elapsed else None  # noqa: E731
+        summary = {
+            "progress_id": f"{time.strftime('%Y%m%dT%H%M%S')}-{self.index:05d}",
+            "committed": [s["shard_id"] for s in self.stats], "failed": self.failed, "seconds": round(seconds, 2),
+            "docs": docs, "texts": texts, "text_tokens": tokens, "run_seconds": round(elapsed, 2),
+            "run_docs": self.totals["docs"], "run_texts": self.totals["texts"],
+            "docs_per_s": rate(self.totals["docs"]), "texts_per_s": rate(self.totals["texts"]),
+            "tokens_per_s": rate(self.totals["text_tokens"]), "tools": tools,
+            "shards": self.a.state.counts(self.a.manifest),
+        }
+        self.a.store.write_json(summary, "progress", f"{summary['progress_id']}.json")
+        if self.a.metrics:
+            self.a.metrics.states(summary["shards"])
+        self.a.log(json.dumps(summary))
+        self.index += 1
+        self._reset()
+
+
 class RayAnnotator:
     def __init__(self, cfg: RunConfig, log: Callable[[str], None] = print):
         self.cfg, self.log = cfg, log
@@ -99,9 +130,8 @@ class RayAnnotator:
         self.state = RunState(self.store, STAGE, cfg.shards.max_failures)
         self.tools = list(cfg.annotate.tools)
         self.metrics: _Metrics | None = None
-        self.latencies: dict[str, list[float]] = defaultdict(list)
+        self.telemetry: dict[str, dict] = {}
 
-    # -- checks before any work -------------------------------------------------------------------------------
     def check_config(self) -> None:
         """Shards of one run are annotated with one config: a changed setting needs a new output_dir."""
         h = config_hash(self.cfg)
@@ -115,188 +145,122 @@ class RayAnnotator:
         else:
             self.store.write_json({"config_hash": h}, "annotate.json")
 
-    def verified(self, shard_ids: list[str]) -> list[str]:
-        """Shards whose bytes match the manifest; a mismatch is not transient, so it is quarantined at once."""
-        if not self.cfg.shards.verify_checksums:
-            return shard_ids
-        ok = []
-        for sid in shard_ids:
-            info = self.manifest.shard(sid)
-            try:
-                digest = sha256_bytes(self.store.read_bytes(info.path))
-            except OSError as exc:
-                digest = f"unreadable ({exc})"
-            if digest == info.sha256:
-                ok.append(sid)
-            else:
-                self.state.record_failure(sid, f"checksum mismatch: {info.path} is {digest}, manifest says {info.sha256}", fatal=True)
-                self.log(f"  {sid}: quarantined (checksum mismatch)")
-        return ok
+    def fail(self, sid: str, error: BaseException | str) -> None:
+        if isinstance(error, str):
+            message, _, tb = error.partition("\n")
+            fatal = message.startswith(FATAL)
+            quarantined = self.state.record_failure(sid, message.removeprefix(FATAL), fatal=fatal, tb=tb)
+        else:
+            quarantined = self.state.record_failure(sid, error)
+        self.progress.fail(sid)
+        self.log(f"  {sid}: {'quarantined' if quarantined else 'failed, will retry'}: "
+                 f"{(error if isinstance(error, str) else repr(error)).splitlines()[0][:300]}")
 
-    # -- one wave ---------------------------------------------------------------------------------------------
-    def run_wave(self, shard_ids: list[str]) -> tuple[list[str], list[str]]:
-        """Annotate the shards in one Ray Data execution, then commit each; returns (committed, failed)."""
-        from toolformer.annotate.distributed import annotation_dataset
-
-        staging = f"_staging/{uuid.uuid4().hex}"
-        paths = [self.store.path(self.manifest.shard(s).path) for s in shard_ids]
+    # -- one pass: a single streaming execution over the given shards ------------------------------------------
+    def run_pass(self, shard_ids: list[str], sink_name: str) -> None:
+        shards = [self.manifest.shard(s) for s in shard_ids]
+        expected = shard_row_counts(shards, len(self.tools))
+        staging = f"_staging/{uuid.uuid4().hex[:12]}"
+        ds = annotation_dataset(self.cfg, self.store.uri, shards, staging, sink_name)
+        counts: dict[str, int] = defaultdict(int)
+        failed: dict[str, str] = {}
+        inflight: dict = {}  # commit ref → shard id
+        settled: set[str] = set()
+        broke: BaseException | None = None
         try:
-            ds = annotation_dataset(self.cfg, paths, self.store.fs)
-            ds.write_parquet(self.store.path(staging), filesystem=self.store.fs, partition_cols=["shard_id"],
-                             ray_remote_args={"num_cpus": self.cfg.ray.io_num_cpus})
-            committed, failed = [], []
-            for sid in shard_ids:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                for sid, n, err in zip(*(batch.column(c).to_pylist() for c in ("shard_id", "rows", "error"))):
+                    if sid in failed or sid in settled:
+                        continue
+                    if err:
+                        failed[sid] = err
+                        self.fail(sid, err)
+                        continue
+                    counts[sid] += n
+                    if counts[sid] >= expected[sid]:
+                        settled.add(sid)
+                        self.submit_commit(sid, staging, inflight)
+                self.collect(inflight, wait=False)
+        except Exception as exc:  # noqa: BLE001 - the execution as a whole broke: every unfinished shard failed
+            broke = exc
+            self.log(f"the pass over {len(shard_ids)} shards broke: {type(exc).__name__}: {str(exc)[:300]}")
+        self.collect(inflight, wait=True)
+        for sid in shard_ids:
+            if sid in failed or sid in settled:
+                continue
+            self.fail(sid, broke if broke is not None else
+                      f"ShardIncomplete: the pass ended with {counts[sid]} of {expected[sid]} rows written")
+        self.store.delete_dir(staging)
+
+    def submit_commit(self, sid: str, staging: str, inflight: dict) -> None:
+        """Start the shard's commit task (a Ray task; the driver keeps only its reference)."""
+        import ray
+
+        commit = ray.remote(commit_shard).options(num_cpus=self.cfg.ray.io_num_cpus,
+                                                  memory=self.cfg.ray.io_memory_gb * 1024**3, max_retries=1)
+        inflight[commit.remote(self.store.uri, self.manifest.shard(sid), self.tools, staging,
+                               self.cfg.shards.max_failures)] = sid
+
+    def collect(self, inflight: dict, wait: bool) -> None:
+        """Record finished commits (all of them when ``wait``)."""
+        import ray
+
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=len(inflight) if wait else 1, timeout=None if wait else 0)
+            if not ready:
+                return
+            for ref in ready:
+                sid = inflight.pop(ref)
                 try:
-                    self.commit(sid, staging)
-                    committed.append(sid)
-                except Exception as exc:  # noqa: BLE001 - one bad shard must not stop the others
-                    self.state.record_failure(sid, exc)
-                    failed.append(sid)
-                    self.log(f"  {sid}: commit failed: {exc}")
-            return committed, failed
-        finally:
-            self.store.delete_dir(staging)
+                    stats = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a failed commit: the shard is retried
+                    self.fail(sid, exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc)
+                    continue
+                if self.metrics:
+                    self.metrics.record(stats)
+                self.progress.add(stats)
+            if not wait:
+                return
 
-    def commit(self, sid: str, staging: str) -> dict:
-        info = self.manifest.shard(sid)
-        doc_ids = pq.read_table(self.store.path(info.path), filesystem=self.store.fs, columns=["doc_id"]).column("doc_id").to_pylist()
-        part = self.store.path(staging, f"shard_id={sid}")
-        rows = pq.read_table(part, filesystem=self.store.fs).to_pylist() if self.store.exists(staging, f"shard_id={sid}") else []
-        seen = {r["doc_id"] for r in rows}
-        missing = [d for d in doc_ids if d not in seen]
-        if missing or len(doc_ids) != info.n_docs:
-            raise ShardIncomplete(f"{sid}: {len(missing)} of {info.n_docs} documents have no annotation rows (first: {missing[:3]})")
-        tool_order = {t: i for i, t in enumerate(self.tools)}
-        per_text = defaultdict(list)
-        for r in rows:
-            per_text[r["text_id"]].append(r["tool"])
-        bad = [t for t, tools in per_text.items() if sorted(tools) != sorted(self.tools)]
-        if bad:
-            raise ShardIncomplete(f"{sid}: texts without exactly one row per tool: {bad[:3]}")
-        doc_order = {d: i for i, d in enumerate(doc_ids)}
-        rows.sort(key=lambda r: (doc_order[r["doc_id"]], r["chunk"], tool_order.get(r["tool"], 99)))
-        texts, seen_t = [], set()
-        for r in rows:
-            if r["text_id"] not in seen_t:
-                seen_t.add(r["text_id"])
-                texts.append(r)
-        stats = self.shard_stats(sid, doc_ids, texts, rows)
-        self.state.commit(sid, {"texts": to_table(texts, TEXTS), "annotations": to_table(rows, ANNOTATIONS)}, stats)
-        for r in rows:
-            if r["n_candidates"] and r["tool_ms"]:
-                self.latencies[r["tool"]].append(r["tool_ms"] / r["n_candidates"])
-        if self.metrics:
-            self.metrics.record(stats)
-        return stats
-
-    def shard_stats(self, sid: str, doc_ids: list[str], texts: list[dict], rows: list[dict]) -> dict:
-        tokens = defaultdict(int)
-        for r in rows:
-            tokens[r["text_id"]] = max(tokens[r["text_id"]], r["n_tokens"] or 0)
-        return {"shard_id": sid, "docs": len(doc_ids), "texts": len(texts), "rows": len(rows),
-                "text_tokens": sum(tokens.values()), "funnel": funnel(rows)}
-
-    # -- the run ----------------------------------------------------------------------------------------------
-    def state_counts(self) -> dict[str, int]:
-        done, quarantined = self.state.done(), self.state.quarantined()
-        failed = self.state.failed() - done - quarantined
-        total = len(self.manifest.shards)
-        return {"done": len(done), "quarantined": len(quarantined), "failed_retryable": len(failed),
-                "pending": total - len(done) - len(quarantined)}
-
+    # -- the run --------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        from toolformer.cluster import init_ray
+
         self.check_config()
         t_run = time.perf_counter()
         pending = self.state.pending(self.manifest)
         skipped = len(self.manifest.shards) - len(pending)
         self.log(f"{len(self.manifest.shards)} shards: {skipped} already done or quarantined, {len(pending)} pending")
-        self.store.delete_dir("_staging")  # a killed driver's waves: never committed, nothing refers to them
-        if not pending:
-            return self.summary(t_run, skipped, [])
-        init_ray(self.cfg)
-        self.metrics = _Metrics()
-        waves = []
-        size = max(1, self.cfg.shards.wave_shards)
-        for k in range(0, len(pending), size):
-            wave = self.verified(pending[k : k + size])
-            if not wave:
-                continue
-            t0 = time.perf_counter()
-            self.latencies.clear()
-            try:
-                committed, failed = self.run_wave(wave)
-            except Exception as exc:  # noqa: BLE001 - the wave as a whole failed: find which shard
-                self.log(f"wave of {len(wave)} shards failed ({type(exc).__name__}); retrying its shards one by one")
-                committed, failed = [], []
-                if len(wave) == 1:
-                    self.state.record_failure(wave[0], exc)
-                    failed.append(wave[0])
-                else:
-                    for sid in wave:
-                        try:
-                            c, f = self.run_wave([sid])
-                        except Exception as exc1:  # noqa: BLE001
-                            self.state.record_failure(sid, exc1)
-                            c, f = [], [sid]
-                        committed += c
-                        failed += f
-            self.end_wave(waves, committed, failed, t0)
-        # Shards that failed but may succeed on another try (an actor lost twice, a flaky store) are retried
-        # one at a time until they commit or reach max_failures and are quarantined.
-        retry = [s for s in self.state.pending(self.manifest) if s in set(pending)]
-        while retry:
-            sid = retry.pop(0)
-            t0 = time.perf_counter()
-            self.latencies.clear()
-            try:
-                committed, failed = self.run_wave([sid])
-            except Exception as exc:  # noqa: BLE001
-                self.state.record_failure(sid, exc)
-                committed, failed = [], [sid]
-            self.end_wave(waves, committed, failed, t0)
-            if failed and sid not in self.state.quarantined():
-                retry.append(sid)
-        return self.summary(t_run, skipped, waves)
+        self.store.delete_dir("_staging")  # a killed driver's batches: never committed, nothing refers to them
+        self.progress = Progress(self)
+        passes = 0
+        if pending:
+            init_ray(self.cfg)
+            self.metrics = _Metrics()
+            sink_name = f"toolformer-telemetry-{uuid.uuid4().hex[:8]}"
+            sink = start_sink(sink_name)
+            todo = pending
+            while todo:
+                passes += 1
+                if passes > 1:
+                    self.log(f"pass {passes}: retrying {len(todo)} failed shards")
+                self.run_pass(todo, sink_name)
+                self.progress.maybe_flush(force=True)
+                # Each pass records an attempt for every shard it did not commit, so this ends by quarantine.
+                todo = [s for s in self.state.pending(self.manifest) if s in set(todo)]
+            import ray
 
-    def end_wave(self, waves: list[dict], committed: list[str], failed: list[str], t0: float) -> None:
-        summary = self.wave_summary(len(waves), committed, failed, time.perf_counter() - t0)
-        waves.append(summary)
-        self.store.write_json(summary, "waves", f"{summary['wave_id']}.json")
-        if self.metrics:
-            self.metrics.states(summary["shards"])
-        self.log(json.dumps(summary))
+            self.telemetry = ray.get(sink.snapshot.remote())
+        return self.summary(t_run, skipped, passes)
 
-    def wave_summary(self, index: int, committed: list[str], failed: list[str], seconds: float) -> dict:
-        stats = self.state.stats(committed)
-        f = sum_funnels(s["funnel"] for s in stats)
-        docs, texts, tokens = (sum(s[k] for s in stats) for k in ("docs", "texts", "text_tokens"))
-        per_tool = {}
-        for tool, v in f.items():
-            lat = self.latencies.get(tool, [])
-            per_tool[tool] = {
-                "candidates": v.get("candidates", 0),
-                "kept": v.get("kept_at_tool_tau_f", 0),
-                "keep_rate": round(v.get("kept_at_tool_tau_f", 0) / v["candidates"], 4) if v.get("candidates") else None,
-                "tool_call_ms_p50": round(float(np.percentile(lat, 50)), 3) if lat else None,
-                "tool_call_ms_p95": round(float(np.percentile(lat, 95)), 3) if lat else None,
-            }
-        return {
-            "wave_id": f"{time.strftime('%Y%m%dT%H%M%S')}-{index:04d}",
-            "committed": committed, "failed": failed, "seconds": round(seconds, 2),
-            "docs": docs, "texts": texts, "text_tokens": tokens,
-            "docs_per_s": round(docs / seconds, 3) if seconds else None,
-            "texts_per_s": round(texts / seconds, 3) if seconds else None,
-            "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-            "tools": per_tool, "shards": self.state_counts(),
-        }
-
-    def summary(self, t_run: float, skipped: int, waves: list[dict]) -> dict:
+    def summary(self, t_run: float, skipped: int, passes: int) -> dict:
         stats = self.state.stats()
         out = {
-            "output_dir": self.store.uri, "config_hash": config_hash(self.cfg), "shards": self.state_counts(),
-            "skipped_at_start": skipped, "waves": len(waves), "seconds": round(time.perf_counter() - t_run, 2),
+            "output_dir": self.store.uri, "config_hash": config_hash(self.cfg), "shards": self.state.counts(self.manifest),
+            "skipped_at_start": skipped, "passes": passes, "seconds": round(time.perf_counter() - t_run, 2),
             "docs": sum(s["docs"] for s in stats), "texts": sum(s["texts"] for s in stats),
             "funnel": sum_funnels(s["funnel"] for s in stats),
+            "actors": summarize(self.telemetry) if self.telemetry else None,
         }
         self.store.write_json(out, "stats.json")
         return out

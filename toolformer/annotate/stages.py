@@ -1,9 +1,10 @@
 """Annotation stages (DESIGN §1.2): select texts → sample calls → execute → score and filter.
 
 Each stage is a small class: construction is cheap, ``setup()`` loads what it needs (a model, the tools)
-once, and a call maps a batch (a dict of columns) to a batch. The same classes run in a plain loop
-(``pipeline.annotate``) and, unchanged, in Ray Data's ``map_batches`` (the Ray job). LM stages may share an
-engine passed in; otherwise each builds its own.
+once, and a call maps a ``pyarrow.Table`` of the WORK schema to the next. The same classes run in a plain
+loop (``pipeline.annotate_texts``) and, unchanged, in Ray Data's ``map_batches`` (the Ray job). Only the
+values the method needs as Python objects leave Arrow: texts to tokenize, tool inputs, sampled strings.
+LM stages may share an engine passed in; otherwise each builds its own.
 """
 
 from __future__ import annotations
@@ -12,83 +13,80 @@ import json
 import math
 import time
 from collections import defaultdict
-from typing import Any, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from toolformer.annotate.filtering import filter_call, needed_tokens, weighted_loss
 from toolformer.annotate.positions import select_positions
-from toolformer.calls import NoResultForm, clean_field, linearize, parse_call, Call
+from toolformer.arrow import empty_lists, on_subset, parent_rows, replace_struct_fields, set_columns, struct_fields
+from toolformer.calls import Call, NoResultForm, clean_field, linearize, parse_call
 from toolformer.config import RunConfig
 from toolformer.corpus import TextChunk, tool_heuristic
 from toolformer.engine import Engine, build_engine
 from toolformer.prompts import load_prompt, render_prompt
+from toolformer.report import REPORT_TAU_F
+from toolformer.schemas import WORK
 from toolformer.seeds import derive_seed
 from toolformer.tools import ToolRequest, build_tool, canonical_name, tool_class
 
-Batch = dict[str, list]
-
-# The lowest τf the run report shows: below it, e(c, ε) need not be scored (see ScoreCalls).
-REPORT_TAU_F = (0.5, 1.0, 2.0)
+_CHUNK_FIELDS = ("text_id", "doc_id", "chunk", "url", "date", "title", "text")
+_COUNTERS = ("n_tokens", "n_positions", "n_samples", "n_closed", "n_parsed", "n_candidates", "n_executed", "n_kept")
 
 
-def rows_of(batch: dict[str, Sequence]) -> list[dict[str, Any]]:
-    """Column batch → rows (accepts lists or numpy arrays, as Ray Data gives them)."""
-    columns = {k: list(v) for k, v in batch.items()}
-    n = len(next(iter(columns.values()))) if columns else 0
-    return [{k: col[i] for k, col in columns.items()} for i in range(n)]
+def _status_is(table: pa.Table, *values: str) -> np.ndarray:
+    return pc.is_in(table.column("status"), pa.array(values)).to_numpy(zero_copy_only=False)
 
 
-def batch_of(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Batch:
-    columns = list(columns or (rows[0].keys() if rows else []))
-    return {c: [r.get(c) for r in rows] for c in columns}
+def start_token(engine: Engine, text: str, offsets: list, pos: int) -> int:
+    """`` [`` where x_i carries its own leading space (byte-level BPE: `` then``), ``[`` otherwise (the
+    space, if any, already ends x_<i). The call then reads as C* will print it: "30 [Calendar()] then"."""
+    begin, end = offsets[pos]
+    want = " [" if text[begin:end].startswith(" ") else "["
+    return engine.start_variants.get(want, engine.start_ids[0])
 
 
-def _counters() -> dict[str, int]:
-    return dict(
-        n_tokens=0, n_positions=0, n_samples=0, n_closed=0, n_parsed=0, n_candidates=0, n_executed=0, n_kept=0
-    )
+def char_start(text: str, offsets: list, pos: int) -> int:
+    begin, end = offsets[pos]
+    while begin < end and text[begin].isspace():
+        begin += 1  # byte-level BPE offsets may include the token's leading space
+    return int(begin)
 
 
 class SelectTexts:
-    """Texts → one row per text and tool, with the tool's heuristic decision (CPU, cheap)."""
+    """Texts (TEXTS or SHARD rows) → one WORK row per text and tool, with the tool's heuristic decision (CPU)."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.tools = [canonical_name(t) for t in cfg.annotate.tools]
 
-    def __call__(self, batch: Batch) -> Batch:
-        out = []
-        for row in rows_of(batch):
-            chunk = TextChunk(
-                row["text_id"], row["doc_id"], row["chunk"], row["url"], row["date"], row["title"], row["text"]
-            )
-            for tool in self.tools:
-                decision = tool_heuristic(tool, chunk, self.cfg.corpus, self.cfg.seed)
-                out.append(
-                    dict(
-                        shard_id=row.get("shard_id"),
-                        text_id=row["text_id"],
-                        doc_id=row["doc_id"],
-                        chunk=row["chunk"],
-                        url=row["url"],
-                        date=row["date"],
-                        title=row["title"],
-                        source=row.get("source"),
-                        tool=tool,
-                        text=row["text"],
-                        status="pending" if decision.passed else "heuristic_rejected",
-                        heuristic=decision.reason,
-                        context=json.dumps(decision.context),
-                        candidates=[],
-                        positions=[],
-                        x_ids=[],  # filled by SampleCalls: the text's token ids, shared by every later stage
-                        x_offsets=[],
-                        tool_ms=0.0,
-                        **_counters(),
-                    )
-                )
-        return batch_of(out)
+    def __call__(self, texts: pa.Table) -> pa.Table:
+        n, tools = texts.num_rows, self.tools
+        status, heuristic, context = [], [], []
+        for row in texts.select(list(_CHUNK_FIELDS)).to_pylist():
+            chunk = TextChunk(**row)
+            for tool in tools:
+                d = tool_heuristic(tool, chunk, self.cfg.corpus, self.cfg.seed)
+                status.append("pending" if d.passed else "heuristic_rejected")
+                heuristic.append(d.reason)
+                context.append(json.dumps(d.context))
+        m = n * len(tools)
+        rep = pa.array(np.repeat(np.arange(n), len(tools)))
+        shard = texts.column("shard_id").take(rep) if "shard_id" in texts.column_names else pa.nulls(m, pa.string())
+        zeros = pa.array(np.zeros(m, dtype=np.int32))
+        columns = {
+            "shard_id": shard, "text_id": texts.column("text_id").take(rep), "doc_id": texts.column("doc_id").take(rep),
+            "tool": pa.array(np.tile(np.array(tools, dtype=object), n), pa.string()), "status": status,
+            "heuristic": heuristic, **{c: zeros for c in _COUNTERS},
+            "positions": empty_lists(m, WORK.field("positions").type),
+            "candidates": empty_lists(m, WORK.field("candidates").type),
+            "text": texts.column("text").take(rep), "context": context,
+            "x_ids": empty_lists(m, WORK.field("x_ids").type), "x_offsets": empty_lists(m, WORK.field("x_offsets").type),
+            "tool_ms": pa.array(np.zeros(m)), "error": pa.nulls(m, pa.string()),
+        }
+        return pa.table({f.name: columns[f.name] for f in WORK}, schema=WORK)
 
 
 class _LMStage:
@@ -110,100 +108,77 @@ class _LMStage:
 class SampleCalls(_LMStage):
     """Positions with ``p_i > τs`` (k best), then m sampled calls at each, parsed and deduplicated (LM)."""
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, table: pa.Table) -> pa.Table:
         engine = self._ready()
-        rows = rows_of(batch)
-        by_tool: dict[str, list[dict]] = defaultdict(list)
-        for row in rows:
-            if row["status"] == "pending":
-                by_tool[row["tool"]].append(row)
-        for tool, group in by_tool.items():
-            self._annotate(engine, tool, group)
-        return batch_of(rows)
+        return on_subset(table, _status_is(table, "pending"), lambda t: self._annotate(engine, t))
 
-    def _annotate(self, engine: Engine, tool: str, rows: list[dict]) -> None:
+    def _annotate(self, engine: Engine, table: pa.Table) -> pa.Table:
+        texts, text_ids = table.column("text").to_pylist(), table.column("text_id").to_pylist()
+        tools = table.column("tool").to_pylist()
+        n = len(texts)
+        out = {k: [0] * n for k in _COUNTERS if k not in ("n_executed", "n_kept")}
+        out.update(status=[None] * n, positions=[[] for _ in range(n)], candidates=[[] for _ in range(n)],
+                   x_ids=[None] * n, x_offsets=[None] * n)
+        by_tool: dict[str, list[int]] = defaultdict(list)
+        for r, tool in enumerate(tools):
+            by_tool[tool].append(r)
+        for tool, rows in by_tool.items():
+            self._annotate_tool(engine, tool, rows, texts, text_ids, out)
+        return set_columns(table, WORK, **out)
+
+    def _annotate_tool(self, engine: Engine, tool: str, rows: list[int], texts: list[str], text_ids: list[str],
+                       out: dict) -> None:
         params = self.cfg.tool_params(tool)
         template = load_prompt(tool, params.prompt_path)
         limit = self.cfg.engine.max_model_len - params.max_call_tokens - 1
         live, seqs, starts = [], [], []
-        for row in rows:
-            x_ids, offsets = engine.encode_with_offsets(row["text"])
-            prompt = engine.encode(render_prompt(template, row["text"]))
-            row["n_tokens"] = len(x_ids)
-            row["x_ids"], row["x_offsets"] = x_ids, offsets
+        for r in rows:
+            x_ids, offsets = engine.encode_with_offsets(texts[r])
+            prompt = engine.encode(render_prompt(template, texts[r]))
+            out["n_tokens"][r], out["x_ids"][r], out["x_offsets"][r] = len(x_ids), x_ids, offsets
             if len(prompt) + len(x_ids) > limit or not x_ids:
-                row["status"] = "too_long" if x_ids else "empty"
+                out["status"][r] = "too_long" if x_ids else "empty"
                 continue
-            row["status"] = "annotated"
-            live.append(row)
+            out["status"][r] = "annotated"
+            live.append(r)
             seqs.append(prompt + x_ids)
             starts.append(len(prompt))
         if not live:
             return
         chosen, _ = select_positions(engine, seqs, starts, params.tau_s, params.top_k, self.cfg.engine.top_logprobs)
         requests, owners = [], []
-        for row, seq, start, picks in zip(live, seqs, starts, chosen):
-            row["positions"] = [pos for pos, _ in picks]
-            row["n_positions"] = len(picks)
+        for r, seq, start, picks in zip(live, seqs, starts, chosen):
+            out["positions"][r] = [pos for pos, _ in picks]
+            out["n_positions"][r] = len(picks)
             for pos, p in picks:
-                requests.append(seq[: start + pos] + [self._start_token(engine, row, pos)])
-                owners.append((row, pos, p))
-        seeds = [derive_seed(self.cfg.seed, row["text_id"], tool, pos) for row, pos, _ in owners]
-        samples = engine.sample(
-            requests,
-            n=params.num_samples,
-            max_tokens=params.max_call_tokens,
-            stop="]",
-            temperature=params.temperature,
-            seeds=seeds,
-        )
+                requests.append(seq[: start + pos] + [start_token(engine, texts[r], out["x_offsets"][r], pos)])
+                owners.append((r, pos, p))
+        seeds = [derive_seed(self.cfg.seed, text_ids[r], tool, pos) for r, pos, _ in owners]
+        samples = engine.sample(requests, n=params.num_samples, max_tokens=params.max_call_tokens, stop="]",
+                                temperature=params.temperature, seeds=seeds)
         quote = tool_class(tool).quote_input
-        for (row, pos, p), outs in zip(owners, samples):
-            seen = {c["input"] for c in row["candidates"] if c["position"] == pos}
+        for (r, pos, p), outs in zip(owners, samples):
+            cands = out["candidates"][r]
+            seen = {c["input"] for c in cands if c["position"] == pos}
             for sample in outs:
-                row["n_samples"] += 1
+                out["n_samples"][r] += 1
                 if not sample.closed:
                     continue
-                row["n_closed"] += 1
+                out["n_closed"][r] += 1
                 call = parse_call("[" + sample.text + "]", [tool])
                 if call is None:
                     continue
-                row["n_parsed"] += 1
+                out["n_parsed"][r] += 1
                 if call.input in seen:
                     continue
                 seen.add(call.input)
-                row["candidates"].append(
-                    dict(
-                        position=pos,
-                        char_start=self._char_start(row, pos),
-                        p_start=p,
-                        call=linearize(call, with_result=False, quote_input=quote, no_result_form=NoResultForm.BARE),
-                        input=call.input,
-                        result=None,
-                        error=None,
-                        loss_none=None,
-                        loss_call_only=None,
-                        loss_call_result=None,
-                        gain=None,
-                        kept=False,
-                    )
-                )
-            row["n_candidates"] = len(row["candidates"])
-
-    @staticmethod
-    def _start_token(engine: Engine, row: dict, pos: int) -> int:
-        """`` [`` where x_i carries its own leading space (byte-level BPE: `` then``), ``[`` otherwise (the
-        space, if any, already ends x_<i). The call then reads as C* will print it: "30 [Calendar()] then"."""
-        begin, end = row["x_offsets"][pos]
-        want = " [" if row["text"][begin:end].startswith(" ") else "["
-        return engine.start_variants.get(want, engine.start_ids[0])
-
-    @staticmethod
-    def _char_start(row: dict, pos: int) -> int:
-        begin, end = row["x_offsets"][pos]
-        while begin < end and row["text"][begin].isspace():
-            begin += 1  # byte-level BPE offsets may include the token's leading space
-        return int(begin)
+                cands.append(dict(
+                    position=pos, char_start=char_start(texts[r], out["x_offsets"][r], pos), p_start=p,
+                    call=linearize(call, with_result=False, quote_input=quote, no_result_form=NoResultForm.BARE),
+                    input=call.input, result=None, error=None, loss_none=None, loss_call_only=None,
+                    loss_call_result=None, gain=None, kept=False,
+                ))
+            out["n_candidates"][r] = len(cands)
 
 
 class ExecuteCalls:
@@ -211,7 +186,7 @@ class ExecuteCalls:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.tools: dict[str, Any] = {}
+        self.tools: dict = {}
 
     def setup(self) -> None:
         for name in self.cfg.annotate.tools:
@@ -219,24 +194,42 @@ class ExecuteCalls:
             self.tools[tool] = build_tool(tool, **self.cfg.annotate.tool_options.get(tool, {}))
             self.tools[tool].setup()
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, table: pa.Table) -> pa.Table:
         if not self.tools:
             self.setup()
-        rows = rows_of(batch)
-        for row in rows:
-            cands = row["candidates"]
-            if row["status"] != "annotated" or not cands:
-                continue
-            context = json.loads(row["context"] or "{}")
+        live = _status_is(table, "annotated") & (table.column("n_candidates").to_numpy(zero_copy_only=False) > 0)
+        return on_subset(table, live, self._execute)
+
+    def _execute(self, table: pa.Table) -> pa.Table:
+        cands = table.column("candidates")
+        inputs = struct_fields(cands, "input")["input"]
+        parents = parent_rows(cands)
+        tools, contexts = table.column("tool").to_pylist(), table.column("context").to_pylist()
+        results: list[str | None] = [None] * len(inputs)
+        tool_ms, executed = [0.0] * table.num_rows, [0] * table.num_rows
+        bounds = np.searchsorted(parents, np.arange(table.num_rows + 1))
+        for r in range(table.num_rows):
+            lo, hi = int(bounds[r]), int(bounds[r + 1])
+            context = json.loads(contexts[r] or "{}")
             t0 = time.perf_counter()
-            results = self.tools[row["tool"]]([ToolRequest(c["input"], context) for c in cands])
-            row["tool_ms"] = 1000 * (time.perf_counter() - t0)
-            for cand, result in zip(cands, results):
+            got = self.tools[tools[r]]([ToolRequest(inputs[j], context) for j in range(lo, hi)])
+            tool_ms[r] = 1000 * (time.perf_counter() - t0)
+            for j, result in zip(range(lo, hi), got):
                 result = clean_field(result) if isinstance(result, str) else None
-                cand["result"] = result or None
-                cand["error"] = None if result else "no_result"
-            row["n_executed"] = sum(c["result"] is not None for c in cands)
-        return batch_of(rows)
+                results[j] = result or None
+            executed[r] = sum(results[j] is not None for j in range(lo, hi))
+        errors = [None if res is not None else "no_result" for res in results]
+        return set_columns(table, WORK, candidates=replace_struct_fields(cands, result=results, error=errors),
+                           tool_ms=tool_ms, n_executed=executed)
+
+
+@dataclass
+class _Cand:
+    row: int
+    position: int
+    input: str
+    result: str | None
+    char_start: int
 
 
 class ScoreCalls(_LMStage):
@@ -254,76 +247,95 @@ class ScoreCalls(_LMStage):
         super().__init__(cfg, engine)
         self.score_floor = min(REPORT_TAU_F) if score_floor is None else score_floor
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, table: pa.Table) -> pa.Table:
         engine = self._ready()
-        rows = rows_of(batch)
-        live = [r for r in rows if r["status"] == "annotated" and r["n_executed"]]
-        if live:
-            self._score(engine, live)
-        for row in rows:
-            row["n_kept"] = sum(bool(c["kept"]) for c in row["candidates"])
-        return batch_of(rows)
+        live = _status_is(table, "annotated") & (table.column("n_executed").to_numpy(zero_copy_only=False) > 0)
+        return on_subset(table, live, lambda t: self._score(engine, t))
 
-    def _prefix_ids(self, engine: Engine, call: Call, tool: str, with_result: bool) -> list[int]:
-        text = linearize(
-            call,
-            with_result=with_result,
-            quote_input=tool_class(tool).quote_input,
-            no_result_form=self.cfg.annotate.no_result_form,
-        )
-        return engine.doc_start + engine.encode(text + self.cfg.annotate.prefix_separator)
+    def _prefix_ids(self, engine: Engine, call: Call, with_result: bool) -> tuple[int, ...]:
+        text = linearize(call, with_result=with_result, quote_input=tool_class(call.tool).quote_input,
+                         no_result_form=self.cfg.annotate.no_result_form)
+        return tuple(engine.doc_start + engine.encode(text + self.cfg.annotate.prefix_separator))
 
-    def _losses(self, engine: Engine, jobs: dict[tuple, list[int]], rows: dict[str, dict]) -> dict[tuple, np.ndarray]:
+    @staticmethod
+    def _losses(engine: Engine, jobs: dict[tuple, list[int]], x_of: dict[str, list[int]]) -> dict[tuple, np.ndarray]:
         """Score each (text_id, prefix) up to its furthest needed token; logprobs over x per key."""
         keys = list(jobs)
         seqs, starts = [], []
-        for key in keys:
-            text_id, prefix = key[0], list(key[1])
-            x = rows[text_id]["x_ids"]
-            need = min(len(x), max(needed_tokens(p) for p in jobs[key]))
-            seqs.append(prefix + x[:need])
+        for text_id, prefix in keys:
+            x = x_of[text_id]
+            need = min(len(x), max(needed_tokens(p) for p in jobs[(text_id, prefix)]))
+            seqs.append(list(prefix) + x[:need])
             starts.append(len(prefix))
         return dict(zip(keys, engine.sequence_logprobs(seqs, starts)))
 
-    def _score(self, engine: Engine, rows: list[dict]) -> None:
-        by_id = {r["text_id"]: r for r in rows}
+    def _score(self, engine: Engine, table: pa.Table) -> pa.Table:
+        cands_col = table.column("candidates")
+        f = struct_fields(cands_col, "position", "input", "result", "char_start")
+        parents = parent_rows(cands_col)
+        text_ids, tools = table.column("text_id").to_pylist(), table.column("tool").to_pylist()
+        texts, x_rows = table.column("text").to_pylist(), table.column("x_ids").to_pylist()
+        x_of = dict(zip(text_ids, x_rows))
+        cands = [_Cand(int(r), p, i, res, cs) for r, p, i, res, cs in
+                 zip(parents, f["position"], f["input"], f["result"], f["char_start"])]
+        n = len(cands)
+        loss_none, loss_only, loss_res = [None] * n, [None] * n, [None] * n
+        gain, kept, error = [None] * n, [False] * n, struct_fields(cands_col, "error")["error"]
         eps = tuple(engine.doc_start)
         first: dict[tuple, list[int]] = defaultdict(list)
-        for row in rows:
-            for cand in row["candidates"]:
-                if cand["result"] is None:
-                    continue
-                call = Call(row["tool"], cand["input"], cand["result"])
-                cand["_with"] = (row["text_id"], tuple(self._prefix_ids(engine, call, row["tool"], True)))
-                first[(row["text_id"], eps)].append(cand["position"])
-                first[cand["_with"]].append(cand["position"])
-        lp = self._losses(engine, first, by_id)
+        with_key: dict[int, tuple] = {}
+        for j, c in enumerate(cands):
+            if c.result is None:
+                continue
+            tid = text_ids[c.row]
+            with_key[j] = (tid, self._prefix_ids(engine, Call(tools[c.row], c.input, c.result), True))
+            first[(tid, eps)].append(c.position)
+            first[with_key[j]].append(c.position)
+        lp = self._losses(engine, first, x_of)
         second: dict[tuple, list[int]] = defaultdict(list)
-        for row in rows:
-            floor = min(self.score_floor, self.cfg.tool_params(row["tool"]).tau_f)
-            for cand in row["candidates"]:
-                if cand["result"] is None:
-                    continue
-                i = cand["position"]
-                cand["loss_none"] = weighted_loss(lp[(row["text_id"], eps)], i)
-                cand["loss_call_result"] = weighted_loss(lp[cand.pop("_with")], i)
-                if cand["loss_none"] - cand["loss_call_result"] >= floor:
-                    call = Call(row["tool"], cand["input"])
-                    cand["_without"] = (row["text_id"], tuple(self._prefix_ids(engine, call, row["tool"], False)))
-                    second[cand["_without"]].append(i)
-        lp2 = self._losses(engine, second, by_id) if second else {}
-        for row in rows:
-            tau_f = self.cfg.tool_params(row["tool"]).tau_f
-            for cand in row["candidates"]:
-                key = cand.pop("_without", None)
-                if key is None:
-                    continue
-                cand["loss_call_only"] = weighted_loss(lp2[key], cand["position"])
-                cand["gain"], cand["kept"] = filter_call(
-                    cand["loss_none"], cand["loss_call_only"], cand["loss_call_result"], tau_f
-                )
-                if math.isnan(cand["gain"]):
-                    cand["gain"], cand["kept"] = None, False
-                if cand["kept"] and row["tool"] == "MT" and cand["input"] not in row["text"][: cand["char_start"]]:
-                    # the paper drops MT calls whose input only appears after the call (nothing to translate yet)
-                    cand["kept"], cand["error"] = False, "mt_input_after_call"
+        without_key: dict[int, tuple] = {}
+        for j, key in with_key.items():
+            c, tid = cands[j], text_ids[cands[j].row]
+            loss_none[j] = weighted_loss(lp[(tid, eps)], c.position)
+            loss_res[j] = weighted_loss(lp[key], c.position)
+            floor = min(self.score_floor, self.cfg.tool_params(tools[c.row]).tau_f)
+            if loss_none[j] - loss_res[j] >= floor:
+                without_key[j] = (tid, self._prefix_ids(engine, Call(tools[c.row], c.input), False))
+                second[without_key[j]].append(c.position)
+        lp2 = self._losses(engine, second, x_of) if second else {}
+        n_kept = [0] * table.num_rows
+        for j, key in without_key.items():
+            c, tool = cands[j], tools[cands[j].row]
+            loss_only[j] = weighted_loss(lp2[key], c.position)
+            g, k = filter_call(loss_none[j], loss_only[j], loss_res[j], self.cfg.tool_params(tool).tau_f)
+            if math.isnan(g):
+                g, k = None, False
+            if k and tool == "MT" and c.input not in texts[c.row][: c.char_start]:
+                # the paper drops MT calls whose input only appears after the call (nothing to translate yet)
+                k, error[j] = False, "mt_input_after_call"
+            gain[j], kept[j] = g, k
+            n_kept[c.row] += bool(k)
+        new = replace_struct_fields(cands_col, loss_none=loss_none, loss_call_only=loss_only,
+                                    loss_call_result=loss_res, gain=gain, kept=kept, error=error)
+        return set_columns(table, WORK, candidates=new, n_kept=n_kept)
+
+
+
+class SampleExecuteScore(_LMStage):
+    """sample → execute → score in one actor on one engine: the Ray job's ``ray.fuse_lm`` layout, for tools
+    cheap enough to run beside the LM (Calculator, Calendar); heavy tools keep their own CPU pool otherwise."""
+
+    def __init__(self, cfg: RunConfig, engine: Engine | None = None):
+        super().__init__(cfg, engine)
+        self.execute = ExecuteCalls(cfg)
+
+    def setup(self) -> None:
+        super().setup()
+        self.execute.setup()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        engine = self._ready()
+        if not self.execute.tools:
+            self.execute.setup()
+        sampled = SampleCalls(self.cfg, engine)(table)
+        return ScoreCalls(self.cfg, engine)(self.execute(sampled))

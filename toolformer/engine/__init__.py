@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from toolformer.engine.base import Engine, Sample, StartProbs, doc_start_ids
-from toolformer.engine.models import resolve_model
+from toolformer.models import resolve_model
 
 
 def build_engine(cfg) -> Engine:

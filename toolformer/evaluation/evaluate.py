@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -10,12 +9,11 @@ from toolformer.config import RunConfig
 from toolformer.evaluation.runner import Setting, evaluate_setting, write_results
 from toolformer.evaluation.tasks import HUB, load_hub_task, load_task
 from toolformer.inference import DecodeConfig
-
-REPO = Path(__file__).resolve().parents[2]
+from toolformer.paths import shared_data
 
 
 def data_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.eval.data_dir or os.environ.get("TOOLFORMER_SHARED_DATA") or REPO.parent / "shared" / "data")
+    return shared_data(cfg.eval.data_dir)
 
 
 def settings(cfg: RunConfig, base_path: str) -> list[Setting]:
@@ -41,7 +39,7 @@ def build_tools(cfg: RunConfig) -> dict:
 
 def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     from toolformer.engine import build_engine
-    from toolformer.engine.models import resolve_model
+    from toolformer.models import resolve_model
 
     e = cfg.eval
     examples = []

@@ -23,7 +23,7 @@ class Generator:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from toolformer.engine.models import resolve_model
+        from toolformer.models import resolve_model
 
         if self.threads:
             torch.set_num_threads(self.threads)

@@ -380,7 +380,7 @@ def embedded_index_dir(cache_dir: str | None = None, progress: Callable[[str], N
     """The index over the embedded Wikipedia summaries, built once into the cache on first use."""
     import fcntl
 
-    from toolformer.engine.models import cache_root
+    from toolformer.models import cache_root
     from toolformer.tools.passages import read_passages
 
     root = Path(cache_dir) if cache_dir else cache_root() / "indexes"

@@ -1,23 +1,34 @@
-"""C* → token sequences for finetuning: tokenize, pack to a fixed length, mask labels.
+"""C* → token sequences for finetuning: tokenize, pack to a fixed length, mask labels; and the datasets.
 
 Packing concatenates documents (each ended by EOS) and cuts the stream into ``seq_len`` pieces. Labels are
 the input ids except: padding (-100), the first token of a document that follows another in the same
 sequence (-100: it is not predictable from an unrelated document), and optionally the tokens of tool results
 (``mask_results``; off by default, since the paper trains on everything).
+
+The training set is a Ray Dataset read from the sharded C* and tokenized and packed batch by batch on Ray
+workers (``TokenizePack``), so no process holds the corpus. The dev set (plain texts the run annotated without
+keeping a call) is drawn from a few shards; the baseline's originals are fetched only for C*'s texts.
 """
 
 from __future__ import annotations
 
-import re
+import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from toolformer.calls import RESULT_PATTERN
+from toolformer.runs import AnnotationRun
+
 IGNORE = -100
-_RESULT = re.compile(r"->\s?([^\]]*)\]")
 
 
 @dataclass
-class Example:
+class TrainText:
     text: str
     result_spans: list[tuple[int, int]]  # character spans of tool results, masked when asked
 
@@ -29,13 +40,13 @@ def result_spans(text: str, calls: Sequence[dict] | None) -> list[tuple[int, int
         start, end = call.get("char_start"), call.get("char_end")
         if start is None or end is None:
             continue
-        m = _RESULT.search(text, start, end)
+        m = RESULT_PATTERN.search(text, start, end)
         if m and m.group(1):
             spans.append((m.start(1), m.end(1)))
     return spans
 
 
-def tokenize(examples: Iterable[Example], tokenizer, mask_results: bool = False) -> list[tuple[list[int], list[bool]]]:
+def tokenize(examples: Iterable[TrainText], tokenizer, mask_results: bool = False) -> list[tuple[list[int], list[bool]]]:
     """(ids, trainable) per example; ``trainable`` is False on result tokens when masking them."""
     out = []
     for ex in examples:
@@ -78,35 +89,64 @@ def pack(
     return out
 
 
-def read_training_texts(run_dir: str, baseline: bool = False, dev_size: int = 1000, seed: int = 0):
-    """(train examples, dev texts) from an annotation run that has been merged.
+class TokenizePack:
+    """Ray Data UDF: a batch of texts (C* rows, or ``text`` only) → packed sequences, one batch at a time."""
 
-    Train: C* (``cstar.parquet``), or with ``baseline`` the same texts without their calls (the paper's
-    "GPT-J + CC"). Dev: plain texts of the run that received no call (held out from training either way),
-    up to ``dev_size``; when every text has a call, the dev set is carved from C*'s originals instead.
-    """
-    import random
+    def __init__(self, model_path: str, seq_len: int, mask_results: bool = False, exclude: Sequence[str] = ()):
+        from transformers import AutoTokenizer
 
-    from jobs.merge import read_annotation_run
-    from toolformer.shards import Store
+        self.tok = AutoTokenizer.from_pretrained(model_path)
+        self.eos = self.tok.eos_token_id
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos
+        self.seq_len, self.mask_results, self.exclude = seq_len, mask_results, set(exclude)
 
-    store = Store(run_dir)
-    if not store.exists("cstar.parquet"):
-        raise FileNotFoundError(f"no cstar.parquet in {store.uri}: run jobs.merge first")
-    cstar = store.read_table("cstar.parquet").to_pylist()
-    _, text_rows, _ = read_annotation_run(run_dir)
-    originals = {r["text_id"]: r["text"] for r in text_rows}
-    with_calls = {r["text_id"] for r in cstar}
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        if self.exclude and "text_id" in batch.column_names:
+            batch = batch.filter(pc.invert(pc.is_in(batch.column("text_id"), pa.array(list(self.exclude), pa.string()))))
+        calls = batch.column("calls").to_pylist() if "calls" in batch.column_names else [None] * batch.num_rows
+        texts = [TrainText(t, result_spans(t, c)) for t, c in zip(batch.column("text").to_pylist(), calls)]
+        seqs = pack(tokenize(texts, self.tok, self.mask_results), self.seq_len, self.eos, self.pad)
+        cols = {k: np.array([s[k] for s in seqs], dtype=np.int64).reshape(len(seqs), self.seq_len)
+                for k in ("input_ids", "labels", "attention_mask")}
+        cols["n_tokens"] = cols["attention_mask"].sum(1)
+        return cols
+
+
+class Originals:
+    """Ray Data UDF for the baseline ("GPT-J + CC"): C* rows → the same texts without their calls, read from
+    each row's annotation shard (only the texts C* holds)."""
+
+    def __init__(self, run_uri: str):
+        self.run = AnnotationRun(run_uri)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        store, out = self.run.store, []
+        for sid in pc.unique(batch.column("shard_id")).to_pylist():
+            ids = batch.filter(pc.equal(batch.column("shard_id"), sid)).column("text_id").to_pylist()
+            out.append(pq.read_table(store.path(self.run.texts_path(sid)), filesystem=store.fs,
+                                     columns=["text_id", "text"], filters=[("text_id", "in", ids)]))
+        return pa.concat_tables(out) if out else pa.table({"text_id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+
+
+def dev_texts(run_uri: str, dev_size: int, seed: int = 0) -> list[str]:
+    """Up to ``dev_size`` plain texts (none of C*'s) from a seeded choice of the run's shards, read one shard at a
+    time (its texts and its C* part's ids) until there are enough."""
+    from toolformer.cstar import CSTAR_DIR, part_name
+
+    run = AnnotationRun(run_uri)
+    parts = run.parts()
     rng = random.Random(seed)
-    plain = [t for tid, t in originals.items() if tid not in with_calls and t.strip()]
-    rng.shuffle(plain)
-    dev = plain[:dev_size]
-    if not dev and len(cstar) > 1:
-        held = rng.sample(range(len(cstar)), max(1, len(cstar) // 10))
-        dev = [originals.get(cstar[i]["text_id"], "") for i in held]
-        cstar = [r for i, r in enumerate(cstar) if i not in set(held)]
-    if baseline:
-        train = [Example(originals[r["text_id"]], []) for r in cstar if r["text_id"] in originals]
-    else:
-        train = [Example(r["text"], result_spans(r["text"], r["calls"])) for r in cstar]
-    return train, [d for d in dev if d]
+    rng.shuffle(parts)
+    out: list[str] = []
+    for part in parts:
+        table = pq.read_table(run.store.path(part.texts), filesystem=run.store.fs, columns=["text_id", "text"])
+        cpart = run.store.path(CSTAR_DIR, part_name(part))
+        taken = set(pq.read_table(cpart, filesystem=run.store.fs, columns=["text_id"]).column("text_id").to_pylist()
+                    if run.store.exists(CSTAR_DIR, part_name(part)) else [])
+        plain = [t for tid, t in zip(table.column("text_id").to_pylist(), table.column("text").to_pylist())
+                 if tid not in taken and t.strip()]
+        rng.shuffle(plain)
+        out += plain[: dev_size - len(out)]
+        if len(out) >= dev_size:
+            break
+    return out

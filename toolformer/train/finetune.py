@@ -3,55 +3,90 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 from toolformer.config import RunConfig, to_dict
-from toolformer.train.data import Example, pack, read_training_texts, tokenize
 
 
-def _at_least(rows: list[dict], n: int) -> list[dict]:
-    """Repeat a tiny set so that every worker gets the same, non-zero number of sequences."""
-    if not rows:
-        return rows
-    out = list(rows)
-    while len(out) < n or len(out) % n:
-        out.append(rows[len(out) % len(rows)])
-    return out
+def _at_least(ds, n: int, want: int):
+    """A tiny set repeated so that every worker gets at least one micro-batch (Ray Train splits evenly)."""
+    if 0 < n < want:
+        ds = ds.union(*[ds] * ((want + n - 1) // n - 1)).limit(want)
+    return ds
+
+
+def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None]):
+    """(train, dev, figures): Ray Datasets of packed sequences read from the sharded C*, tokenized on workers."""
+    import ray
+
+    from toolformer.cstar import cstar_files
+    from toolformer.runs import AnnotationRun
+    from toolformer.train.data import Originals, TokenizePack, dev_texts
+
+    t = cfg.train
+    data_dir = t.data_dir or cfg.output_dir
+    files = cstar_files(data_dir)
+    is_run = AnnotationRun(data_dir).store.exists("merge.json")
+    cstar = ray.data.read_parquet(files, columns=["text_id", "shard_id", "text", "calls"])
+
+    dev = dev_texts(data_dir, t.dev_size, cfg.seed) if is_run else []
+    held: list[str] = []
+    if not dev:  # every text of the run has a call: hold a tenth of C*'s first part out for dev
+        import pyarrow.parquet as pq
+
+        first = pq.read_table(files[0], columns=["text_id", "text"]) if files else None
+        if first is not None and first.num_rows > 1:
+            rng = random.Random(cfg.seed)
+            pick = rng.sample(range(first.num_rows), max(1, first.num_rows // 10))
+            held = [first.column("text_id")[i].as_py() for i in pick]
+            dev = [first.column("text")[i].as_py() for i in pick]
+    if t.baseline:
+        if not is_run:
+            raise SystemExit("train.baseline needs the annotation run (train.data_dir = the run directory)")
+        cstar = cstar.map_batches(Originals, fn_constructor_args=(data_dir,), batch_format="pyarrow",
+                                  compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
+    tok = dict(batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_size=256)
+    train = cstar.map_batches(TokenizePack, fn_constructor_args=(model_path, t.seq_len, t.mask_results, held), **tok)
+    train = train.materialize()  # in the object store (spilled to disk when large), not in this process
+    n_train = train.count()
+    if n_train == 0:
+        raise SystemExit(f"no training texts in {data_dir} (no call survived filtering?)")
+    n_tokens = int(train.sum("n_tokens"))
+    per_step = t.micro_batch * t.num_workers
+    train = _at_least(train, n_train, per_step).drop_columns(["n_tokens"])
+    if dev:
+        dev_ds = ray.data.from_items([{"text": d} for d in dev]).map_batches(
+            TokenizePack, fn_constructor_args=(model_path, t.seq_len), **tok).materialize()
+        n_dev = dev_ds.count()
+    else:
+        dev_ds, n_dev = train.limit(t.num_workers), 0
+    dev_ds = _at_least(dev_ds.drop_columns(["n_tokens"]) if "n_tokens" in dev_ds.columns() else dev_ds,
+                       max(n_dev, 1), t.num_workers)
+    figures = {"train_texts": cstar.count() - len(held), "train_sequences": max(n_train, per_step),
+               "train_tokens_per_epoch": n_tokens, "dev_texts": len(dev)}
+    log(f"{figures['train_texts']} texts → {n_train} sequences of {t.seq_len} ({n_tokens} tokens); dev: {len(dev)} "
+        f"plain texts → {n_dev} sequences; {'baseline (no calls)' if t.baseline else 'C*'} from {len(files)} files")
+    return train, dev_ds, figures
 
 
 def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from transformers import AutoTokenizer
 
-    from toolformer.annotate.ray_job import init_ray
-    from toolformer.engine.models import resolve_model
+    from toolformer.cluster import init_ray
+    from toolformer.models import resolve_model
     from toolformer.train.loop import train_loop_per_worker
 
     t = cfg.train
     model_path = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
-    data_dir = t.data_dir or cfg.output_dir
     out_dir = Path(t.out_dir or Path(cfg.output_dir) / "finetune").resolve()
     name = f"{cfg.name}-{'baseline' if t.baseline else 'toolformer'}"
-    train_ex, dev_texts = read_training_texts(data_dir, baseline=t.baseline, dev_size=t.dev_size, seed=cfg.seed)
-    if not train_ex:
-        raise SystemExit(f"no training texts in {data_dir}/cstar.parquet (no call survived filtering?)")
-    tok = AutoTokenizer.from_pretrained(model_path)
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    train_rows = pack(tokenize(train_ex, tok, t.mask_results), t.seq_len, eos, pad)
-    dev_rows = pack(tokenize([Example(x, []) for x in dev_texts], tok), t.seq_len, eos, pad)
-    per_step = t.micro_batch * t.num_workers
-    train_rows, dev_rows = _at_least(train_rows, per_step), _at_least(dev_rows or train_rows[:1], t.num_workers)
-    n_tokens = sum(sum(r["attention_mask"]) for r in train_rows)
-    log(f"{len(train_ex)} texts → {len(train_rows)} sequences of {t.seq_len} ({n_tokens} tokens); "
-        f"dev: {len(dev_texts)} plain texts → {len(dev_rows)} sequences; {'baseline (no calls)' if t.baseline else 'C*'}")
-
     init_ray(cfg)
+    train_ds, dev_ds, figures = training_datasets(cfg, model_path, log)
     config = {
         "model_path": model_path, "seed": cfg.seed, "use_gpu": t.use_gpu,
         "deepspeed_config": str(Path(t.deepspeed_config).resolve()),
@@ -61,7 +96,7 @@ def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu),
-        datasets={"train": ray.data.from_items(train_rows), "dev": ray.data.from_items(dev_rows)},
+        datasets={"train": train_ds, "dev": dev_ds},
         run_config=TrainRunConfig(
             name=name,
             storage_path=str(out_dir / "ray_train"),
@@ -86,8 +121,7 @@ def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
             shutil.copytree(Path(d) / "model", target)
         exported[label] = str(target)
     summary = {
-        "name": name, "baseline": t.baseline, "model": model_path, "train_texts": len(train_ex),
-        "train_sequences": len(train_rows), "train_tokens_per_epoch": n_tokens, "dev_texts": len(dev_texts),
+        "name": name, "baseline": t.baseline, "model": model_path, **figures,
         "final": result.metrics, "best_dev_ppl": best[1].get("dev_ppl"), "checkpoints": exported,
         "seconds": round(seconds, 1), "config": to_dict(cfg)["train"],
     }

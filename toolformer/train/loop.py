@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from toolformer.faults import fault_point
+
 
 def deepspeed_config(path: str, *, micro_batch: int, accumulation: int, lr: float, warmup_steps: int,
                      bf16: bool, cpu: bool) -> dict[str, Any]:
@@ -38,26 +40,6 @@ def deepspeed_config(path: str, *, micro_batch: int, accumulation: int, lr: floa
     if cpu:
         cfg.get("zero_optimization", {}).pop("overlap_comm", None)  # no CUDA streams to overlap with
     return cfg
-
-
-def _maybe_crash(step: int) -> None:
-    """Fault-injection hook for the resume test (never set in a real run): with
-    ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>`` and ``TOOLFORMER_FAULT_ONCE_FILE=<path>``, rank 0 dies once, one
-    step after the checkpoint of that step (the controller registers a reported checkpoint asynchronously; a
-    crash in the same instant could lose it, as a real crash could)."""
-    from toolformer.faults import fire_once
-
-    at = os.environ.get("TOOLFORMER_FAULT_TRAIN_CRASH_AT")
-    if not at or int(at) + 1 != step or ray_rank() != 0:
-        return
-    if fire_once(os.environ.get("TOOLFORMER_FAULT_ONCE_FILE"), f"crashed at step {step}"):
-        os._exit(1)
-
-
-def ray_rank() -> int:
-    import ray.train
-
-    return ray.train.get_context().get_world_rank()
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -124,7 +106,9 @@ def train_loop_per_worker(config: dict) -> None:
     t0, tokens, losses = time.perf_counter(), 0, []
     start = state["step"]
     while state["step"] < config["max_steps"]:
+        seen = 0
         for b in batches("train"):
+            seen += 1
             before = engine.global_steps
             out = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
             engine.backward(out.loss)
@@ -148,6 +132,8 @@ def train_loop_per_worker(config: dict) -> None:
                 save(metrics)
             else:
                 ray.train.report(metrics)
-            _maybe_crash(step)
+            fault_point("train_step", step=step, rank=rank)
             if step >= config["max_steps"]:
                 break
+        if not seen:  # an empty shard would loop here forever
+            raise RuntimeError(f"rank {rank}: no training batch in an epoch (too few sequences for the workers)")

@@ -1,0 +1,41 @@
+"""Ray start-up for every job: join the cluster a job was submitted to, or start a private Ray on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from toolformer.config import RunConfig
+from toolformer.paths import repo_root
+
+# Environment variables every worker must see as the driver does (offline hub, vLLM settings, fault hooks).
+_FORWARDED = ("TOOLFORMER_", "VLLM_", "HF_", "TRANSFORMERS_")
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Connect to the cluster (a submitted job, ``ray.address``) or start a local Ray on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED) or k == "TOKENIZERS_PARALLELISM"}
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        # A submitted job: its runtime env (working_dir, env_vars) already reaches every worker, and Ray refuses
+        # a driver env that sets the same keys again; add only what it lacks.
+        try:
+            given = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        except (ValueError, AttributeError):
+            given = {}
+        env = {k: v for k, v in env.items() if k not in given}
+    else:
+        # A driver started by hand: workers import the package from this checkout.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH")) if p)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    else:
+        # A private Ray for this run; every listener stays on loopback.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": env})

@@ -1,0 +1,138 @@
+"""C* as a sharded Parquet dataset: the distributed merge that writes it, and where readers find it.
+
+    <run>/cstar/part-NNNNN.parquet   C* rows of annotation shard NNNNN (texts in their shard order)
+    <run>/merge.json                 written last: the parts, counts per tool, provenance
+
+The merge runs as Ray tasks, never holding the run in one process: per part, the kept candidates (column
+projection, a row filter on ``n_kept``) reduced to each text's best gain per tool and to the part's top
+``max_per_tool`` per tool; a tree of reduce tasks keeps the run's top ``max_per_tool`` per tool (memory bounded
+by that cap); then per part a task joins the allowed calls with the part's texts and writes its C* file. A
+single-process run (one part) goes through the same steps in this process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from toolformer.merge import BEST, augment, best_gains, kept_candidates, top_per_tool
+from toolformer.runs import AnnotationRun, RunPart
+from toolformer.shards import Store
+
+CSTAR_DIR = "cstar"
+FAN_IN = 8  # top-k tables merged per reduce task: memory stays within FAN_IN x max_per_tool x tools rows
+
+
+def part_name(part: RunPart) -> str:
+    return f"part-{part.index:05d}.parquet"
+
+
+def _kept(store: Store, part: RunPart) -> pa.Table:
+    table = pq.read_table(store.path(part.annotations), filesystem=store.fs,
+                          columns=["text_id", "tool", "candidates"], filters=[("n_kept", ">", 0)])
+    return kept_candidates(table)
+
+
+def part_top(run_uri: str, part: RunPart, k: int) -> pa.Table:
+    """The part's top ``k`` texts per tool by best kept gain."""
+    return top_per_tool(best_gains(_kept(Store(run_uri), part)), k)
+
+
+def reduce_top(k: int, *tables: pa.Table) -> pa.Table:
+    return top_per_tool(pa.concat_tables([BEST.empty_table(), *tables]), k)
+
+
+def write_part(run_uri: str, part: RunPart, allowed: pa.Table) -> dict:
+    """Join the part's allowed kept calls with its texts, write its C* file; counts for merge.json."""
+    store = Store(run_uri)
+    kept = _kept(store, part)
+    ids = sorted(set(kept.column("text_id").to_pylist()))
+    rows = None
+    if ids:
+        texts = pq.read_table(store.path(part.texts), filesystem=store.fs, columns=["text_id", "doc_id", "text"],
+                              filters=[("text_id", "in", ids)])
+        rows = augment(texts, kept, allowed, part.shard_id)
+    if rows is None or rows.num_rows == 0:
+        return {"part": None, "texts": 0, "calls_per_tool": {}}
+    store.write_table(rows, CSTAR_DIR, part_name(part))
+    per_tool = Counter(c["tool"] for calls in rows.column("calls").to_pylist() for c in calls)
+    return {"part": f"{CSTAR_DIR}/{part_name(part)}", "texts": rows.num_rows, "calls_per_tool": dict(per_tool)}
+
+
+def _runner(parallel: bool) -> Callable[..., list]:
+    """Map a function over argument tuples: as Ray tasks (results in order), or in this process."""
+    if not parallel:
+        return lambda fn, calls, **_: [fn(*args) for args in calls]
+    import ray
+
+    def run(fn, calls: Sequence[tuple], **opts: Any) -> list:
+        remote = ray.remote(fn).options(**opts)
+        return ray.get([remote.remote(*args) for args in calls])
+
+    return run
+
+
+def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | None = None) -> dict:
+    """Merge a run's committed parts into ``<output_dir>/cstar/``; returns the summary written to merge.json.
+    ``parallel`` (default: for sharded runs) runs the steps as Ray tasks, otherwise in this process."""
+    t0 = time.perf_counter()
+    run = AnnotationRun(output_dir)
+    parts = run.parts()
+    store = run.store
+    parallel = run.sharded if parallel is None else parallel
+    opts: dict[str, Any] = {}
+    if parallel:
+        import ray
+
+        from toolformer.cluster import init_ray
+        from toolformer.config import RunConfig
+
+        init_ray(cfg or RunConfig(output_dir=output_dir))
+        c = (cfg or RunConfig()).ray
+        opts = {"num_cpus": c.io_num_cpus, "memory": c.io_memory_gb * 1024**3}
+    pmap = _runner(parallel)
+    store.delete_file("merge.json")  # the commit point of a merge: a reader never sees a half-written C*
+    store.delete_dir(CSTAR_DIR)
+    if parallel:
+        # Top-k per part, then a tree of reduce tasks: only object refs (never rows) pass through the driver.
+        remote_top = ray.remote(part_top).options(**opts)
+        level = [remote_top.remote(store.uri, p, max_per_tool) for p in parts]
+        remote_reduce = ray.remote(reduce_top).options(**opts)
+        while len(level) > 1:
+            level = [remote_reduce.remote(max_per_tool, *level[i : i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
+        allowed = level[0]  # an object ref, handed to every write task as it is
+    else:
+        allowed = reduce_top(max_per_tool, *[part_top(store.uri, p, max_per_tool) for p in parts])
+    written = pmap(write_part, [(store.uri, p, allowed) for p in parts], **opts)
+    per_tool: Counter = Counter()
+    for w in written:
+        per_tool.update(w["calls_per_tool"])
+    summary = {"cstar": store.path(CSTAR_DIR), "parts": [w["part"] for w in written if w["part"]],
+               "texts": sum(w["texts"] for w in written), "calls": sum(per_tool.values()),
+               "calls_per_tool": dict(sorted(per_tool.items())), "max_per_tool": max_per_tool, **run.info(),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    store.write_json(summary, "merge.json")
+    return summary
+
+
+def cstar_files(path: str) -> list[str]:
+    """C* Parquet files from a run directory (its merge.json), a C* folder, a glob or a single file (any URI)."""
+    import fsspec
+
+    store = Store(path)
+    if store.exists("merge.json"):
+        return [store.path(p) if store.local else f"{path.rstrip('/')}/{p}" for p in store.read_json("merge.json")["parts"]]
+    fs, _, found = fsspec.get_fs_token_paths(path)
+    files: list[str] = []
+    for f in found:
+        if fs.isdir(f):
+            files += sorted(x for x in fs.find(f) if x.endswith(".parquet") and "/." not in x)
+        elif f.endswith(".parquet"):
+            files.append(f)
+    if not files:
+        raise FileNotFoundError(f"no C* in {path}: run jobs.merge first (or give a C* folder, glob or file)")
+    return files if store.local else [fs.unstrip_protocol(f) for f in files]

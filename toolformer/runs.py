@@ -1,0 +1,50 @@
+"""Reading an annotation run: its committed parts, whether it was sharded by the Ray job or written in one
+process (``annotate.runner=local``: ``texts.parquet`` + ``annotations.parquet``, read as a single part)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolformer.shards import Manifest, RunState, Store
+
+LOCAL_PART = "local"  # the shard id a single-process run's one part goes by
+
+
+@dataclass(frozen=True)
+class RunPart:
+    shard_id: str
+    index: int  # the shard's place in the manifest: C* part files are numbered by it
+    texts: str  # paths relative to the run directory
+    annotations: str
+
+
+class AnnotationRun:
+    def __init__(self, uri: str):
+        self.store = Store(uri)
+        self.sharded = self.store.exists("manifest.json")
+
+    def parts(self) -> list[RunPart]:
+        """Committed parts in manifest order; an error naming the missing step when there are none."""
+        if self.sharded:
+            manifest = Manifest.load(self.store)
+            done = RunState(self.store, "annotate").done()
+            parts = [RunPart(s.shard_id, i, f"texts/{s.shard_id}.parquet", f"annotations/{s.shard_id}.parquet")
+                     for i, s in enumerate(manifest.shards) if s.shard_id in done]
+            if not parts:
+                raise SystemExit(f"no annotated shards in {self.store.uri}: run jobs.annotate with the same config first")
+            return parts
+        for name in ("annotations.parquet", "texts.parquet"):
+            if not self.store.exists(name):
+                raise SystemExit(f"{self.store.path(name)} not found: run jobs.annotate with the same config first")
+        return [RunPart(LOCAL_PART, 0, "texts.parquet", "annotations.parquet")]
+
+    def texts_path(self, shard_id: str) -> str:
+        return "texts.parquet" if shard_id == LOCAL_PART else f"texts/{shard_id}.parquet"
+
+    def info(self) -> dict:
+        if not self.sharded:
+            return {"shards_merged": 1, "shards_total": 1, "shards_quarantined": []}
+        manifest = Manifest.load(self.store)
+        state = RunState(self.store, "annotate")
+        return {"shards_merged": len(state.done()), "shards_total": len(manifest.shards),
+                "shards_quarantined": sorted(state.quarantined())}
