@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 
@@ -67,3 +68,18 @@ def emit(result: dict) -> None:
     """The benchmark's JSON on stdout (one document), flushed."""
     print(json.dumps(result, indent=2, default=str))
     sys.stdout.flush()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed_job(args: list[str], env: dict | None = None) -> tuple[float, str]:
+    """``python -m <args>`` in a fresh process from the checkout (a driver as a user starts it): (seconds, stdout)."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return time.perf_counter() - t0, proc.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from toolformer.annotate.stages import ScoreCalls
 from toolformer.config import load_config
 from toolformer.corpus import read_documents
 from toolformer.prompts import load_prompt, render_prompt
+from toolformer.schemas import WORK
 
 TOL = 1e-3  # nats (measured here: at most 4.8e-4 per token between vLLM fp32 and transformers fp32)
 W = np.array([1.0, 0.8, 0.6, 0.4, 0.2]) / 3
@@ -77,10 +79,11 @@ def test_losses_match_an_independent_forward(vllm_engine, reference_model, token
                 reference_loss(reference_model, start + tokenizer(with_r + "\n").input_ids, x, i),
             ))
     assert len(rows) >= 20
-    batch = {k: [r[k] for r in rows] for k in rows[0]}
-    out = stage(batch)
+    table = pa.Table.from_pylist([{"doc_id": r["text_id"], "text": "", "positions": [], "x_offsets": [], **r}
+                                  for r in rows], schema=WORK)
+    out = stage(table)
     diffs = []
-    for cands, (l_none, l_only, l_res) in zip(out["candidates"], expected):
+    for cands, (l_none, l_only, l_res) in zip(out.column("candidates").to_pylist(), expected):
         c = cands[0]
         diffs += [abs(c["loss_none"] - l_none), abs(c["loss_call_only"] - l_only), abs(c["loss_call_result"] - l_res)]
         assert c["gain"] == pytest.approx(min(c["loss_none"], c["loss_call_only"]) - c["loss_call_result"])

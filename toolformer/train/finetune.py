@@ -66,6 +66,9 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
         dev_ds, n_dev = train.limit(t.num_workers), 0
     dev_ds = _at_least(dev_ds.drop_columns(["n_tokens"]) if "n_tokens" in dev_ds.columns() else dev_ds,
                        max(n_dev, 1), t.num_workers)
+    # Materialized now, while every CPU is free: once the Ray Train workers hold the CPUs, a lazy step left in
+    # these datasets would wait for a CPU forever.
+    train, dev_ds = train.materialize(), dev_ds.materialize()
     figures = {"train_texts": cstar.count() - len(held), "train_sequences": max(n_train, per_step),
                "train_tokens_per_epoch": n_tokens, "dev_texts": len(dev)}
     log(f"{figures['train_texts']} texts → {n_train} sequences of {t.seq_len} ({n_tokens} tokens); dev: {len(dev)} "

@@ -1,0 +1,65 @@
+"""``python -m jobs.bench train``: finetuning tokens/s and peak memory per worker, ZeRO 1/2/3 on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from benchmarks.harness import REPO, timed_job
+
+
+def run(args) -> dict:
+    """Finetuning the embedded model on CPU with 2 Ray Train workers, one run per ZeRO stage, same data."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from toolformer.corpus import read_documents
+    from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, to_table, write_parquet_atomic
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="toolformer-bench-train-"))
+    run = work / "data"
+    # Throughput does not depend on where the calls are: plain embedded Wikipedia summaries stand in for C*.
+    docs = list(read_documents([], limit=args.texts))
+    rows = [dict(text_id=f"{d.doc_id}#0", doc_id=d.doc_id, chunk=0, url=d.url, date=d.date, title=d.title,
+                 source=d.source, text=d.text) for d in docs]
+    write_parquet_atomic(to_table(rows, TEXTS), run / "texts.parquet")
+    write_parquet_atomic(ANNOTATIONS.empty_table(), run / "annotations.parquet")
+    cut = len(rows) * 9 // 10
+    write_parquet_atomic(to_table([dict(text_id=r["text_id"], doc_id=r["doc_id"], shard_id="local", text=r["text"],
+                                        n_calls=0, calls=[]) for r in rows[:cut]], CSTAR), run / "cstar" / "part-00000.parquet")
+    (run / "merge.json").write_text(json.dumps({"parts": ["cstar/part-00000.parquet"]}))
+    result: dict = {"benchmark": "train", "model": "SmolLM2-135M-Instruct (embedded), fp32, CPU",
+                    "workers": 2, "seq_len": args.seq_len, "steps": args.steps, "effective_batch": 4,
+                    "cpus": len(os.sched_getaffinity(0)), "zero": {}}
+    for stage in args.zero_stages:
+        ds = work / f"ds_zero{stage}.yaml"
+        base = yaml.safe_load((REPO / "jobs" / "configs" / f"ds_zero{3 if stage == 3 else 2}.yaml").read_text())
+        base["zero_optimization"]["stage"] = stage
+        ds.write_text(yaml.safe_dump(base))
+        out = work / f"out-{stage}"
+        shutil.rmtree(out, ignore_errors=True)
+        t, _ = timed_job(["jobs.finetune", "name=bench", f"output_dir={run}", f"train.out_dir={out}",
+                           f"train.seq_len={args.seq_len}", "train.effective_batch=4", "train.micro_batch=1",
+                           f"train.max_steps={args.steps}", f"train.eval_every={args.steps}", "train.dev_size=8",
+                           f"train.deepspeed_config={ds}", "train.num_workers=2", "ray.num_cpus=2"],
+                          env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        summary = json.loads((out / "bench-toolformer" / "finetune.json").read_text())
+        final = summary["final"]
+        result["zero"][f"stage_{stage}"] = {
+            "tokens_per_s_per_worker": round(final["tokens_per_s_worker"], 1),
+            "tokens_per_s_total": round(final["tokens_per_s_worker"] * 2, 1),
+            "peak_rss_mb_per_worker": round(final["peak_rss_mb_worker"]),
+            "fit_seconds": summary["seconds"], "job_seconds": round(t, 1), "final_train_loss": round(final["train_loss"], 4),
+        }
+    return result
+
+
+def add_arguments(tr) -> None:
+    tr.add_argument("--texts", type=int, default=400)
+    tr.add_argument("--seq-len", type=int, default=512)
+    tr.add_argument("--steps", type=int, default=6)
+    tr.add_argument("--zero-stages", type=int, nargs="*", default=[1, 2, 3])
+    tr.add_argument("--work-dir", default=None)
