@@ -38,10 +38,12 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     import pyarrow as pa
 
-    from toolformer.schemas import TEXTS
+    from toolformer.report import funnel as run_funnel
+    from toolformer.schemas import ANNOTATIONS, TEXTS, conform
 
     work, stage_seconds = annotate_texts(pa.Table.from_pylist(texts, schema=TEXTS), cfg, engine)
     rows = work.to_pylist()
+    fast_engine = engine.inner.describe()
     fast_total = time.perf_counter() - t0
     counts, prim = dict(engine.counts), dict(engine.seconds)
     fast_rss = peak_rss_mb()
@@ -103,8 +105,7 @@ def run(args) -> dict:
     naive_total = t_pos + t_sample + t_score
 
     tools = sorted({r["tool"] for r in rows})
-    funnel = {t: {k: sum(int(r[k] or 0) for r in rows if r["tool"] == t)
-                  for k in ("n_positions", "n_samples", "n_parsed", "n_candidates", "n_executed", "n_kept")} for t in tools}
+    funnel = run_funnel(conform(work, ANNOTATIONS))
     n_tokens = sum(len(r["x_ids"]) for r in live)
     return {
         "benchmark": "annotate",
@@ -113,11 +114,11 @@ def run(args) -> dict:
         "text_tokens_annotated": n_tokens,
         "tools": tools,
         "model": cfg.model.name_or_path,
-        "dtype": "float32",
+        "dtype": fast_engine["dtype"],
         "threads": threads,
         "funnel": funnel,
         "fast": {
-            "engine": "vllm",
+            "engine": fast_engine,
             "engine_start_seconds": round(fast_start, 1),
             "seconds": round(fast_total, 1),
             "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
@@ -133,7 +134,7 @@ def run(args) -> dict:
                     "e(c,ε) scored only where the gain can reach the lowest reported τf",
         },
         "naive": {
-            "engine": "transformers",
+            "engine": naive.describe(),
             "engine_start_seconds": round(naive_start, 1),
             "seconds": round(naive_total, 1),
             "stage_seconds": {"positions": round(t_pos, 1), "sample": round(t_sample, 1), "score": round(t_score, 1)},

@@ -15,7 +15,7 @@ def _child_build(n: int, out: str, q) -> None:
     """Build an index over the first n passages in a fresh process (so its peak memory is its own)."""
     import itertools
 
-    from toolformer.tools.index import IndexConfig, build_index
+    from toolformer.tools.index_build import IndexConfig, build_index
 
     t0 = time.perf_counter()
     build_index(itertools.islice(_bench_passages(), n), out, IndexConfig(), sources=[f"bench:{n}"])
@@ -49,7 +49,8 @@ def run(args) -> dict:
 
     from toolformer.evaluation.lama import google_re_facts, trex_facts
     from toolformer.tools import ToolRequest, build_tool
-    from toolformer.tools.index import IndexConfig, Retriever, build_index
+    from toolformer.tools.index import Retriever
+    from toolformer.tools.index_build import IndexConfig, build_index
 
     data = shared_data()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="toolformer-bench-tools-"))

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from itertools import islice
 
     from toolformer.corpus import SkipLog
-    from toolformer.tools.index import IndexConfig, build_index
+    from toolformer.tools.index_build import IndexConfig, build_index
     from toolformer.tools.passages import read_passages
 
     cfg = IndexConfig(encoder=args.encoder, dense_kind=args.dense_kind, ivf_nlist=args.ivf_nlist,

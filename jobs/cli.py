@@ -31,6 +31,9 @@ def parse(description: str, argv: Sequence[str] | None = None, default_config: s
         parser.error(f"overrides must look like key.sub=value, got: {' '.join(bad)}")
     try:
         cfg = load_config(args.config, args.overrides)
+        from toolformer.tools import check_tool_options
+
+        check_tool_options(cfg)
     except Exception as exc:  # omegaconf's errors name the bad key; show that, not a traceback
         lines = str(exc).splitlines()
         key = next((line.split(":", 1)[1].strip() for line in lines if "full_key:" in line), None)

@@ -27,16 +27,17 @@ def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int) -> Pa
     """``n`` embedded summaries as cc_net JSONL: some with a foreign phrase, some with arithmetic, the rest plain."""
     import json
 
-    from toolformer.corpus import calculator_heuristic, embedded_ccnet_records, mt_heuristic
+    from toolformer.corpus import embedded_ccnet_records
+    from toolformer.tools.heuristics import calculator_rule, foreign_chunk
 
     foreign, with_math, plain = [], [], []
     for record, _ in embedded_ccnet_records(lang, date):
         text = record.get("raw_content") or ""
         if not text.strip():
             continue
-        if len(foreign) < n // 5 and mt_heuristic(text):
+        if len(foreign) < n // 5 and foreign_chunk(text):
             foreign.append(record)
-        elif calculator_heuristic(text, record["digest"], random_keep=0.0, seed=seed) is not None:
+        elif calculator_rule(text, record["digest"], random_keep=0.0, seed=seed) is not None:
             with_math.append(record)
         else:
             plain.append(record)

@@ -4,15 +4,9 @@ import json
 import pytest
 
 from toolformer.config import CorpusConfig
-from toolformer.corpus import (
-    Document,
-    SkipLog,
-    calculator_heuristic,
-    ccnet_digest,
-    chunk_document,
-    read_documents,
-    tool_heuristic,
-)
+from toolformer.corpus import Document, SkipLog, ccnet_digest, chunk_document, read_documents
+from toolformer.tools import tool_class
+from toolformer.tools.heuristics import calculator_rule
 
 
 def test_ccnet_reader_real_output(shared_data):
@@ -137,26 +131,26 @@ def test_chunking_respects_budget_and_covers_text(tokenizer, shared_data):
         ("Only 2 numbers: 7 and nothing else", None),
     ],
 )
-def test_calculator_heuristic(text, rule):
-    assert calculator_heuristic(text, "k", random_keep=0.0) == rule
+def test_calculator_rule(text, rule):
+    assert calculator_rule(text, "k", random_keep=0.0) == rule
 
 
 def test_calculator_random_keep_is_deterministic():
     text = "Rooms 101, 205 and 317 were painted."
     keys = [f"t{i}" for i in range(2000)]
-    kept = [k for k in keys if calculator_heuristic(text, k, random_keep=0.01)]
-    assert kept == [k for k in keys if calculator_heuristic(text, k, random_keep=0.01)]
+    kept = [k for k in keys if calculator_rule(text, k, random_keep=0.01)]
+    assert kept == [k for k in keys if calculator_rule(text, k, random_keep=0.01)]
     assert 5 <= len(kept) <= 45  # about 1 %
 
 
-def test_calendar_heuristic_needs_a_date():
+def test_calendar_selects_texts_with_a_date():
     from toolformer.corpus import TextChunk
 
     cfg = CorpusConfig()
     dated = TextChunk("t#0", "t", 0, "https://x.com/2017/03/09/a", "2019-01-01T00:00:00Z", None, "text")
-    r = tool_heuristic("Calendar", dated, cfg)
+    r = tool_class("Calendar").select(dated, cfg)
     assert r.passed and r.context == {"date": "2017-03-09"} and r.reason == "date_from_url"
     field_only = TextChunk("t#0", "t", 0, "https://x.com/a", "2019-01-01T00:00:00Z", None, "text")
-    assert tool_heuristic("Calendar", field_only, cfg).context == {"date": "2019-01-01"}
+    assert tool_class("Calendar").select(field_only, cfg).context == {"date": "2019-01-01"}
     undated = TextChunk("t#0", "t", 0, None, None, None, "text")
-    assert not tool_heuristic("Calendar", undated, cfg).passed
+    assert not tool_class("Calendar").select(undated, cfg).passed

@@ -8,7 +8,7 @@ import pytest
 
 from toolformer.evaluation.lama import google_re_facts
 from toolformer.tools import ToolRequest, build_tool
-from toolformer.tools.index import IndexConfig, build_index
+from toolformer.tools.index_build import IndexConfig, build_index
 from toolformer.tools.mt import identify
 from toolformer.tools.passages import read_passages
 from toolformer.tools.qa import normalize_answer
@@ -98,7 +98,7 @@ def test_mt_seq2seq_path_runs_a_local_marian(tmp_path):
 
 
 def test_mt_heuristic_and_post_filter():
-    from toolformer.corpus import mt_heuristic
+    from toolformer.tools.heuristics import foreign_chunk as mt_heuristic
 
     mixed = ("The motto of the republic, printed on every coin, reads Liberté, égalité, fraternité et la joie de vivre "
              "pour tous les citoyens du pays, and it was adopted during the revolution in the late eighteenth century.")

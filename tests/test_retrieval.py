@@ -9,7 +9,8 @@ import pytest
 
 from toolformer.evaluation.lama import google_re_facts, trex_facts
 from toolformer.tools import ToolRequest, build_tool
-from toolformer.tools.index import IndexConfig, Retriever, build_index, rrf
+from toolformer.tools.index import Retriever, rrf
+from toolformer.tools.index_build import IndexConfig, build_index
 from toolformer.tools.passages import read_passages, split_words
 
 
@@ -140,7 +141,7 @@ def test_resume_keeps_embedded_shards(tmp_path):
 def test_large_corpus_index_kinds(tmp_path, kind):
     import numpy as np
 
-    from toolformer.tools.index import build_faiss
+    from toolformer.tools.index_build import build_faiss
 
     rng = np.random.default_rng(0)
     dense = tmp_path / "dense"

@@ -97,3 +97,53 @@ def test_registry():
     assert canonical_name("CALCULATOR") == "Calculator"
     with pytest.raises(KeyError, match="unknown tool"):
         build_tool("Teleporter")
+
+
+def test_unknown_tool_option_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) max_tokenz for tool WikiSearch; valid: .*max_tokens"):
+        build_tool("WikiSearch", max_tokenz=20)
+    with pytest.raises(ValueError, match="valid: today"):
+        build_tool("Calendar", day="2020-01-01")
+    from toolformer.config import load_config
+    from toolformer.tools import check_tool_options
+
+    cfg = load_config(None, ["annotate.tools=[Calculator,QA]", "annotate.tool_options.QA.passage=2"])
+    with pytest.raises(ValueError, match="passage for tool QA; valid: .*passages"):
+        check_tool_options(cfg)
+    check_tool_options(load_config(None, ["annotate.tool_options.QA.passages=2"]))
+
+
+def test_a_tool_that_raises_is_a_counted_tool_exception_and_the_run_goes_on(caplog):
+    """One request's exception costs that call: the batch's other calls keep their results, the error is
+    recorded per candidate as tool_exception (apart from rejected inputs) and logged once per type."""
+    import logging
+
+    import pyarrow as pa
+
+    from toolformer.annotate.stages import ExecuteCalls
+    from toolformer.config import load_config
+    from toolformer.report import funnel
+    from toolformer.schemas import ANNOTATIONS, WORK, conform
+
+    class Flaky(type(build_tool("Calculator"))):
+        def run(self, request):
+            if "7" in request.input:
+                raise ZeroDivisionError("a bug in the tool")
+            return super().run(request)
+
+    cand = lambda inp: dict(position=1, char_start=1, input=inp, kept=False)  # noqa: E731
+    rows = [dict(text_id=f"t{i}", doc_id=f"d{i}", tool="Calculator", status="annotated", text="x", n_candidates=3,
+                 positions=[], x_ids=[], x_offsets=[], candidates=[cand("1 + 1"), cand("7 * 2"), cand("2 ** oops")])
+            for i in range(2)]
+    table = pa.Table.from_pylist(rows, schema=WORK)
+    stage = ExecuteCalls(load_config(None, ["annotate.tools=[Calculator]"]))
+    stage.tools = {"Calculator": Flaky()}
+    with caplog.at_level(logging.WARNING, logger="toolformer.tools"):
+        out = stage(table)
+    cands = out.column("candidates").to_pylist()
+    assert [[c["result"] for c in cs] for cs in cands] == [["2", None, None]] * 2
+    assert [c["error"] for c in cands[0]] == [None, "tool_exception: ZeroDivisionError: a bug in the tool", "no_result"]
+    assert out.column("n_executed").to_pylist() == [1, 1]
+    assert sum("ZeroDivisionError" in r.message for r in caplog.records) == 1  # logged once, counted twice
+    f = funnel(conform(out, ANNOTATIONS))["Calculator"]
+    assert f["tool_exceptions"] == 2 and f["rejected_inputs"] == 2 and f["executed"] == 2

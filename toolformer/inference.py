@@ -119,12 +119,8 @@ class ToolDecoder:
         for s, out in zip(states, outs):
             written = "[" + out.text
             call = parse_call(written + ("]" if not written.endswith("]") else ""), s.tools) if out.stopped_by else None
-            result = None
-            if call is not None:
-                try:
-                    result = self.tools[call.tool]([ToolRequest(call.input, s.context)])[0]
-                except Exception:  # noqa: BLE001 - a tool failure costs the call, never the decoding
-                    result = None
+            # Tool.call catches and logs what a tool raises: a failure costs the call, never the decoding.
+            result = self.tools[call.tool]([ToolRequest(call.input, s.context)])[0] if call is not None else None
             record = {"tool": call.tool if call else None, "input": call.input if call else None,
                       "written": written, "result": result, "ok": bool(result)}
             s.calls.append(record)

@@ -43,7 +43,11 @@ def funnel(annotations: pa.Table) -> dict[str, dict]:
     status = np.asarray(_np(annotations.column("status")), dtype=object)
     cands = annotations.column("candidates").combine_chunks()
     parents = pc.list_parent_indices(cands).to_numpy(zero_copy_only=False)
-    gains = pc.fill_null(cands.flatten().field("gain"), float("-inf")).to_numpy(zero_copy_only=False)
+    flat = cands.flatten()
+    gains = pc.fill_null(flat.field("gain"), float("-inf")).to_numpy(zero_copy_only=False)
+    errors = flat.field("error")
+    rejected = pc.fill_null(pc.equal(errors, "no_result"), False).to_numpy(zero_copy_only=False)
+    raised = pc.fill_null(pc.starts_with(errors, "tool_exception"), False).to_numpy(zero_copy_only=False)
     out: dict[str, dict] = {}
     for tool in sorted(set(tools)):
         rows = tools == tool
@@ -53,6 +57,9 @@ def funnel(annotations: pa.Table) -> dict[str, dict]:
         for key, col in _SUMS:
             f[key] = int(np.nan_to_num(_np(annotations.column(col)).astype(float))[rows].sum())
         mine = rows[parents] if len(parents) else np.zeros(0, dtype=bool)
+        # a tool that returned nothing (input rejected, as the paper drops it) vs a tool that raised (a bug)
+        f["rejected_inputs"] = int((mine & rejected).sum())
+        f["tool_exceptions"] = int((mine & raised).sum())
         for tau in REPORT_TAU_F:
             hit = mine & (gains >= tau)
             f[f"kept_calls_tau_{tau}"] = int(hit.sum())

@@ -24,13 +24,14 @@ from toolformer.annotate.positions import select_positions
 from toolformer.arrow import empty_lists, on_subset, parent_rows, replace_struct_fields, set_columns, struct_fields
 from toolformer.calls import Call, NoResultForm, clean_field, linearize, parse_call
 from toolformer.config import RunConfig
-from toolformer.corpus import TextChunk, tool_heuristic
+from toolformer.corpus import TextChunk
 from toolformer.engine import Engine, build_engine
 from toolformer.prompts import load_prompt, render_prompt
 from toolformer.report import REPORT_TAU_F
 from toolformer.schemas import WORK
 from toolformer.seeds import derive_seed
 from toolformer.tools import ToolRequest, build_tool, canonical_name, tool_class
+from toolformer.tools.base import NO_RESULT
 
 _CHUNK_FIELDS = ("text_id", "doc_id", "chunk", "url", "date", "title", "text")
 _COUNTERS = ("n_tokens", "n_positions", "n_samples", "n_closed", "n_parsed", "n_candidates", "n_executed", "n_kept")
@@ -61,14 +62,15 @@ class SelectTexts:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.tools = [canonical_name(t) for t in cfg.annotate.tools]
+        self.rules = [tool_class(t).select for t in self.tools]  # each tool's own selection rule
 
     def __call__(self, texts: pa.Table) -> pa.Table:
         n, tools = texts.num_rows, self.tools
         status, heuristic, context = [], [], []
         for row in texts.select(list(_CHUNK_FIELDS)).to_pylist():
             chunk = TextChunk(**row)
-            for tool in tools:
-                d = tool_heuristic(tool, chunk, self.cfg.corpus, self.cfg.seed)
+            for select in self.rules:
+                d = select(chunk, self.cfg.corpus, self.cfg.seed)
                 status.append("pending" if d.passed else "heuristic_rejected")
                 heuristic.append(d.reason)
                 context.append(json.dumps(d.context))
@@ -206,19 +208,19 @@ class ExecuteCalls:
         parents = parent_rows(cands)
         tools, contexts = table.column("tool").to_pylist(), table.column("context").to_pylist()
         results: list[str | None] = [None] * len(inputs)
+        errors: list[str | None] = [NO_RESULT] * len(inputs)
         tool_ms, executed = [0.0] * table.num_rows, [0] * table.num_rows
         bounds = np.searchsorted(parents, np.arange(table.num_rows + 1))
         for r in range(table.num_rows):
             lo, hi = int(bounds[r]), int(bounds[r + 1])
             context = json.loads(contexts[r] or "{}")
             t0 = time.perf_counter()
-            got = self.tools[tools[r]]([ToolRequest(inputs[j], context) for j in range(lo, hi)])
+            got = self.tools[tools[r]].call([ToolRequest(inputs[j], context) for j in range(lo, hi)])
             tool_ms[r] = 1000 * (time.perf_counter() - t0)
-            for j, result in zip(range(lo, hi), got):
-                result = clean_field(result) if isinstance(result, str) else None
-                results[j] = result or None
+            for j, out in zip(range(lo, hi), got):
+                text = clean_field(out.text) if out.text else None
+                results[j], errors[j] = (text, None) if text else (None, out.error or NO_RESULT)
             executed[r] = sum(results[j] is not None for j in range(lo, hi))
-        errors = [None if res is not None else "no_result" for res in results]
         return set_columns(table, WORK, candidates=replace_struct_fields(cands, result=results, error=errors),
                            tool_ms=tool_ms, n_executed=executed)
 

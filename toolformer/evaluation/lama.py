@@ -8,10 +8,10 @@ T-REx: ``lama/trex/facts.jsonl`` with ``lama/relations.jsonl`` templates; one ev
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from toolformer.corpus import read_jsonl
 
 GOOGLE_RE = ("place_of_birth", "date_of_birth", "place_of_death")
 
@@ -36,23 +36,17 @@ class Fact:
         return self.template.replace("[X]", self.subject).split("[Y]")[0].rstrip()
 
 
-def _jsonl(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def google_re_facts(data: Path, relations=GOOGLE_RE, per_relation: int | None = None) -> list[Fact]:
-    templates = {r["relation"]: r["template"] for r in _jsonl(data / "lama" / "google_re" / "templates.jsonl")}
+    templates = {r["relation"]: r["template"] for r in read_jsonl(data / "lama" / "google_re" / "templates.jsonl")}
     by_url: dict[str, str] = {}
-    for p in _jsonl(data / "wiki_passages" / "lama_google_re_snippets.jsonl"):
+    for p in read_jsonl(data / "wiki_passages" / "lama_google_re_snippets.jsonl"):
         by_url.setdefault(p["url"], p["id"])
     facts = []
     for rel in relations:
         n = 0
-        for r in _jsonl(data / "lama" / "google_re" / f"{rel}.jsonl"):
+        for r in read_jsonl(data / "lama" / "google_re" / f"{rel}.jsonl"):
             gold = [by_url[e["url"]] for e in r.get("evidences", []) if e.get("url") in by_url]
             facts.append(Fact(r["uuid"], rel, r["sub_label"], r["obj_label"], templates[rel], gold, r.get("obj_aliases", [])))
             n += 1
@@ -62,12 +56,12 @@ def google_re_facts(data: Path, relations=GOOGLE_RE, per_relation: int | None = 
 
 
 def trex_facts(data: Path, per_relation: int | None = None) -> list[Fact]:
-    templates = {r["relation"]: r["template"] for r in _jsonl(data / "lama" / "relations.jsonl")}
+    templates = {r["relation"]: r["template"] for r in read_jsonl(data / "lama" / "relations.jsonl")}
     by_fact: dict[str, str] = {}
-    for p in _jsonl(data / "wiki_passages" / "lama_trex_evidence_sentences.jsonl.gz"):
+    for p in read_jsonl(data / "wiki_passages" / "lama_trex_evidence_sentences.jsonl.gz"):
         by_fact.setdefault(p["fact_uuid"], p["id"])
     facts, counts = [], {}
-    for r in _jsonl(data / "lama" / "trex" / "facts.jsonl"):
+    for r in read_jsonl(data / "lama" / "trex" / "facts.jsonl"):
         rel = r["predicate_id"]
         if rel not in templates or (per_relation and counts.get(rel, 0) >= per_relation):
             continue

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from toolformer.corpus import read_jsonl
+
 ALL_TOOLS = ("Calculator", "Calendar", "WikiSearch", "QA", "MT")
 MLQA_LANGS = ("es", "de", "hi", "vi", "zh", "ar")
 
@@ -32,11 +34,6 @@ class Example:
     meta: dict = field(default_factory=dict)  # e.g. the "current date" a Calendar call should return
 
 
-def _jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _without(*tools: str) -> tuple[str, ...]:
@@ -54,7 +51,7 @@ def _mask_last(sentence: str) -> str | None:
 
 def lama_squad(data: Path) -> list[Example]:
     out = []
-    for r in _jsonl(data / "lama" / "squad" / "test.jsonl"):
+    for r in read_jsonl(data / "lama" / "squad" / "test.jsonl"):
         prompt = _mask_last(r["masked_sentences"][0])
         if prompt:
             out.append(Example("lama_squad", r["id"], prompt, [r["obj_label"]], "lama", _without("WikiSearch")))
@@ -111,12 +108,12 @@ def webquestions(data: Path) -> list[Example]:
 
 def nq(data: Path) -> list[Example]:
     return [Example("nq", str(i), r["question"], r["answer"], "qa", _without("QA"))
-            for i, r in enumerate(_jsonl(data / "nq_open" / "NQ-open.dev.jsonl"))]
+            for i, r in enumerate(read_jsonl(data / "nq_open" / "NQ-open.dev.jsonl"))]
 
 
 def triviaqa(data: Path) -> list[Example]:
     out = []
-    for i, r in enumerate(_jsonl(data / "triviaqa" / "triviaqa_sm_sub.jsonl")):
+    for i, r in enumerate(read_jsonl(data / "triviaqa" / "triviaqa_sm_sub.jsonl")):
         q = r["context"].removeprefix("Question:").removesuffix("Answer:").strip()
         out.append(Example("triviaqa", str(i), q, [r["answer"], *r.get("aliases", [])], "qa", _without("QA")))
     return out
@@ -131,7 +128,7 @@ def mlqa(data: Path, langs: tuple[str, ...] = MLQA_LANGS) -> list[Example]:
             for qa in para["qas"]:
                 contexts[qa["id"]] = para["context"]
     out = []
-    for r in _jsonl(data / "xquad" / "xquad_parallel_questions.jsonl"):
+    for r in read_jsonl(data / "xquad" / "xquad_parallel_questions.jsonl"):
         for lang in langs:
             if r.get(f"question_{lang}") and r["id"] in contexts:
                 out.append(Example(f"mlqa_{lang}", f"{r['id']}-{lang}", f"{contexts[r['id']]}\n{r[f'question_{lang}']}",
@@ -142,7 +139,7 @@ def mlqa(data: Path, langs: tuple[str, ...] = MLQA_LANGS) -> list[Example]:
 def mlqa_de(data: Path) -> list[Example]:
     """The real MLQA de/de sample (German context and question): a check of the loader, not the paper's setup."""
     return [Example("mlqa_de_de", r["id"], f"{r['context']}\n{r['question']}", r["answers"]["text"], "mlqa",
-                    ALL_TOOLS, {"lang": "de"}) for r in _jsonl(data / "mlqa_de" / "mlqa_dev_context-de_question-de.jsonl")]
+                    ALL_TOOLS, {"lang": "de"}) for r in read_jsonl(data / "mlqa_de" / "mlqa_dev_context-de_question-de.jsonl")]
 
 
 # -- temporal ---------------------------------------------------------------------------------------------------

@@ -1,15 +1,27 @@
 """The tool interface and registry.
 
-A tool is a stage a CPU worker can hold: ``setup()`` loads what it needs once (an index, a model), and a
-call maps a batch of requests to results. A result is a string, or ``None`` when the input is invalid (the
-paper drops such calls).
+A tool is a stage a CPU worker can hold: ``setup()`` loads what it needs once (an index, a model), and the one
+batch entry point, ``call(requests)``, maps a batch of requests to ``ToolResult``s. Tools implement ``run`` (one
+request) or ``run_batch`` (many at once); either returns a string, or ``None`` for input the tool rejects (the
+paper drops such calls). ``call`` catches what a tool raises, per request, logs each error type once, and
+reports it as ``tool_exception: <Type>: <message>``, counted apart from rejected inputs.
+
+Each tool declares its options as a dataclass (``Options``): a misspelt or unknown key is an error naming the
+valid ones. Each tool also owns its selection rule (``select``): which texts it annotates (DESIGN §1.3).
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
+
+log = logging.getLogger("toolformer.tools")
+
+NO_RESULT = "no_result"
+TOOL_EXCEPTION = "tool_exception"
 
 
 @dataclass(frozen=True)
@@ -19,26 +31,85 @@ class ToolRequest:
     context: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ToolResult:
+    text: str | None
+    error: str | None = None  # None with a text; NO_RESULT (input rejected) or "tool_exception: Type: message"
+
+
+@dataclass
+class Selection:
+    """A tool's decision on one text: whether it annotates it, which rule decided, what the tool is told."""
+
+    passed: bool
+    reason: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
 class Tool(abc.ABC):
     name: ClassVar[str]
     # Whether the input is written in quotes inside a call: [QA("Who ...?")] but [Calculator(1 + 2)].
     quote_input: ClassVar[bool] = False
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, **options: Any):
+        self.options = make_options(self.Options, options, self.name)
+        self._logged: set[str] = set()
 
     def setup(self) -> None:
         """Load heavy state. Called once per worker before the first batch."""
 
-    @abc.abstractmethod
+    @classmethod
+    def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:
+        """Whether this tool annotates ``text`` (a ``TextChunk``); by default every text."""
+        return Selection(True, "all_texts")
+
     def run(self, request: ToolRequest) -> str | None:
-        """One call. Must not raise on bad input: return None."""
+        """One call: a string, or None for input the tool rejects."""
+        raise NotImplementedError
+
+    def run_batch(self, requests: Sequence[ToolRequest]) -> list[str | None]:
+        """Many calls at once (tools that batch a model or an index override this)."""
+        return [self.run(r) for r in requests]
+
+    def call(self, requests: Sequence[ToolRequest]) -> list[ToolResult]:
+        """The one batch entry point: results, rejected inputs and exceptions, request by request."""
+        if not requests:
+            return []
+        try:
+            outs = self.run_batch(requests)
+        except Exception as exc:  # noqa: BLE001 - a tool bug costs the calls it breaks, never the shard
+            if len(requests) == 1:
+                return [self._failed(exc)]
+            return [r for i in range(len(requests)) for r in self.call(requests[i : i + 1])]
+        return [ToolResult(o, None) if isinstance(o, str) and o else ToolResult(None, NO_RESULT) for o in outs]
 
     def __call__(self, requests: Sequence[ToolRequest]) -> list[str | None]:
-        out: list[str | None] = []
-        for request in requests:
-            try:
-                out.append(self.run(request))
-            except Exception:  # a tool bug must cost one call, not the shard; the caller counts the None
-                out.append(None)
-        return out
+        """The results' texts (None for a rejected input or a failure)."""
+        return [r.text for r in self.call(requests)]
+
+    def _failed(self, exc: BaseException) -> ToolResult:
+        kind = type(exc).__name__
+        if kind not in self._logged:  # once per error type and tool instance: a bug shows, a storm does not
+            self._logged.add(kind)
+            log.warning("%s raised %s: %s (later %s errors of this tool are counted, not logged)",
+                        self.name, kind, exc, kind)
+        return ToolResult(None, f"{TOOL_EXCEPTION}: {kind}: {str(exc)[:200]}")
+
+
+def make_options(cls: type, given: dict[str, Any], tool: str = "") -> Any:
+    """``cls(**given)``, refusing keys the dataclass does not declare with a message naming the valid ones."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for tool {tool or cls.__name__}; "
+                         f"valid: {', '.join(valid) or '(none)'}")
+    return cls(**given)
 
 
 _REGISTRY: dict[str, Callable[..., Tool]] = {}

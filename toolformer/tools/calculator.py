@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import re
 
-from toolformer.tools.base import Tool, ToolRequest, register
+from toolformer.tools.base import Selection, Tool, ToolRequest, register
+from toolformer.tools.heuristics import calculator_rule
 
 MAX_CHARS = 256
 MAX_DIGITS = 24
@@ -127,6 +128,13 @@ def calculate(expression: str) -> str | None:
 class Calculator(Tool):
     name = "Calculator"
     quote_input = False
+
+    @classmethod
+    def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:
+        """Three numbers where one is +, −, ×, ÷ of the other two, "=" and kin before a number, or 1 % of the
+        texts with three numbers (deterministic per text)."""
+        rule = calculator_rule(text.text, text.text_id, corpus_cfg.calculator_random_keep, seed)
+        return Selection(rule is not None, rule or "no_arithmetic")
 
     def run(self, request: ToolRequest) -> str | None:
         return calculate(request.input)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
 
-from toolformer.tools.base import Tool, ToolRequest, register
+from toolformer.corpus.records import DATE_FIELDS
+from toolformer.tools.base import Selection, Tool, ToolRequest, register
 
 # /2017/03/09/, /2017-03-09, _20170309_ ... in a URL path. Years are bounded to keep version numbers out.
 _URL_DATE = re.compile(
@@ -68,14 +70,29 @@ def document_date(
     return None, None
 
 
+@dataclass
+class CalendarOptions:
+    today: Optional[str] = None  # at inference, a fixed date; otherwise the request's context (or today)
+
+
 @register
 class Calendar(Tool):
     name = "Calendar"
     quote_input = False
+    Options = CalendarOptions
 
-    def __init__(self, today: str | dt.date | None = None):
-        # At inference a fixed date may be given; otherwise the request's context or today's date.
-        self.today = parse_date(today)
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.today = parse_date(self.options.today)
+
+    @classmethod
+    def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:
+        """Texts whose document date can be found (URL or a date field); the date is what the tool returns."""
+        sources = ["date" if s in DATE_FIELDS else s for s in corpus_cfg.date_sources]
+        date, source = document_date(text.url, {"date": text.date}, sources)
+        if date is None:
+            return Selection(False, "no_document_date")
+        return Selection(True, f"date_from_{source}", {"date": date.isoformat()})
 
     def run(self, request: ToolRequest) -> str | None:
         if request.input.strip():

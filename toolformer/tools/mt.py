@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
-from toolformer.tools.base import Tool, ToolRequest, register
+from toolformer.tools.base import Selection, Tool, ToolRequest, register
+from toolformer.tools.heuristics import foreign_chunk
 from toolformer.tools.generator import Generator
 
 LANG_NAMES = {"fr": "French", "es": "Spanish", "de": "German", "it": "Italian", "pt": "Portuguese", "nl": "Dutch",
@@ -56,23 +58,35 @@ def identify(text: str) -> tuple[str, float]:
     return lang, float(prob)
 
 
+@dataclass
+class MTOptions:
+    translator: str = "embedded"  # an HF seq2seq (NLLB, M2M100, Marian) or causal model; embedded: SmolLM2 prompted
+    min_confidence: float = 0.5  # text language-identified as English at least this surely is left alone
+    max_new_tokens: int = 32
+    batch_size: int = 8
+
+
 @register
 class MT(Tool):
     name = "MT"
     quote_input = True
+    Options = MTOptions
 
-    def __init__(self, translator: str = "embedded", min_confidence: float = 0.5, max_new_tokens: int = 32,
-                 batch_size: int = 8, **_ignored):
-        self.translator = Generator(translator, batch_size=batch_size)
-        self.min_confidence, self.max_new_tokens = min_confidence, max_new_tokens
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.translator = Generator(self.options.translator, batch_size=self.options.batch_size)
+        self.min_confidence, self.max_new_tokens = self.options.min_confidence, self.options.max_new_tokens
+
+    @classmethod
+    def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:
+        """A non-English chunk (~10 words, language id > 0.8) with English before and after it."""
+        lang = foreign_chunk(text.text)
+        return Selection(lang is not None, f"non_english_{lang}" if lang else "no_foreign_chunk")
 
     def setup(self) -> None:
         self.translator.setup()
 
-    def run(self, request: ToolRequest) -> str | None:
-        return self([request])[0]
-
-    def __call__(self, requests: Sequence[ToolRequest]) -> list[str | None]:
+    def run_batch(self, requests: Sequence[ToolRequest]) -> list[str | None]:
         self.setup()
         todo: list[tuple[int, str, str]] = []
         for b, r in enumerate(requests):

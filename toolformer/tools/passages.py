@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from toolformer.corpus import SkipLog, embedded_wikipedia_file, expand_paths
+from toolformer.corpus import SkipLog, embedded_wikipedia_file, expand_paths, json_records
 
 PASSAGE_WORDS = 100
 
@@ -71,42 +71,25 @@ def dpr_tsv_passages(path: Path, skips: SkipLog) -> Iterator[dict]:
 
 def jsonl_passages(path: Path, skips: SkipLog, words: int = PASSAGE_WORDS) -> Iterator[dict]:
     """KILT knowledge source (text is a list of paragraphs) or JSONL with ``text``/``contents``."""
-    with _open_text(path) as f:
-        lineno = 0
-        while True:
-            try:
-                line = f.readline()
-            except UnicodeDecodeError:
-                skips.add("bad_encoding", f"{path}:{lineno + 1}")
-                lineno += 1
-                continue
-            if not line:
-                break
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                skips.add("malformed_json", f"{path}:{lineno}")
-                continue
-            if not isinstance(rec, dict):
-                skips.add("not_an_object", f"{path}:{lineno}")
-                continue
-            title = rec.get("wikipedia_title") or rec.get("title") or ""
-            pid = rec.get("wikipedia_id") or rec.get("id") or f"{path.name}:{lineno}"
-            text = rec.get("text", rec.get("contents"))
-            if isinstance(text, list):  # KILT: paragraphs, the first being the title
-                paras = [p for p in text if isinstance(p, str)]
-                if paras and title and paras[0].strip() == title.strip():
-                    paras = paras[1:]
-                for k, piece in enumerate(split_words(" ".join(p.strip() for p in paras), words)):
-                    yield {"id": f"{pid}#{k}", "title": title, "text": piece}
-                continue
-            if not isinstance(text, str) or not text.strip():
-                skips.add("missing_text", f"{path}:{lineno}")
-                continue
-            yield {"id": str(pid), "title": str(title), "text": text.strip()}
+    for rec, where in json_records(path, skips):
+        lineno = where.rsplit(":", 1)[-1]
+        if not isinstance(rec, dict):
+            skips.add("not_an_object", where)
+            continue
+        title = rec.get("wikipedia_title") or rec.get("title") or ""
+        pid = rec.get("wikipedia_id") or rec.get("id") or f"{path.name}:{lineno}"
+        text = rec.get("text", rec.get("contents"))
+        if isinstance(text, list):  # KILT: paragraphs, the first being the title
+            paras = [p for p in text if isinstance(p, str)]
+            if paras and title and paras[0].strip() == title.strip():
+                paras = paras[1:]
+            for k, piece in enumerate(split_words(" ".join(p.strip() for p in paras), words)):
+                yield {"id": f"{pid}#{k}", "title": title, "text": piece}
+            continue
+        if not isinstance(text, str) or not text.strip():
+            skips.add("missing_text", where)
+            continue
+        yield {"id": str(pid), "title": str(title), "text": text.strip()}
 
 
 def parquet_passages(path: Path, skips: SkipLog) -> Iterator[dict]:

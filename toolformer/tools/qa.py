@@ -8,11 +8,12 @@ has none, the tool returns nothing and the call is dropped.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 from toolformer.tools.base import ToolRequest, register
 from toolformer.tools.generator import Generator
-from toolformer.tools.wikisearch import _Searching, cut_to_tokens
+from toolformer.tools.wikisearch import SearchOptions, _Searching, cut_to_tokens
 
 PROMPT = """Answer the question in a few words, using the context.
 
@@ -44,35 +45,41 @@ def normalize_answer(text: str) -> str | None:
     return None if text.lower() in _NO_ANSWER else text
 
 
+@dataclass
+class QAOptions(SearchOptions):
+    reader: str = "embedded"  # an HF causal or seq2seq model (path or hub name); embedded: SmolLM2-135M
+    passages: int = 1  # retrieved passages the reader sees
+    context_tokens: int = 160
+    max_answer_tokens: int = 16
+    batch_size: int = 8
+
+
 @register
 class QA(_Searching):
     name = "QA"
     quote_input = True
+    Options = QAOptions
 
-    def __init__(self, reader: str = "embedded", passages: int = 1, context_tokens: int = 160,
-                 max_answer_tokens: int = 16, batch_size: int = 8, **options):
+    def __init__(self, **options):
         super().__init__(**options)
-        self.passages, self.context_tokens, self.max_answer_tokens = passages, context_tokens, max_answer_tokens
-        self.reader = Generator(reader, batch_size=batch_size)
+        self.reader = Generator(self.options.reader, batch_size=self.options.batch_size)
 
     def setup(self) -> None:
         super().setup()
         self.reader.setup()
 
-    def run(self, request: ToolRequest) -> str | None:
-        return self([request])[0]
-
-    def __call__(self, requests: Sequence[ToolRequest]) -> list[str | None]:
-        hits = self.hits(requests, self.passages)
+    def run_batch(self, requests: Sequence[ToolRequest]) -> list[str | None]:
+        o = self.options
+        hits = self.hits(requests, o.passages)
         prompts, owners = [], []
         for b, (request, found) in enumerate(zip(requests, hits)):
             question = cut_to_tokens((request.input or "").strip(), 64)
             if not found or not question:
                 continue
-            context = cut_to_tokens(" ".join(f"{h.title}: {h.text}" for h in found), self.context_tokens)
+            context = cut_to_tokens(" ".join(f"{h.title}: {h.text}" for h in found), o.context_tokens)
             prompts.append(PROMPT.format(context=context, question=question))
             owners.append(b)
         out: list[str | None] = [None] * len(requests)
-        for b, answer in zip(owners, self.reader.generate(prompts, self.max_answer_tokens)):
+        for b, answer in zip(owners, self.reader.generate(prompts, o.max_answer_tokens)):
             out[b] = normalize_answer(answer)
         return out

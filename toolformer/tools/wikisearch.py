@@ -9,9 +9,10 @@ demo annotates that same Wikipedia, a text may exclude its own article from the 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
-from toolformer.tools.base import Tool, ToolRequest, register
+from toolformer.tools.base import Selection, Tool, ToolRequest, register
 from toolformer.tools.index import Hit, Retriever, embedded_index_dir
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -36,27 +37,43 @@ def own_article(hit: Hit, context: dict) -> bool:
     return bool(title) and hit.title.strip().lower() == title
 
 
-class _Searching(Tool):
-    """Shared by the tools that read the index: setup loads it once per worker."""
+@dataclass
+class SearchOptions:
+    index_dir: Optional[str] = None  # built by jobs/build_index.py; None: the embedded Wikipedia index
+    mode: str = "hybrid"  # bm25 | dense | hybrid (weighted reciprocal rank fusion)
+    encoder: Optional[str] = None  # the dense encoder; None: the one the index was built with
+    exclude_own_article: bool = True  # a text never retrieves its own article (when its title is known)
 
-    def __init__(self, index_dir: str | None = None, mode: str = "hybrid", encoder: str | None = None,
-                 exclude_own_article: bool = True, **_ignored):
-        self.index_dir, self.mode, self.encoder = index_dir, mode, encoder
-        self.exclude_own_article = exclude_own_article
+
+@dataclass
+class WikiSearchOptions(SearchOptions):
+    max_tokens: int = 60  # the snippet returned, in words and punctuation
+
+
+class _Searching(Tool):
+    """Shared by the tools that read the index: setup loads it once per worker. Every text is annotated; the
+    text's title goes to the tool so that a search may leave out the text's own article."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
         self.retriever: Retriever | None = None
+
+    @classmethod
+    def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:
+        return Selection(True, "all_texts", {"title": text.title} if text.title else {})
 
     def setup(self) -> None:
         if self.retriever is None:
-            path = self.index_dir or str(embedded_index_dir())
-            self.retriever = Retriever(path, encoder=self.encoder).setup()
+            path = self.options.index_dir or str(embedded_index_dir())
+            self.retriever = Retriever(path, encoder=self.options.encoder).setup()
 
     def hits(self, requests: Sequence[ToolRequest], k: int) -> list[list[Hit]]:
         self.setup()
         assert self.retriever is not None
-        found = self.retriever.search([r.input for r in requests], k=k + 3, mode=self.mode)
+        found = self.retriever.search([r.input for r in requests], k=k + 3, mode=self.options.mode)
         out = []
         for request, hits in zip(requests, found):
-            if self.exclude_own_article:
+            if self.options.exclude_own_article:
                 hits = [h for h in hits if not own_article(h, request.context)]
             out.append(hits[:k])
         return out
@@ -66,13 +83,7 @@ class _Searching(Tool):
 class WikiSearch(_Searching):
     name = "WikiSearch"
     quote_input = True
+    Options = WikiSearchOptions
 
-    def __init__(self, max_tokens: int = 60, **options):
-        super().__init__(**options)
-        self.max_tokens = max_tokens
-
-    def run(self, request: ToolRequest) -> str | None:
-        return self([request])[0]
-
-    def __call__(self, requests: Sequence[ToolRequest]) -> list[str | None]:
-        return [snippet(h[0], self.max_tokens) if h else None for h in self.hits(requests, 1)]
+    def run_batch(self, requests: Sequence[ToolRequest]) -> list[str | None]:
+        return [snippet(h[0], self.options.max_tokens) if h else None for h in self.hits(requests, 1)]
