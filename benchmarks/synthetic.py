@@ -80,10 +80,11 @@ def _annotations(rng, texts: pa.Table, tools=TOOLS) -> pa.Table:
         "shard_id": texts.column("shard_id").take(rep), "text_id": texts.column("text_id").take(rep),
         "doc_id": texts.column("doc_id").take(rep), "tool": np.tile(np.array(tools, dtype=object), n).tolist(),
         "status": ["annotated"] * m, "heuristic": ["synthetic"] * m, "n_tokens": pa.array(n_tokens),
-        "positions": zero_pos, "n_positions": pa.array(per_row), "n_samples": pa.array(per_row * 2),
+        "positions": zero_pos, "n_positions": pa.array(per_row), "n_pruned": pa.array(np.zeros(m, dtype=np.int32)),
+        "n_samples": pa.array(per_row * 2), "n_sampled_tokens": pa.array(per_row * 24),
         "n_closed": pa.array(per_row * 2), "n_parsed": pa.array(per_row), "n_candidates": pa.array(per_row),
         "n_executed": pa.array(per_row), "n_kept": pa.array(n_kept), "candidates": cands,
-        "tool_ms": pa.array(rng.uniform(0.05, 3.0, size=m) * per_row),
+        "tool_ms": pa.array(rng.uniform(0.05, 3.0, size=m) * per_row), "lm_ms": pa.array(rng.uniform(50, 500, size=m)),
     }, schema=STAGED)
 
 

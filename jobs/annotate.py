@@ -25,7 +25,7 @@ DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 def main(argv: Sequence[str] | None = None) -> dict:
     offline_by_default()
     cfg, _ = parse(__doc__, argv, DEFAULT_CONFIG)
-    from toolformer.report import format_funnel
+    from toolformer.report import format_funnel, format_yields
 
     if cfg.annotate.runner == "local":
         from toolformer.annotate.pipeline import run_annotate
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         raise SystemExit(f"annotate.runner must be ray or local, got {cfg.annotate.runner!r}")
     print(format_funnel(stats["funnel"]))
+    print(format_yields(stats["funnel"]))
     print(f"annotations: {cfg.output_dir}")
     return stats
 

@@ -123,6 +123,8 @@ def test_chunking_respects_budget_and_covers_text(tokenizer, shared_data):
         ("We had 12 apples and 30 pears, 42 fruits in all.", "arithmetic"),
         ("Each of the 4 teams has 6 players, so 24 players came.", "arithmetic"),
         ("The price is 1,200 dollars, down from 1,500, a cut of 300.", "arithmetic"),
+        ("Out of 1400 participants, 400 (or 29%) passed.", "arithmetic"),  # the paper's own example
+        ("Turnout was 61.5 percent: 3,075 of 5,000 voters.", "arithmetic"),
         ("The final score equals 17 after review.", "equals"),
         ("x = 5 in this example", "equals"),
         ("He bought a total of 9 books.", "equals"),

@@ -79,7 +79,7 @@ def test_insert_calls_one_per_position_larger_gain_wins():
         _cand("Calendar", 0, 0, 0.9, "", "Today is Monday, January 30, 2023."),
     ]
     out, calls = insert_calls(text, cands)
-    assert out == ("[Calendar() -> Today is Monday, January 30, 2023.]Out of 1400 participants, 400 "
+    assert out == ("[Calendar() -> Today is Monday, January 30, 2023.] Out of 1400 participants, 400 "
                    "(or [Calculator(400 / 1400) -> 0.29] 29%) passed.")
     assert [c["input"] for c in calls] == ["", "400 / 1400"]
     for c in calls:
@@ -102,3 +102,31 @@ def test_merge_drops_texts_without_calls_and_caps_per_tool():
     assert [r["text_id"] for r in out] == ["a", "b"]
     assert out[0]["text"] == "abc[Calculator(1 + 1) -> 2] def ghi"  # glued to "abc": no space before it
     assert all(r["n_calls"] == 1 for r in out)
+
+
+def test_variant_bounds_never_treat_a_missing_variant_as_zero():
+    import math
+
+    from toolformer.engine.vllm_engine import variant_bounds
+
+    lp = math.log
+    full = {7: (lp(0.5), 1), 8: (lp(0.2), 2), 9: (lp(0.1), 3), 3: (lp(0.01), None)}  # top 3 + the actual token
+    assert variant_bounds(full, [8], k=3) == (0.2, 0.2)  # found: exact
+    lower, upper = variant_bounds(full, [8, 4], k=3)  # 4 missing from a full top 3: at most the 3rd, 0.1
+    assert lower == pytest.approx(0.2) and upper == pytest.approx(0.3)
+    short = {7: (lp(0.5), 1), 8: (lp(0.2), 2)}  # fewer entries than the 20 asked for
+    lower, upper = variant_bounds(short, [4], k=20)
+    assert lower == 0.0 and upper == pytest.approx(0.3)  # the uncovered mass, not zero
+
+
+def test_table_two_leaves_out_mt_calls_removed_by_the_post_filter():
+    import pyarrow as pa
+
+    from toolformer.report import funnel
+    from toolformer.schemas import ANNOTATIONS
+
+    cands = [dict(position=3, gain=1.5, kept=False, error="mt_input_after_call"),
+             dict(position=5, gain=1.2, kept=True, error=None)]
+    row = dict(text_id="t", doc_id="d", tool="MT", status="annotated", positions=[3, 5], n_kept=1, candidates=cands)
+    f = funnel(pa.Table.from_pylist([row], schema=ANNOTATIONS))["MT"]
+    assert f["kept_calls_tau_0.5"] == f["kept_calls_tau_1.0"] == 1 and f["kept_calls_tau_2.0"] == 0

@@ -73,6 +73,18 @@ class ToolParams:
 
 
 @dataclass
+class Optimizations:
+    """The savings of the pipeline, each of which can be switched off (the benchmark's ablation). None of them
+    changes the kept calls: they change what is computed, not what is decided."""
+
+    prune: bool = True  # skip sampling where L_i(ε) < the scoring floor (no call there can be kept or counted)
+    position_bounds: bool = True  # decide p_i > τs from top-k log-probs; exact values only where they matter
+    truncated_scoring: bool = True  # score a candidate's sequence only up to x_{i+4}, the last token L_i reads
+    shared_prefixes: bool = True  # one scored sequence per (text, prefix), not per candidate
+    skip_call_only: bool = True  # L(e(c, ε)) only where L(ε) - L+ reaches the scoring floor
+
+
+@dataclass
 class AnnotateConfig:
     tools: list[str] = field(default_factory=lambda: ["Calculator", "Calendar"])
     # The paper's defaults (DESIGN §1.2).
@@ -89,6 +101,11 @@ class AnnotateConfig:
         }
     )
     no_result_form: str = "arrow"  # arrow: [T(x) -> ]  (the paper's e(c, ε)) | bare: [T(x)]
+    # free: the paper's sampling (a sample that does not parse as the tool's call is dropped) | constrained:
+    # every sample is a well-formed call of the tool (a regular expression per tool: vLLM structured outputs,
+    # xgrammar in the transformers engine); what the model writes inside the call is still its own.
+    call_syntax: str = "free"
+    optimizations: Optimizations = field(default_factory=Optimizations)
     prefix_separator: str = "\n"  # between a prefixed call and the text while scoring
     batch_size: int = 16  # texts per engine call
     # ray: shards on Ray Data actor pools (jobs.prepare's manifest; resumable) | local: one process, no shards

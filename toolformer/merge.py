@@ -62,8 +62,9 @@ def insert_calls(text: str, cands: list[dict]) -> tuple[str, list[dict]]:
         out_len += at - cursor
         call = linearize(Call(c["tool"], c["input"], c["result"]), with_result=True,
                          quote_input=tool_class(c["tool"]).quote_input)
-        # A call before a word that follows a space reads "... [Tool(x) -> r] word"; glued tokens stay glued.
-        sep = " " if at > 0 and text[at - 1].isspace() else ""
+        # A call before a word that follows a space (or opens the text) reads "... [Tool(x) -> r] word"; glued
+        # tokens stay glued.
+        sep = " " if at == 0 or text[at - 1].isspace() else ""
         pieces.append(call + sep)
         calls.append(
             dict(tool=c["tool"], input=c["input"], result=c["result"], position=c["position"],

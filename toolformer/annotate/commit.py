@@ -89,7 +89,7 @@ def commit_shard(run_uri: str, shard: ShardInfo, tools: list[str], staging: str,
     stats = {
         "shard_id": shard.shard_id, "docs": len(pc.unique(texts.column("doc_id"))), "texts": texts.num_rows,
         "rows": annotations.num_rows, "text_tokens": int(pc.sum(pc.fill_null(tokens, 0)).as_py() or 0),
-        "funnel": funnel(annotations),
+        "funnel": funnel(rows),  # the staged rows: their LM and tool times go into the funnel too
     }
     RunState(store, STAGE, max_failures).commit(shard.shard_id, {"texts": conform(texts, TEXTS), "annotations": annotations}, stats)
     store.delete_dir(staging, shard.shard_id)

@@ -78,6 +78,7 @@ def run_metadata(cfg: RunConfig, engine: Engine) -> dict:
         # Filtering decisions come from one engine in one dtype; a run records which.
         "engine": engine.describe(),
         "no_result_form": cfg.annotate.no_result_form,
+        "call_syntax": cfg.annotate.call_syntax,
         "python": platform.python_version(),
     }
 
@@ -103,7 +104,7 @@ def run_annotate(cfg: RunConfig, engine: Engine | None = None, log: Callable[[st
         stats = {
             **run_metadata(cfg, engine),
             "corpus": corpus_stats,
-            "funnel": funnel(annotations),
+            "funnel": funnel(work),
             "seconds": {"engine_start": t_engine, **seconds, "total": time.perf_counter() - t0},
         }
         tmp = out_dir / ".stats.json.tmp"

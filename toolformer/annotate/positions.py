@@ -40,6 +40,7 @@ def select_positions(
     tau_s: float,
     k: int,
     top_logprobs: int | None = None,
+    bounds: bool = True,
 ) -> tuple[list[list[tuple[int, float]]], dict]:
     """Selected (text index, p_start) per sequence, and counters of how much exact work was needed.
 
@@ -47,7 +48,8 @@ def select_positions(
     ``top_logprobs`` caps how many log-probs per position an engine may use for its bounds.
     """
     probs = engine.start_probs(seqs, starts, top_logprobs)
-    todo = [needs_exact(p, tau_s, k) for p in probs]
+    # Without bounds (the benchmark's ablation), every position not already exact is computed exactly.
+    todo = [needs_exact(p, tau_s, k) if bounds else np.flatnonzero(~p.exact) for p in probs]
     prefixes = [list(seq[: start + j]) for seq, start, idx in zip(seqs, starts, todo) for j in idx]
     per_pos = np.exp(engine.token_logprobs_after(prefixes, engine.start_ids)).sum(1) if prefixes else np.zeros(0)
     out, cursor = [], 0

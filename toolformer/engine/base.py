@@ -119,8 +119,10 @@ class Engine(abc.ABC):
         stop: str,
         temperature: float,
         seeds: Sequence[int],
+        regex: str | None = None,
     ) -> list[list[Sample]]:
-        """``n`` sampled continuations per prompt, each ending at ``stop`` or after ``max_tokens``."""
+        """``n`` sampled continuations per prompt, each ending at ``stop`` or after ``max_tokens``; with ``regex``,
+        every continuation is constrained to match it (structured generation)."""
 
     def greedy(
         self,

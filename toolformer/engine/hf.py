@@ -55,7 +55,8 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def _log_softmax(self, seqs: Sequence[Sequence[int]]):
-        """Yield (index, log-probs [len, vocab] as float32) for every sequence."""
+        """Yield (index, log-probs [len, vocab] as float32, on the engine's device) for every sequence; callers
+        pick the few values they need there, so a GPU never copies a vocabulary-wide tensor to the host."""
         for batch in self._batches(seqs):
             width = max(len(seqs[b]) for b in batch)
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -64,34 +65,34 @@ class HFEngine(Engine):
                 ids[row, : len(seqs[b])] = torch.tensor(list(seqs[b]), dtype=torch.long)
                 mask[row, : len(seqs[b])] = 1
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
             for row, b in enumerate(batch):
                 yield b, logprobs[row, : len(seqs[b])]
 
     # -- interface ---------------------------------------------------------------------------------------
     def start_probs(self, seqs, starts, top_k=None):
         out: list[StartProbs | None] = [None] * len(seqs)
-        ids = torch.tensor(self.start_ids)
+        ids = torch.tensor(self.start_ids, device=self.device)
         for b, logprobs in self._log_softmax(seqs):
             # The distribution predicting seq[j] sits at row j-1.
             rows = logprobs[starts[b] - 1 : len(seqs[b]) - 1]
-            p = rows[:, ids].exp().sum(-1).double().numpy()
+            p = rows[:, ids].exp().sum(-1).double().cpu().numpy()
             out[b] = StartProbs(p, p.copy())
         return out  # type: ignore[return-value]
 
     def token_logprobs_after(self, prefixes, token_ids):
         out = np.zeros((len(prefixes), len(token_ids)), dtype=np.float64)
-        ids = torch.tensor(list(token_ids))
+        ids = torch.tensor(list(token_ids), device=self.device)
         for b, logprobs in self._log_softmax(prefixes):
-            out[b] = logprobs[-1, ids].double().numpy()
+            out[b] = logprobs[-1, ids].double().cpu().numpy()
         return out
 
     def sequence_logprobs(self, seqs, starts):
         out: list[np.ndarray | None] = [None] * len(seqs)
         for b, logprobs in self._log_softmax(seqs):
-            target = torch.tensor(list(seqs[b][starts[b] :]), dtype=torch.long)
+            target = torch.tensor(list(seqs[b][starts[b] :]), dtype=torch.long, device=self.device)
             rows = logprobs[starts[b] - 1 : len(seqs[b]) - 1]
-            out[b] = rows.gather(1, target[:, None])[:, 0].double().numpy()
+            out[b] = rows.gather(1, target[:, None])[:, 0].double().cpu().numpy()
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -126,15 +127,34 @@ class HFEngine(Engine):
             out.append(Greedy(token_ids, text, tops, stopped))
         return out
 
+    def _grammar(self, regex: str):
+        """The regex compiled by xgrammar for this tokenizer (cached): the constraint vLLM applies, here as a
+        transformers logits processor."""
+        cache = self.__dict__.setdefault("_grammars", {})
+        if regex not in cache:
+            import xgrammar as xgr
+
+            if "_xgr_compiler" not in self.__dict__:
+                info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
+                self._xgr_compiler = xgr.GrammarCompiler(info)
+            cache[regex] = self._xgr_compiler.compile_regex(regex)
+        return cache[regex]
+
     @torch.inference_mode()
-    def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds):
+    def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds, regex=None):
         # One prompt at a time with n sequences in a batch: a KV-cached generate, as a competent first
         # version would write it. vLLM's engine is the fast path.
         results = []
         for prompt, seed in zip(prompts, seeds):
             torch.manual_seed(seed)
             ids = torch.tensor([list(prompt)], device=self.device)
+            processors = None
+            if regex:
+                from xgrammar.contrib.hf import LogitsProcessor
+
+                processors = [LogitsProcessor(self._grammar(regex))]  # one per generate() call
             gen = self.model.generate(
+                logits_processor=processors,
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 do_sample=temperature > 0,

@@ -66,6 +66,20 @@ def _hidden_modules(prefixes: tuple[str, ...]):
         sys.modules.update(hidden)
 
 
+def variant_bounds(entries: dict[int, tuple[float, int | None]], ids: Sequence[int], k: int) -> tuple[float, float]:
+    """(lower, upper) of the start-of-call probability at one position from the log-probs vLLM returned there
+    (token → (logprob, rank); the actual next token is always included, only ranks <= k are the top k).
+
+    A variant found is exact. A missing one is at most the k-th largest probability when the top k came back in
+    full; with fewer entries than asked, at most the probability mass they leave uncovered (never zero). Where
+    every variant was found, lower == upper."""
+    top = [lp for lp, rank in entries.values() if rank is not None and rank <= k]
+    bound = math.exp(min(top)) if len(top) >= k else max(0.0, 1.0 - sum(math.exp(t) for t in top))
+    found = [math.exp(entries[t][0]) for t in ids if t in entries]
+    lower = sum(found)
+    return lower, min(1.0, lower + (len(ids) - len(found)) * bound)
+
+
 class VLLMEngine(Engine):
     backend = "vllm"
 
@@ -162,24 +176,9 @@ class VLLMEngine(Engine):
         ids = self.start_ids
         result = []
         for seq, start, rows in zip(seqs, starts, self._prompt_logprobs(seqs, starts, k)):
-            n = len(seq) - start
-            lower = np.zeros(n)
-            missing = np.zeros(n)
-            floor = np.zeros(n)
-            for pos in range(n):
-                entries = rows[start + pos]
-                # The actual next token is always included; only ranks <= k make up the top-k.
-                top = [lp.logprob for lp in entries.values() if lp.rank is not None and lp.rank <= k]
-                floor[pos] = math.exp(min(top)) if len(top) >= k else 0.0
-                for tok in ids:
-                    lp = entries.get(tok)
-                    if lp is None:
-                        missing[pos] += 1
-                    else:
-                        lower[pos] += math.exp(lp.logprob)
-            # A variant missing from the top k has probability at most the k-th largest; where every
-            # variant was found the value is exact (lower == upper).
-            result.append(StartProbs(lower, np.where(missing > 0, lower + missing * floor, lower)))
+            pairs = [variant_bounds({t: (lp.logprob, lp.rank) for t, lp in rows[start + pos].items()}, ids, k)
+                     for pos in range(len(seq) - start)]
+            result.append(StartProbs(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
         return result
 
     def token_logprobs_after(self, prefixes, token_ids):
@@ -218,12 +217,18 @@ class VLLMEngine(Engine):
             out.append(Greedy(list(map(int, c.token_ids)), c.text, tops, stopped))
         return out
 
-    def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds):
+    def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds, regex=None):
         from vllm import SamplingParams
 
+        extra = {}
+        if regex:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = StructuredOutputsParams(regex=regex)
         params = [
             SamplingParams(
-                n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_tokens, stop=[stop], seed=int(seed)
+                n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_tokens, stop=[stop], seed=int(seed),
+                **extra,
             )
             for seed in seeds
         ]

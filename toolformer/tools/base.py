@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -55,6 +56,9 @@ class Tool(abc.ABC):
     name: ClassVar[str]
     # Whether the input is written in quotes inside a call: [QA("Who ...?")] but [Calculator(1 + 2)].
     quote_input: ClassVar[bool] = False
+    # What a well-formed input looks like, for constrained sampling (``annotate.call_syntax=constrained``);
+    # it never admits "]", so the call cannot close early. Quoted tools take any one line of text.
+    input_regex: ClassVar[str] = '[^"\\]\\n]{1,80}'
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, **options: Any):
@@ -68,6 +72,12 @@ class Tool(abc.ABC):
     def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:
         """Whether this tool annotates ``text`` (a ``TextChunk``); by default every text."""
         return Selection(True, "all_texts")
+
+    @classmethod
+    def call_regex(cls) -> str:
+        """What a sample must be after the opening ``[``: ``Name(input)]`` (the closing bracket included)."""
+        arg = f'"{cls.input_regex}"' if cls.quote_input else cls.input_regex
+        return re.escape(cls.name) + r"\(" + arg + r"\)\]"
 
     def run(self, request: ToolRequest) -> str | None:
         """One call: a string, or None for input the tool rejects."""

@@ -128,6 +128,7 @@ def calculate(expression: str) -> str | None:
 class Calculator(Tool):
     name = "Calculator"
     quote_input = False
+    input_regex = r"[0-9.,+\-*/() ]{1,48}"  # numbers, the four operations, parentheses
 
     @classmethod
     def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:

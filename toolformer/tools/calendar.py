@@ -79,6 +79,7 @@ class CalendarOptions:
 class Calendar(Tool):
     name = "Calendar"
     quote_input = False
+    input_regex = ""  # Calendar() takes no input
     Options = CalendarOptions
 
     def __init__(self, **options: Any):
