@@ -103,8 +103,13 @@ def test_sharded_merge_equals_the_reference(staged, cap):
 
 
 def test_merge_as_ray_tasks_equals_in_process(staged, tmp_path):
+    import ray
+
     _commit_all(staged)
     run_merge(str(staged), 7, parallel=False)
     local = sharded_cstar(staged)
-    run_merge(str(staged), 7, parallel=True)
+    try:
+        run_merge(str(staged), 7, parallel=True)  # starts a private local Ray in this process...
+    finally:
+        ray.shutdown()  # ...which must not outlive the test (later tests run `ray stop` and their own head)
     assert sharded_cstar(staged) == local
