@@ -1,6 +1,6 @@
 """Annotate a corpus with API calls and keep the calls that help: a Ray job over shards, resumable.
 
-    python -m jobs.annotate --config jobs/configs/default.yaml name=ccnet \
+    python -m jobs.annotate --config jobs/configs/default.yaml name=ccnet \\
         'corpus.paths=[../shared/data/webtext/ccnet_output_10docs_exact.jsonl]' shards.docs_per_shard=4
 
 On a cluster:  ray job submit --working-dir . -- python -m jobs.annotate --config jobs/configs/cluster.yaml ...
@@ -18,13 +18,20 @@ from pathlib import Path
 from typing import Sequence
 
 from jobs.cli import offline_by_default, parse
+from toolformer.config import RunConfig
+from toolformer.console import job_console
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     offline_by_default()
-    cfg, _ = parse(__doc__, argv, DEFAULT_CONFIG)
+    cfg, args = parse(__doc__, argv, DEFAULT_CONFIG)
+    with job_console(cfg.output_dir, "annotate", args.verbose):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig):
     from toolformer.report import format_funnel, format_yields
 
     if cfg.annotate.runner == "local":

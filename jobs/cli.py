@@ -21,9 +21,25 @@ def offline_by_default() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
+def config_help() -> str:
+    """Every config key with its default and the comment beside it in toolformer/config.py."""
+    from toolformer.config import config_reference
+
+    rows = config_reference()
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["config keys (override any with key.sub=value; defaults before the YAML file applies):"]
+    for key, default, comment in rows:
+        shown = default if len(default) <= 40 else default[:37] + "..."
+        lines.append(f"  {key.ljust(width)}  {shown}" + (f"   # {comment}" if comment else ""))
+    return "\n".join(lines)
+
+
 def parse(description: str, argv: Sequence[str] | None = None, default_config: str | None = None) -> tuple[RunConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, epilog=config_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config, help="YAML config (see jobs/configs/)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="engine and framework output on the terminal too (otherwise in <output_dir>/logs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. corpus.limit=10 annotate.tools=[Calculator]")
     args = parser.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
@@ -31,9 +47,11 @@ def parse(description: str, argv: Sequence[str] | None = None, default_config: s
         parser.error(f"overrides must look like key.sub=value, got: {' '.join(bad)}")
     try:
         cfg = load_config(args.config, args.overrides)
+        from toolformer.annotate.placement import check_parallelism
         from toolformer.tools import check_tool_options
 
         check_tool_options(cfg)
+        check_parallelism(cfg)
     except Exception as exc:  # omegaconf's errors name the bad key; show that, not a traceback
         lines = str(exc).splitlines()
         key = next((line.split(":", 1)[1].strip() for line in lines if "full_key:" in line), None)

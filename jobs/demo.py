@@ -1,7 +1,7 @@
-"""The whole job, small, on the embedded defaults: annotate 50 Wikipedia summaries with calls to all five
-tools on SmolLM2-135M-Instruct, merge the survivors into C*, print the funnel, then finetune the model on C*
-for a few steps (2 Ray Train workers, DeepSpeed ZeRO-2 on CPU), export the checkpoint, and evaluate the model
-before and after on small built-in task samples (with and without tools).
+"""The whole job, small, on the embedded defaults: annotate 30 Wikipedia summaries with calls to all five tools on
+SmolLM2-135M-Instruct, merge the survivors into C*, show what was kept, finetune the model on C* for a few steps
+(2 Ray Train workers, DeepSpeed ZeRO-2 on CPU), export the checkpoint, and evaluate the model before and after on
+small built-in task samples, with and without tools.
 
 Only ~3% of the summaries pass the Calculator's heuristic (arithmetic among three numbers) and few hold a
 foreign phrase for MT, so the demo picks its documents on purpose: up to a fifth with a foreign phrase, up
@@ -10,6 +10,7 @@ WikiSearch). It writes them as cc_net records to ``<output_dir>/demo_corpus.json
 
     python -m jobs.demo                       # what `make demo` runs
     python -m jobs.demo corpus.limit=10       # any override of jobs/configs/demo.yaml
+    python -m jobs.demo --verbose             # the engines' and frameworks' output on the terminal too
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jobs.cli import offline_by_default, parse
+from toolformer.console import job_console, log_path
 
 DEMO_CONFIG = str(Path(__file__).parent / "configs" / "demo.yaml")
 
@@ -48,29 +50,46 @@ def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int) -> Pa
     return path
 
 
+def step(n: int, text: str) -> None:
+    print(f"\n[{n}/5] {text}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     offline_by_default()
     cfg, args = parse(__doc__, argv, DEMO_CONFIG)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    with job_console(cfg.output_dir, "demo", args.verbose):
+        _run(cfg, args)
+
+
+def _run(cfg, args) -> None:
     from toolformer.annotate.pipeline import run_annotate
     from toolformer.cstar import cstar_files, run_merge
-    from toolformer.report import format_funnel
+    from toolformer.report import format_funnel, format_yields
     from toolformer.schemas import read_rows
 
     t0 = time.perf_counter()
+    print("Toolformer demo: a small LM (SmolLM2-135M) annotates text with calls to five tools, keeps the calls that "
+          "make the following words easier to predict, and is finetuned on the result.")
+    if log_path():
+        print(f"(engine and framework output: {log_path()}; --verbose shows it here)")
     if not cfg.corpus.paths:
-        n = cfg.corpus.limit or 50
+        n = cfg.corpus.limit or 30
         corpus = write_demo_corpus(Path(cfg.output_dir) / "demo_corpus.jsonl", n, cfg.corpus.embedded_lang,
                                    cfg.corpus.embedded_date, cfg.seed)
         cfg.corpus.paths = [str(corpus)]
-    print(f"[demo] annotating {cfg.corpus.limit or 'all'} embedded documents with {', '.join(cfg.annotate.tools)} "
-          f"on {cfg.model.name_or_path} ({cfg.engine.backend}, {cfg.model.dtype})")
-    stats = run_annotate(cfg)
-    summary = run_merge(cfg.output_dir, cfg.merge.max_per_tool, cfg)
-    print("\nFunnel per tool (kept: calls with gain >= τf, and the texts holding them):")
+    step(1, f"annotating {cfg.corpus.limit or 'all'} Wikipedia summaries with {', '.join(cfg.annotate.tools)} "
+            f"({cfg.engine.backend}, {cfg.model.dtype}); the first run also converts the model and builds the index")
+    stats = run_annotate(cfg, log=lambda m: print(f"  {m}"))
+    print("Funnel per tool (kept: calls with gain >= τf, and the texts holding them):")
     print(format_funnel(stats["funnel"]))
-    print(f"\nC*: {summary['texts']} texts with {summary['calls']} calls {summary['calls_per_tool']} → {summary['cstar']}")
-    shown: set[str] = set()
+    print(format_yields(stats["funnel"]))
+
+    step(2, "merging the kept calls into C* (one call per position, the larger gain wins)")
+    summary = run_merge(cfg.output_dir, cfg.merge.max_per_tool, cfg)
+    print(f"C*: {summary['texts']} texts with {summary['calls']} calls {summary['calls_per_tool']}")
     rows = [r for f in (cstar_files(cfg.output_dir) if summary["texts"] else []) for r in read_rows(f)]
+    shown: set[str] = set()
     for row in rows:  # one example per tool, the best kept call first
         for call in sorted(row["calls"], key=lambda c: -c["gain"]):
             if call["tool"] in shown:
@@ -82,18 +101,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         from toolformer.train.finetune import run_finetune
 
         t = cfg.train
-        print(f"\n[demo] finetuning on C* for {t.max_steps} steps only (effective batch {t.effective_batch}, "
-              f"sequence length {t.seq_len}, lr {t.lr}): this shows the machinery, it does not make a better model")
+        step(3, f"finetuning on C* for {t.max_steps} steps only (effective batch {t.effective_batch}, sequence length "
+                f"{t.seq_len}, lr {t.lr}): this shows the machinery, it does not make a better model")
         ft = run_finetune(cfg, log=lambda m: print(f"  {m}"))
         print(f"  train loss {ft['final']['train_loss']:.3f} at step {ft['final']['step']}, dev perplexity "
               f"{ft['best_dev_ppl']:.1f}; checkpoint (HF folder, loads in vLLM): {ft['checkpoints'].get('last')}")
         cfg.eval.finetuned = ft["checkpoints"].get("last")
+    else:
+        step(3, "no call survived filtering: nothing to finetune on (more documents or a larger model)")
     if cfg.eval.tasks:
         import subprocess
         import sys
 
-        print(f"\n[demo] evaluating on {', '.join(cfg.eval.tasks)} ({cfg.eval.limit} examples each: a small sample, "
-              "indicative only), before and after the short finetune")
+        step(4, f"evaluating on {', '.join(cfg.eval.tasks)} ({cfg.eval.limit} examples each: a small sample, indicative "
+                "only), before and after the short finetune")
         # A process of its own: vLLM's kernel registry trips over modules Ray Train left imported in this one.
         cmd = [sys.executable, "-m", "jobs.evaluate", "--config", args.config, *args.overrides,
                f"output_dir={cfg.output_dir}"]
@@ -101,9 +122,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             cmd.append(f"eval.finetuned={cfg.eval.finetuned}")
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
-            raise SystemExit(f"evaluation failed:\n{proc.stderr[-3000:]}")
+            raise SystemExit(f"evaluation failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         print(proc.stdout.strip())
-    print(f"[demo] done in {time.perf_counter() - t0:.0f} s; run stats in {Path(cfg.output_dir) / 'stats.json'}")
+    out = Path(cfg.output_dir)
+    step(5, f"done in {time.perf_counter() - t0:.0f} s. Files in {out}:")
+    for name, what in (("stats.json", "the run: config, engine and dtype, the funnel"), ("report.md", "kept calls in context"),
+                       ("cstar/", "C* (Parquet parts, README.md dataset card)"), ("finetune/", "checkpoints (HF folders)"),
+                       ("eval/", "results.md, accuracy.png, generations.jsonl"), ("logs/", "engine and framework output")):
+        if (out / name.rstrip("/")).exists():
+            print(f"  {name:12s} {what}")
 
 
 if __name__ == "__main__":

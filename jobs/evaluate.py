@@ -1,6 +1,6 @@
 """Evaluate models on the paper's downstream tasks, with and without tools; a table like Tables 3-7.
 
-    python -m jobs.evaluate --config jobs/configs/default.yaml name=ccnet10 eval.limit=100 \
+    python -m jobs.evaluate --config jobs/configs/default.yaml name=ccnet10 eval.limit=100 \\
         eval.finetuned=runs/ccnet10/finetune/ccnet10-toolformer/best
     python -m jobs.evaluate eval.tasks=[svamp,asdiv,mawps] eval.limit=50     # the base model only
 
@@ -16,13 +16,20 @@ from pathlib import Path
 from typing import Sequence
 
 from jobs.cli import offline_by_default, parse
+from toolformer.config import RunConfig
+from toolformer.console import job_console
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     offline_by_default()
-    cfg, _ = parse(__doc__, argv, DEFAULT_CONFIG)
+    cfg, args = parse(__doc__, argv, DEFAULT_CONFIG)
+    with job_console(cfg.output_dir, "evaluate", args.verbose):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig):
     from toolformer.evaluation.evaluate import run_evaluate
 
     out = run_evaluate(cfg)

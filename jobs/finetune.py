@@ -2,7 +2,7 @@
 
     python -m jobs.finetune --config jobs/configs/default.yaml name=ccnet10            # after jobs.merge
     python -m jobs.finetune --config jobs/configs/default.yaml name=ccnet10 train.baseline=true   # "GPT-J + CC"
-    python -m jobs.finetune name=demo output_dir=runs/demo train.max_steps=4 \
+    python -m jobs.finetune name=demo output_dir=runs/demo train.max_steps=4 \\
         train.deepspeed_config=jobs/configs/ds_zero2.yaml            # a few steps on CPU
 
 Reads ``<train.data_dir or output_dir>/cstar.parquet``, packs it to ``train.seq_len``, trains on
@@ -19,13 +19,20 @@ from pathlib import Path
 from typing import Sequence
 
 from jobs.cli import offline_by_default, parse
+from toolformer.config import RunConfig
+from toolformer.console import job_console
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     offline_by_default()
-    cfg, _ = parse(__doc__, argv, DEFAULT_CONFIG)
+    cfg, args = parse(__doc__, argv, DEFAULT_CONFIG)
+    with job_console(cfg.output_dir, "finetune", args.verbose):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig):
     from toolformer.train.finetune import run_finetune
 
     summary = run_finetune(cfg)

@@ -14,13 +14,20 @@ from pathlib import Path
 from typing import Sequence
 
 from jobs.cli import offline_by_default, parse
+from toolformer.config import RunConfig
+from toolformer.console import job_console
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     offline_by_default()
-    cfg, _ = parse(__doc__, argv, DEFAULT_CONFIG)
+    cfg, args = parse(__doc__, argv, DEFAULT_CONFIG)
+    with job_console(cfg.output_dir, "merge", args.verbose):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig):
     from toolformer.cstar import run_merge
 
     summary = run_merge(cfg.output_dir, cfg.merge.max_per_tool, cfg)

@@ -1,6 +1,6 @@
 """Shard a corpus for the Ray annotate job: fixed-size Parquet shards and an immutable manifest.
 
-    python -m jobs.prepare --config jobs/configs/default.yaml name=ccnet \
+    python -m jobs.prepare --config jobs/configs/default.yaml name=ccnet \\
         'corpus.paths=[s3://my-bucket/cc_net/2019-09/en_head_*.json.gz]' shards.docs_per_shard=1000
 
 Inputs are local paths, globs or any fsspec URI; the run directory (``output_dir``) may be an object store
@@ -14,13 +14,20 @@ from pathlib import Path
 from typing import Sequence
 
 from jobs.cli import offline_by_default, parse
+from toolformer.config import RunConfig
+from toolformer.console import job_console
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 
 
 def main(argv: Sequence[str] | None = None):
     offline_by_default()
-    cfg, _ = parse(__doc__, argv, DEFAULT_CONFIG)
+    cfg, args = parse(__doc__, argv, DEFAULT_CONFIG)
+    with job_console(cfg.output_dir, "prepare", args.verbose):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig):
     from toolformer.prepare import prepare
 
     return prepare(cfg)

@@ -2,6 +2,7 @@
 per tool, and an ETA from the throughput of the recent progress summaries.
 
     python -m jobs.status runs/ccnet            # or s3://bucket/runs/ccnet;  --json for the raw figures
+    python -m jobs.status runs/ccnet --examples # the kept calls in context, per tool (report.md; any run)
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output_dir")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--examples", action="store_true", help="print the kept calls in context (the run's report.md)")
     args = p.parse_args(argv)
+    if args.examples:
+        from toolformer.inspection import format_report, inspect_run
+        from toolformer.shards import Store
+
+        store = Store(args.output_dir)
+        print(store.read_bytes("report.md").decode() if store.exists("report.md")
+              else format_report(inspect_run(args.output_dir)))
+        return {}
     try:
         s = run_status(args.output_dir)
     except FileNotFoundError as exc:

@@ -113,3 +113,29 @@ def test_merge_as_ray_tasks_equals_in_process(staged, tmp_path):
     finally:
         ray.shutdown()  # ...which must not outlive the test (later tests run `ray stop` and their own head)
     assert sharded_cstar(staged) == local
+
+
+def test_inspection_report_and_merge_checks_on_a_tiny_run(staged):
+    from toolformer.inspection import inspect_run, write_report
+
+    _commit_all(staged)
+    text = write_report(str(staged), k=3)
+    assert (staged / "report.md").read_text() == text
+    for tool in TOOLS:
+        section = text.split(f"## {tool}")[1].split("\n## ")[0]
+        for heading in ("### Largest gains", "### Smallest gains", "### Random sample", "Most frequent inputs:"):
+            assert heading in section, (tool, heading)
+        assert section.count("\n| ") >= 3 * (1 + 3)  # header row + 3 examples per table
+    report = inspect_run(str(staged), k=3)
+    for tool, r in report.items():
+        assert r["kept"] > 0 and 0 <= r["result_in_next_20_words_share"] <= 1 and 0 < r["distinct_inputs_share"] <= 1
+        gains = [ex["gain"] for ex in r["largest_gains"]]
+        assert gains == sorted(gains, reverse=True) and min(gains) >= max(ex["gain"] for ex in r["smallest_gains"])
+        assert all("[" + tool in ex["context"] for ex in r["random_sample"])
+    summary = run_merge(str(staged), 7, parallel=False)
+    checks = summary["checks"]
+    assert set(checks) == {"calls_per_text", "duplicate_texts", "removed_by_rule"}
+    assert set(checks["removed_by_rule"]) == {"max_per_tool_cap", "mt_post_filter", "no_op", "one_call_per_position"}
+    assert sum(checks["removed_by_rule"]["max_per_tool_cap"].values()) > 0  # the cap of 7 did remove calls
+    for tool, c in checks["calls_per_text"].items():
+        assert c["texts"] <= 7 and c["calls"] == summary["calls_per_tool"][tool] and c["max"] >= 1

@@ -34,8 +34,10 @@ def _kept(rows):
 
 
 def test_pruning_keeps_exactly_the_same_calls(vllm_engine, small):
-    pruned = _run(vllm_engine, small)
-    full = _run(vllm_engine, [*small, "annotate.optimizations.prune=false"])
+    # τf 2 and a floor of 2 nats: ~20 % of positions fall below it on this model (2 % below the default 0.5)
+    strict = [*small, "annotate.score_floor=2.0", "annotate.defaults.tau_f=2.0", "annotate.per_tool.Calculator.tau_f=2.0"]
+    pruned = _run(vllm_engine, strict)
+    full = _run(vllm_engine, [*strict, "annotate.optimizations.prune=false"])
     assert _kept(pruned) == _kept(full)
     assert sum(r["n_pruned"] for r in pruned) > 0, "nothing was pruned: the test would not show anything"
     assert sum(r["n_sampled_tokens"] for r in pruned) < sum(r["n_sampled_tokens"] for r in full)

@@ -86,6 +86,17 @@ def test_schemas(run):
     assert meta["no_result_form"] == "arrow" and len(meta["config_hash"]) == 16
 
 
+def test_no_kept_calculator_call_is_a_no_op_and_the_report_shows_the_kept_calls(run):
+    from toolformer.tools.calculator import is_no_op
+
+    _, out, *_ = run
+    kept = [c for r in read_rows(out / "annotations.parquet") if r["tool"] == "Calculator"
+            for c in r["candidates"] if c["kept"]]
+    assert not [c["input"] for c in kept if is_no_op(c["input"])]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Kept calls") and ("## Calculator" in report or not kept)
+
+
 def test_funnel_is_consistent(run):
     _, out, stats, *_ = run
     for tool, f in stats["funnel"].items():

@@ -16,7 +16,7 @@ EXPECTED = {
     "lama_trex": 18601,  # of 22,881 facts (28 relations shipped) whose template ends in [Y]
     "asdiv": 2084,  # of 2,305: numeric answers only
     "dateset": 500,
-    "templama": 1962,  # TempLAMA templates x the T-REx facts of P39, P108, P127
+    "trex_temporal_templates": 1962,  # TempLAMA templates x the T-REx facts of P39, P108, P127 (not TempLAMA)
 }
 
 
@@ -52,10 +52,28 @@ def test_dateset_and_templama(shared_data):
     items = dateset(n=60, seed=1)
     assert all(e.meta["today"] for e in items)
     assert {e.prompt.split()[0] for e in items} >= {"What", "How"}
-    tl = load_task("templama", shared_data)
+    tl = load_task("trex_temporal_templates", shared_data)
     assert {e.meta["relation"] for e in tl} == {"P39", "P108", "P127"}
     assert all("<subject>" not in e.prompt and e.answers for e in tl)
-    assert load_task("templama", shared_data, limit=3, tools=["Calendar"])[0].tools == ("Calendar",)
+    assert load_task("trex_temporal_templates", shared_data, limit=3, tools=["Calendar"])[0].tools == ("Calendar",)
+
+
+def test_real_templama_from_a_path(tmp_path, shared_data):
+    import json
+
+    rows = [{"query": "Cristiano Ronaldo plays for _X_.", "answer": [{"wikidata_id": "Q18656", "name": "Manchester United F.C."}],
+             "date": "2008", "id": "Q11571_P54_2008", "relation": "P54"},
+            {"query": "Barack Obama holds the position of _X_.", "answer": [{"name": "President of the United States"}],
+             "date": "2012", "id": "Q76_P39_2012", "relation": "P39"}]
+    path = tmp_path / "templama.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load_task("templama", shared_data, templama_path=path)
+    assert [e.prompt for e in items] == ["In 2008, Cristiano Ronaldo plays for", "In 2012, Barack Obama holds the position of"]
+    assert items[0].answers == ["Manchester United F.C."] and items[0].meta["today"] == "2008-07-01"
+    assert items[0].kind == "temporal" and items[0].task == "templama"
+    assert score("temporal", "Manchester United F.C. in the Premier League", items[0].answers)
+    with pytest.raises(FileNotFoundError, match="eval.templama_path"):
+        load_task("templama", shared_data)  # not shipped: a clear error, never the template stand-in
 
 
 def test_unknown_task_is_an_error(shared_data):

@@ -26,7 +26,6 @@ from toolformer.tools.calendar import date_from_url, document_date, format_date
         ("-(2 - 7)", "5"),
         ("18 + 12 x 3", "54"),
         ("12 × 3 ÷ 4 − 1", "8"),
-        ("  7  ", "7"),
         ("1/3", "0.33"),
         ("2/3", "0.67"),
         ("-1/3", "-0.33"),
@@ -43,6 +42,17 @@ def test_calculator_semantics(expr, expected):
 )
 def test_calculator_invalid(expr):
     assert calculate(expr) is None
+
+
+@pytest.mark.parametrize("expr", ["2", "(2)", "-2", "3.0", "  7  ", "((5))", "+4", "-(-3)", "1,500"])
+def test_calculator_no_op_is_not_a_call(expr):
+    """A number alone is not a calculation: the tool returns nothing, as for invalid input (DESIGN §1.7)."""
+    assert calculate(expr) is None
+
+
+@pytest.mark.parametrize("expr, expected", [("400 / 1400", "0.29"), ("2 * (3 + 4)", "14"), ("-2 + 2", "0"), ("(7) * 1", "7")])
+def test_calculator_with_an_operation_is_a_call(expr, expected):
+    assert calculate(expr) == expected
 
 
 HOSTILE = [

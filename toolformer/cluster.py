@@ -31,11 +31,15 @@ def init_ray(cfg: RunConfig) -> None:
     else:
         # A driver started by hand: workers import the package from this checkout.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH")) if p)
+    from toolformer.console import is_quiet
+
+    # Workers' output reaches the terminal only with --verbose; otherwise it stays in Ray's session logs.
+    to_driver = not is_quiet()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=to_driver)
     else:
         # A private Ray for this run; every listener stays on loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": env})
+                 runtime_env={"env_vars": env}, log_to_driver=to_driver)

@@ -41,13 +41,23 @@ class EngineConfig:
     # ~5x fewer positions to compute exactly when tau_s < 0.05.
     top_logprobs: int = 100
     hf_max_batch_tokens: int = 8192
+    # Models that do not fit one GPU: one engine over TP x PP GPUs, reserved per LM actor as a placement group
+    # (toolformer/annotate/placement.py). STRICT_PACK keeps an engine on one node; PACK lets pipeline stages span
+    # nodes. None: vLLM's choice of executor (Ray inside the placement group on GPUs; processes on CPU).
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    placement_strategy: str = "STRICT_PACK"
+    distributed_executor_backend: Optional[str] = None
 
 
 @dataclass
 class CorpusConfig:
     # Files or globs: CCNet .json.gz/.jsonl, JSONL with `text`, Parquet. Empty = the embedded Wikipedia.
     paths: list[str] = field(default_factory=list)
-    format: str = "auto"  # auto | ccnet | jsonl | parquet | embedded
+    format: str = "auto"  # auto | ccnet | jsonl | parquet | hf_disk (a save_to_disk folder) | embedded
+    # Where a document's fields are in other schemas, as dotted paths: {text: body, id: uid, url: meta.link,
+    # date: crawl_date}. cc_net, Dolma, FineWeb and RedPajama are recognised without it.
+    fields: dict[str, Any] = field(default_factory=dict)
     limit: Optional[int] = None  # documents read, after skips
     max_text_tokens: int = 256  # chunk budget per annotated text
     max_doc_chars: int = 1_000_000  # longer documents are skipped (counted), not chunked forever
@@ -57,6 +67,7 @@ class CorpusConfig:
     # Wikipedia summaries carry no crawl date; "today" means the day the corpus is read.
     embedded_date: str = "today"
     calculator_random_keep: float = 0.01  # the paper's 1% of texts with only three numbers
+    license: Optional[str] = None  # the sources' licence, for C*'s dataset card (the embedded corpus: cc-by-sa-3.0)
 
 
 @dataclass
@@ -105,6 +116,9 @@ class AnnotateConfig:
     # every sample is a well-formed call of the tool (a regular expression per tool: vLLM structured outputs,
     # xgrammar in the transformers engine); what the model writes inside the call is still its own.
     call_syntax: str = "free"
+    # Gains below min(this, the tool's τf) are neither scored in full nor sampled for (pruning); None: the lowest
+    # τf the report shows (0.5), which keeps every reported figure exact. Raise it to prune more.
+    score_floor: Optional[float] = None
     optimizations: Optimizations = field(default_factory=Optimizations)
     prefix_separator: str = "\n"  # between a prefixed call and the text while scoring
     batch_size: int = 16  # texts per engine call
@@ -194,7 +208,8 @@ class EvalConfig:
 
     tasks: list[str] = field(default_factory=lambda: [
         "lama_squad", "lama_google_re", "lama_trex", "asdiv", "svamp", "mawps", "webquestions", "nq", "triviaqa",
-        "mlqa", "dateset", "templama"])
+        "mlqa", "dateset", "trex_temporal_templates"])
+    templama_path: Optional[str] = None  # the real TempLAMA JSONL (task "templama"); not shipped here
     limit: Optional[int] = 200  # examples per task (a seeded sample); None: all
     data_dir: Optional[str] = None  # the evaluation files; None: $TOOLFORMER_SHARED_DATA or ../shared/data
     from_hub: bool = False  # nq, webquestions, triviaqa, mlqa_<lang> from the Hugging Face hub (needs network)
@@ -260,3 +275,55 @@ def config_hash(cfg: RunConfig) -> str:
     for key in ("max_failures", "progress_every_shards", "progress_every_s"):
         data.get("shards", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_reference() -> list[tuple[str, str, str]]:
+    """(dotted key, default, comment) for every setting, read from the dataclasses and the comments beside them
+    in this file: what ``toolformer <job> --help`` lists."""
+    import ast
+    import dataclasses
+    import inspect
+    import io
+    import sys
+    import tokenize
+
+    source = inspect.getsource(sys.modules[__name__])
+    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    src_lines = source.splitlines()
+    standalone = {n for n in comments if src_lines[n - 1].lstrip().startswith("#")}
+    lines: dict[tuple[str, str], int] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    lines[(node.name, item.target.id)] = item.lineno
+
+    def comment(cls: type, name: str) -> str:
+        line = lines.get((cls.__name__, name))
+        if line is None:
+            return ""
+        if line in comments:
+            return comments[line]
+        above, k = [], line - 1
+        while k in standalone:  # a comment block right above the field
+            above.insert(0, comments[k])
+            k -= 1
+        return " ".join(above)
+
+    out: list[tuple[str, str, str]] = []
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, key + ".")
+            else:
+                shown = json.dumps(value if not isinstance(value, dict) else
+                                   {k: (vars(v) if dataclasses.is_dataclass(v) else v) for k, v in value.items()},
+                                   default=str)
+                out.append((key, shown, comment(type(obj), f.name)))
+
+    walk(RunConfig(), "")
+    return out

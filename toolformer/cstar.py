@@ -12,11 +12,13 @@ single-process run (one part) goes through the same steps in this process.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from typing import Any, Callable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from toolformer.merge import BEST, augment, best_gains, kept_candidates, top_per_tool
@@ -46,8 +48,28 @@ def reduce_top(k: int, *tables: pa.Table) -> pa.Table:
     return top_per_tool(pa.concat_tables([BEST.empty_table(), *tables]), k)
 
 
+def _rejections(store: Store, part: RunPart) -> dict[str, Counter]:
+    """Candidates a rule removed before merging, per tool: the MT post-filter, and Calculator no-ops (rejected by
+    the tool, so never scored)."""
+    from toolformer.tools.calculator import is_no_op
+
+    table = pq.read_table(store.path(part.annotations), filesystem=store.fs, columns=["tool", "candidates"])
+    cands = table.column("candidates").combine_chunks()
+    tools = table.column("tool").take(pc.list_parent_indices(cands)).to_pylist()
+    flat = cands.flatten()
+    out = {"mt_post_filter": Counter(), "no_op": Counter()}
+    for tool, err, inp in zip(tools, flat.field("error").to_pylist(), flat.field("input").to_pylist()):
+        if err == "mt_input_after_call":
+            out["mt_post_filter"][tool] += 1
+        elif err == "no_result" and tool == "Calculator" and is_no_op(inp or ""):
+            out["no_op"][tool] += 1
+    return out
+
+
 def write_part(run_uri: str, part: RunPart, allowed: pa.Table) -> dict:
-    """Join the part's allowed kept calls with its texts, write its C* file; counts for merge.json."""
+    """Join the part's allowed kept calls with its texts, write its C* file; counts for merge.json (per tool:
+    calls, texts, the largest number of calls in one text, calls removed by each rule) and an 8-byte hash per
+    C* text's original (duplicates are counted over the whole C*, which the cap bounds)."""
     store = Store(run_uri)
     kept = _kept(store, part)
     ids = sorted(set(kept.column("text_id").to_pylist()))
@@ -56,11 +78,33 @@ def write_part(run_uri: str, part: RunPart, allowed: pa.Table) -> dict:
         texts = pq.read_table(store.path(part.texts), filesystem=store.fs, columns=["text_id", "doc_id", "text"],
                               filters=[("text_id", "in", ids)])
         rows = augment(texts, kept, allowed, part.shard_id)
+        originals = dict(zip(texts.column("text_id").to_pylist(), texts.column("text").to_pylist()))
+    removed = _rejections(store, part)
+    allowed_calls = (kept.join(allowed.select(["tool", "text_id"]), keys=["tool", "text_id"], join_type="inner")
+                     if kept.num_rows and allowed.num_rows else kept.slice(0, 0))
+    kept_per_tool = Counter(kept.column("tool").to_pylist())
+    allowed_per_tool = Counter(allowed_calls.column("tool").to_pylist())
+    out = {"part": None, "texts": 0, "calls_per_tool": {}, "texts_per_tool": {}, "max_calls_per_text": {},
+           "removed": {"max_per_tool_cap": dict(kept_per_tool - allowed_per_tool),
+                       "mt_post_filter": dict(removed["mt_post_filter"]), "no_op": dict(removed["no_op"])},
+           "hashes": []}
     if rows is None or rows.num_rows == 0:
-        return {"part": None, "texts": 0, "calls_per_tool": {}}
+        out["removed"]["one_call_per_position"] = dict(allowed_per_tool)
+        return out
     store.write_table(rows, CSTAR_DIR, part_name(part))
-    per_tool = Counter(c["tool"] for calls in rows.column("calls").to_pylist() for c in calls)
-    return {"part": f"{CSTAR_DIR}/{part_name(part)}", "texts": rows.num_rows, "calls_per_tool": dict(per_tool)}
+    per_tool, texts_per_tool, most = Counter(), Counter(), Counter()
+    for calls in rows.column("calls").to_pylist():
+        mine = Counter(c["tool"] for c in calls)
+        per_tool.update(mine)
+        texts_per_tool.update(mine.keys())
+        for tool, n in mine.items():
+            most[tool] = max(most[tool], n)
+    out.update(part=f"{CSTAR_DIR}/{part_name(part)}", texts=rows.num_rows, calls_per_tool=dict(per_tool),
+               texts_per_tool=dict(texts_per_tool), max_calls_per_text=dict(most),
+               hashes=[hashlib.blake2b(originals[t].encode(), digest_size=8).hexdigest()
+                       for t in rows.column("text_id").to_pylist()])
+    out["removed"]["one_call_per_position"] = dict(allowed_per_tool - per_tool)
+    return out
 
 
 def _runner(parallel: bool) -> Callable[..., list]:
@@ -109,12 +153,32 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
         allowed = reduce_top(max_per_tool, *[part_top(store.uri, p, max_per_tool) for p in parts])
     written = pmap(write_part, [(store.uri, p, allowed) for p in parts], **opts)
     per_tool: Counter = Counter()
+    texts_per_tool: Counter = Counter()
+    most: Counter = Counter()
+    removed: dict[str, Counter] = {}
+    hashes: Counter = Counter()
     for w in written:
         per_tool.update(w["calls_per_tool"])
+        texts_per_tool.update(w["texts_per_tool"])
+        for tool, n in w["max_calls_per_text"].items():
+            most[tool] = max(most[tool], n)
+        for rule, counts in w["removed"].items():
+            removed.setdefault(rule, Counter()).update(counts)
+        hashes.update(w["hashes"])
+    checks = {
+        "calls_per_text": {t: {"texts": texts_per_tool[t], "calls": per_tool[t],
+                               "mean": round(per_tool[t] / texts_per_tool[t], 3), "max": most[t]}
+                           for t in sorted(per_tool)},
+        "duplicate_texts": sum(n - 1 for n in hashes.values() if n > 1),  # C* texts whose original is another's
+        "removed_by_rule": {rule: dict(sorted(c.items())) for rule, c in sorted(removed.items())},
+    }
     summary = {"cstar": store.path(CSTAR_DIR), "parts": [w["part"] for w in written if w["part"]],
                "texts": sum(w["texts"] for w in written), "calls": sum(per_tool.values()),
-               "calls_per_tool": dict(sorted(per_tool.items())), "max_per_tool": max_per_tool, **run.info(),
-               "seconds": round(time.perf_counter() - t0, 2)}
+               "calls_per_tool": dict(sorted(per_tool.items())), "max_per_tool": max_per_tool, "checks": checks,
+               **run.info(), "seconds": round(time.perf_counter() - t0, 2)}
+    from toolformer.card import write_card
+
+    write_card(store.uri, summary, CSTAR_DIR)  # cstar/README.md: YAML header, sources, licences, funnel
     store.write_json(summary, "merge.json")
     return summary
 

@@ -20,8 +20,8 @@ KEPT = pa.schema([("text_id", pa.string()), ("tool", pa.string()), ("position", 
 BEST = pa.schema([("tool", pa.string()), ("text_id", pa.string()), ("gain", pa.float64())])
 
 
-def kept_candidates(annotations: pa.Table) -> pa.Table:
-    """One row per kept candidate that has a result (KEPT schema)."""
+def kept_candidates(annotations: pa.Table, losses: bool = False) -> pa.Table:
+    """One row per kept candidate that has a result (KEPT schema, plus the three losses when asked)."""
     cands = annotations.column("candidates").combine_chunks()
     parents = pc.list_parent_indices(cands)
     flat = cands.flatten()
@@ -30,7 +30,11 @@ def kept_candidates(annotations: pa.Table) -> pa.Table:
     cols = {"text_id": annotations.column("text_id").take(rows), "tool": annotations.column("tool").take(rows)}
     for name in ("position", "char_start", "input", "result", "gain"):
         cols[name] = flat.field(name).filter(mask)
-    return pa.table(cols, schema=KEPT)
+    table = pa.table(cols, schema=KEPT)
+    if losses:
+        for name in ("loss_none", "loss_call_only", "loss_call_result"):
+            table = table.append_column(name, flat.field(name).filter(mask))
+    return table
 
 
 def best_gains(kept: pa.Table) -> pa.Table:

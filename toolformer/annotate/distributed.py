@@ -146,8 +146,11 @@ def stage_write(batch: pa.Table, run_uri: str, staging: str) -> pa.Table:
     return pa.table({"shard_id": sids, "rows": counts, "error": errors}, schema=SUMMARY)
 
 
-def _pool_args(res: StageResources, default_batch: int) -> dict[str, Any]:
+def _pool_args(res: StageResources, default_batch: int, cfg: RunConfig | None = None) -> dict[str, Any]:
+    """A pool's ``map_batches`` arguments; with ``cfg`` (an LM pool), a placement group per actor for TP/PP."""
     import ray.data
+
+    from toolformer.annotate.placement import lm_pool_args
 
     size = max(1, res.actors)
     args: dict[str, Any] = dict(
@@ -161,6 +164,12 @@ def _pool_args(res: StageResources, default_batch: int) -> dict[str, Any]:
         args["num_gpus"] = res.num_gpus
     if res.resources:
         args["resources"] = dict(res.resources)
+    if cfg is not None:  # the GPUs (and custom resources) of a parallel engine are the placement group's
+        for key, value in lm_pool_args(cfg, res).items():
+            if value is None:
+                args.pop(key, None)
+            else:
+                args[key] = value
     return args
 
 
@@ -179,8 +188,9 @@ def annotation_dataset(cfg: RunConfig, run_uri: str, shards: list, staging: str,
     ds = ds.repartition(target_num_rows_per_block=texts_per_batch)
     ds = ds.map_batches(StageActor, fn_constructor_args=(cfg, "select", sink_name), **_pool_args(r.select, texts_per_batch))
     for name in (("lm",) if r.fuse_lm else ("sample", "execute", "score")):
+        lm = cfg if name != "execute" else None
         ds = ds.map_batches(StageActor, fn_constructor_args=(cfg, name, sink_name),
-                            **_pool_args(getattr(r, name), rows_per_batch))
+                            **_pool_args(getattr(r, name), rows_per_batch, lm))
     return ds.map_batches(stage_write, batch_size=None, fn_kwargs=dict(run_uri=run_uri, staging=staging), **io)
 
 

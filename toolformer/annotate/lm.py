@@ -20,7 +20,8 @@ def score_floor(cfg: RunConfig, tool: str) -> float:
     ``L(e(c, ε))`` is not scored there, and positions whose ``L(ε)`` is below it are not sampled."""
     if not cfg.annotate.optimizations.skip_call_only:
         return float("-inf")
-    return min(min(REPORT_TAU_F), cfg.tool_params(tool).tau_f)
+    floor = min(REPORT_TAU_F) if cfg.annotate.score_floor is None else cfg.annotate.score_floor
+    return min(floor, cfg.tool_params(tool).tau_f)
 
 
 class LMStage:

@@ -96,9 +96,11 @@ def run_annotate(cfg: RunConfig, engine: Engine | None = None, log: Callable[[st
             f"skipped {corpus_stats['docs_skipped']['total']} records")
         table = to_table(texts, TEXTS)
         write_parquet_atomic(table, out_dir / "texts.parquet")
-        work, seconds = annotate_texts(
-            table, cfg, engine, progress=lambda done, total: log(f"  annotated {done}/{total} texts")
-        )
+        from toolformer.console import Progress
+
+        bar = Progress(table.num_rows, "annotating", "texts")
+        work, seconds = annotate_texts(table, cfg, engine, progress=lambda done, total: bar.update(done - bar.n))
+        bar.close()
         annotations = conform(work, ANNOTATIONS)
         write_parquet_atomic(annotations, out_dir / "annotations.parquet")
         stats = {
@@ -110,6 +112,9 @@ def run_annotate(cfg: RunConfig, engine: Engine | None = None, log: Callable[[st
         tmp = out_dir / ".stats.json.tmp"
         tmp.write_text(json.dumps(stats, indent=2, default=str))
         tmp.replace(out_dir / "stats.json")
+        from toolformer.inspection import write_report
+
+        write_report(str(out_dir), seed=cfg.seed)  # report.md: the kept calls in context
         return stats
     finally:
         if own_engine:

@@ -12,6 +12,7 @@ driver loses only uncommitted shards: a rerun of the same command skips every co
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -61,6 +62,7 @@ class Progress:
     def __init__(self, annotator: "RayAnnotator"):
         self.a = annotator
         self.index = 0
+        self.bar = None
         self.t_start = time.perf_counter()
         self.totals = {"docs": 0, "texts": 0, "text_tokens": 0}
         self._reset()
@@ -72,6 +74,8 @@ class Progress:
         self.failed: list[str] = []
 
     def add(self, stats: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
         self.stats.append({k: v for k, v in stats.items() if k != "latency_ms"})
         for tool, ms in stats.get("latency_ms", {}).items():
             self.latency[tool] += ms
@@ -79,6 +83,11 @@ class Progress:
 
     def fail(self, sid: str) -> None:
         self.failed.append(sid)
+
+    def start_bar(self, shards: int) -> None:
+        from toolformer.console import Progress
+
+        self.bar = Progress(shards, "shards committed", "shards", every_s=60)
 
     def maybe_flush(self, force: bool = False) -> None:
         cfg = self.a.cfg.shards
@@ -117,7 +126,12 @@ class Progress:
         self.a.store.write_json(summary, "progress", f"{summary['progress_id']}.json")
         if self.a.metrics:
             self.a.metrics.states(summary["shards"])
-        self.a.log(json.dumps(summary))
+        from toolformer.console import is_quiet
+
+        if is_quiet():  # the bar shows progress on the terminal; the summaries go to progress/ and the log
+            logging.getLogger("toolformer.progress").info(json.dumps(summary))
+        else:
+            self.a.log(json.dumps(summary))
         self.index += 1
         self._reset()
 
@@ -237,6 +251,7 @@ class RayAnnotator:
         if pending:
             init_ray(self.cfg)
             self.metrics = _Metrics()
+            self.progress.start_bar(len(pending))
             sink_name = f"toolformer-telemetry-{uuid.uuid4().hex[:8]}"
             sink = start_sink(sink_name)
             todo = pending
@@ -256,13 +271,19 @@ class RayAnnotator:
     def summary(self, t_run: float, skipped: int, passes: int) -> dict:
         stats = self.state.stats()
         out = {
-            "output_dir": self.store.uri, "config_hash": config_hash(self.cfg), "shards": self.state.counts(self.manifest),
+            "output_dir": self.store.uri, "config_hash": config_hash(self.cfg), "model": self.cfg.model.name_or_path,
+            "dtype": self.cfg.model.dtype, "call_syntax": self.cfg.annotate.call_syntax,
+            "shards": self.state.counts(self.manifest),
             "skipped_at_start": skipped, "passes": passes, "seconds": round(time.perf_counter() - t_run, 2),
             "docs": sum(s["docs"] for s in stats), "texts": sum(s["texts"] for s in stats),
             "funnel": sum_funnels(s["funnel"] for s in stats),
             "actors": summarize(self.telemetry) if self.telemetry else None,
         }
         self.store.write_json(out, "stats.json")
+        if out["shards"]["done"]:
+            from toolformer.inspection import write_report
+
+            write_report(self.store.uri, seed=self.cfg.seed)  # report.md: the kept calls in context
         return out
 
 

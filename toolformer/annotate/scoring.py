@@ -130,5 +130,5 @@ class ScoreCalls(LMStage):
         new = replace_struct_fields(cands_col, loss_none=loss_none, loss_call_only=loss_only,
                                     loss_call_result=loss_res, gain=gain, kept=kept, error=error)
         ms = 1000 * (time.perf_counter() - t0) / max(1, table.num_rows)
-        lm_ms = [m + ms for m in table.column("lm_ms").to_pylist()]
+        lm_ms = [(m or 0.0) + ms for m in table.column("lm_ms").to_pylist()]
         return set_columns(table, WORK, candidates=new, n_kept=n_kept, lm_ms=lm_ms)

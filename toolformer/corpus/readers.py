@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote, urlparse
 
-from toolformer.corpus.records import Document, SkipLog, _Skip, ccnet_digest, record_to_document
+from toolformer.corpus.records import Document, SkipLog, _Skip, ccnet_digest, field_paths, record_to_document
 
 
 def is_uri(path: str | Path) -> bool:
@@ -161,17 +161,17 @@ def read_documents(
     min_text_chars: int = 1,
     embedded_lang: str = "en-us",
     embedded_date: str = "today",
+    fields: dict | None = None,
 ) -> Iterator[Document]:
-    """Valid documents from the given files (or the embedded corpus when none); skips go to ``skips``."""
+    """Valid documents from the given files (or the embedded corpus when none); skips go to ``skips``.
+    ``fields`` maps document fields to (dotted) record paths where a corpus names them differently."""
     skips = skips if skips is not None else SkipLog()
     paths = list(paths)
+    where_is = field_paths(fields)
     if fmt == "embedded" or not paths:
         sources: Iterable[Iterator[tuple[Any, str]]] = [embedded_ccnet_records(embedded_lang, embedded_date)]
     else:
-        files = expand_paths(paths)
-        sources = (
-            _parquet_rows(f, skips) if _format_of(f, fmt) == "parquet" else json_records(f, skips) for f in files
-        )
+        sources = (_records(p, fmt, skips) for p in paths)
     seen: set[str] = set()
     emitted = 0
     for source in sources:
@@ -179,7 +179,8 @@ def read_documents(
             if limit is not None and emitted >= limit:
                 return
             try:
-                doc = record_to_document(record, where, max_doc_chars=max_doc_chars, min_text_chars=min_text_chars)
+                doc = record_to_document(record, where, max_doc_chars=max_doc_chars, min_text_chars=min_text_chars,
+                                         fields=where_is)
             except _Skip as skip:
                 skips.add(skip.reason, where)
                 continue
@@ -196,4 +197,35 @@ def corpus_documents(c, skips: SkipLog) -> Iterator[Document]:
     return read_documents(
         c.paths, fmt=c.format, skips=skips, limit=c.limit, max_doc_chars=c.max_doc_chars,
         min_text_chars=c.min_text_chars, embedded_lang=c.embedded_lang, embedded_date=c.embedded_date,
+        fields=dict(c.fields or {}),
     )
+
+
+def is_hf_disk(path: str | Path) -> bool:
+    """A Hugging Face ``datasets`` folder written by ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    p = Path(path)
+    return not is_uri(path) and p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def _hf_disk_rows(path: str | Path, skips: SkipLog) -> Iterator[tuple[Any, str]]:
+    """Rows of a ``save_to_disk`` folder (every split of a DatasetDict, in its order), memory-mapped."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - an unreadable folder is a counted skip, not a crash
+        skips.add("unreadable_file", f"{path} ({type(exc).__name__}: {exc})")
+        return
+    splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [("", ds)]
+    for split, part in splits:
+        for i, row in enumerate(part):
+            yield row, f"{path}{'/' + split if split else ''}:{i + 1}"
+
+
+def _records(path: str, fmt: str, skips: SkipLog) -> Iterator[tuple[Any, str]]:
+    """Every record under one configured path: a save_to_disk folder, or its files by format."""
+    if fmt == "hf_disk" or (fmt == "auto" and is_hf_disk(path)):
+        yield from _hf_disk_rows(path, skips)
+        return
+    for f in expand_paths([path]):
+        yield from (_parquet_rows(f, skips) if _format_of(f, fmt) == "parquet" else json_records(f, skips))

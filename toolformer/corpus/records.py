@@ -9,8 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-_TEXT_FIELDS = ("raw_content", "text")
-DATE_FIELDS = ("date_download", "date", "created")
+DATE_FIELDS = ("date_download", "date", "created")  # record fields that hold the document date
 
 
 @dataclass
@@ -67,16 +66,75 @@ class _Skip(Exception):
         self.reason = reason
 
 
+# Where each field of a document is found in a record, first match wins: cc_net, plain JSONL/Parquet with `text`,
+# Dolma (`id`, `created`, `metadata.url`, `metadata.warc_date`), FineWeb / RedPajama (`text, id, url, date`).
+# ``corpus.fields`` overrides any of them with a dotted path (or a list of paths) into nested records.
+DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
+    "text": ("raw_content", "text"),
+    "id": ("digest", "id", "doc_id"),
+    "url": ("url", "metadata.url", "meta.url"),
+    "date": ("date_download", "date", "created", "metadata.warc_date", "metadata.date", "meta.date"),
+    "title": ("title", "metadata.title"),
+}
+
+
+def field_paths(overrides: dict | None = None) -> dict[str, tuple[str, ...]]:
+    paths = dict(DEFAULT_FIELDS)
+    for key, value in (overrides or {}).items():
+        if key not in paths:
+            raise ValueError(f"corpus.fields: unknown field {key!r}; valid: {', '.join(paths)}")
+        paths[key] = (value,) if isinstance(value, str) else tuple(value)
+    return paths
+
+
+def get_path(record: dict, path: str) -> Any:
+    """``record["a"]["b"]`` for ``"a.b"`` (a JSON string on the way is parsed, as Dolma's metadata sometimes is);
+    None where the path does not lead anywhere."""
+    value: Any = record
+    for part in path.split("."):
+        if isinstance(value, str) and value[:1] == "{":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _exists(record: dict, path: str) -> bool:
+    head, _, rest = path.rpartition(".")
+    parent = get_path(record, head) if head else record
+    if isinstance(parent, str) and parent[:1] == "{":
+        try:
+            parent = json.loads(parent)
+        except ValueError:
+            return False
+    return isinstance(parent, dict) and rest in parent
+
+
+def _first(record: dict, paths: tuple[str, ...]) -> tuple[Any, str | None]:
+    for path in paths:
+        value = get_path(record, path)
+        if value not in (None, ""):
+            return value, path
+    return None, None
+
+
 def record_to_document(
-    record: Any, where: str, *, max_doc_chars: int = 1_000_000, min_text_chars: int = 1
+    record: Any, where: str, *, max_doc_chars: int = 1_000_000, min_text_chars: int = 1,
+    fields: dict[str, tuple[str, ...]] | None = None,
 ) -> Document:
-    """Validate one record (cc_net, JSONL-with-text or a Parquet row); raise ``_Skip`` with a reason."""
+    """Validate one record (cc_net, Dolma, FineWeb, JSONL-with-text, a Parquet or Arrow row); raise ``_Skip``
+    with a reason. ``fields`` (from ``field_paths``) says where each field is."""
+    f = fields or DEFAULT_FIELDS
     if not isinstance(record, dict):
         raise _Skip("not_an_object")
-    field_name = next((f for f in _TEXT_FIELDS if f in record), None)
-    if field_name is None:
+    present = [p for p in f["text"] if _exists(record, p)]
+    if not present:
         raise _Skip("missing_text")
-    text = record[field_name]
+    text = get_path(record, present[0])  # the first text field the record has, whatever its value
     if not isinstance(text, str):
         raise _Skip("text_not_a_string")
     try:
@@ -90,20 +148,16 @@ def record_to_document(
         raise _Skip("text_too_long")
     if len(text.strip()) < min_text_chars:
         raise _Skip("text_too_short")
-    doc_id = record.get("digest") or record.get("id") or record.get("doc_id")
+    doc_id, _ = _first(record, f["id"])
     doc_id = str(doc_id) if doc_id not in (None, "") else ccnet_digest(text)
-    url = record.get("url")
-    url = str(url) if url else None
-    date = next((record[f] for f in DATE_FIELDS if record.get(f)), None)
-    title = record.get("title") or None
-    meta = {
-        k: v
-        for k, v in record.items()
-        if k not in _TEXT_FIELDS and k not in ("digest", "id", "doc_id", "url", "title") and k not in DATE_FIELDS
-    }
+    url, _ = _first(record, f["url"])
+    date, _ = _first(record, f["date"])
+    title, _ = _first(record, f["title"])
+    used = {p.split(".")[0] for paths in f.values() for p in paths if "." not in p}
+    meta = {k: v for k, v in record.items() if k not in used}
     return Document(
         doc_id=doc_id,
-        url=url,
+        url=str(url) if url else None,
         date=str(date) if date is not None else None,
         title=str(title) if title else None,
         text=text,

@@ -30,6 +30,9 @@ def build_engine(cfg) -> Engine:
             cpu_kv_cache_gib=e.cpu_kv_cache_gib,
             block_size=e.block_size,
             top_logprobs=e.top_logprobs,
+            tensor_parallel_size=e.tensor_parallel_size,
+            pipeline_parallel_size=e.pipeline_parallel_size,
+            distributed_executor_backend=e.distributed_executor_backend,
         )
     raise ValueError(f"unknown engine backend {e.backend!r} (vllm | hf)")
 

@@ -36,14 +36,22 @@ def _on_gpu() -> bool:
         return False
 
 
-def configure_cpu_env(kv_cache_gib: float) -> None:
+def _cpu_binding(cores: list[int], ranks: int) -> str:
+    """OMP thread binding: every core for one rank; with several (tensor parallel) ranks, the cores split evenly
+    between them, ``|`` between ranks (vLLM-CPU's syntax)."""
+    if ranks <= 1:
+        return f"{cores[0]}-{cores[-1]}" if cores == list(range(cores[0], cores[-1] + 1)) else ",".join(map(str, cores))
+    per = max(1, len(cores) // ranks)
+    return "|".join(",".join(map(str, cores[i * per: (i + 1) * per] or cores[-1:])) for i in range(ranks))
+
+
+def configure_cpu_env(kv_cache_gib: float, ranks: int = 1) -> None:
     """vLLM-CPU settings that must be in the environment before vllm is imported."""
     cores = sorted(os.sched_getaffinity(0))
     defaults = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         # The default binding reserves a core for the frontend: 4x slower on 2 cores.
-        "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}" if cores == list(range(cores[0], cores[-1] + 1))
-        else ",".join(map(str, cores)),
+        "VLLM_CPU_OMP_THREADS_BIND": _cpu_binding(cores, ranks),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(math.ceil(kv_cache_gib)))),
         "VLLM_HOST_IP": "127.0.0.1",
@@ -98,10 +106,13 @@ class VLLMEngine(Engine):
         cpu_kv_cache_gib: float = 2.0,
         block_size: int | None = None,
         top_logprobs: int = 20,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        distributed_executor_backend: str | None = None,
     ):
         self.on_gpu = _on_gpu()
         if not self.on_gpu:
-            configure_cpu_env(cpu_kv_cache_gib)
+            configure_cpu_env(cpu_kv_cache_gib, ranks=tensor_parallel_size * pipeline_parallel_size)
         from vllm import LLM
 
         self.model_path, self.dtype = model_path, dtype
@@ -123,6 +134,10 @@ class VLLMEngine(Engine):
         )
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if tensor_parallel_size * pipeline_parallel_size > 1:
+            kwargs.update(tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size)
+        if distributed_executor_backend:
+            kwargs["distributed_executor_backend"] = distributed_executor_backend
         if block_size:
             kwargs["block_size"] = block_size
         with _hidden_modules(("llvmlite", "numba")):

@@ -17,7 +17,9 @@ def data_dir(cfg: RunConfig) -> Path:
 
 
 def settings(cfg: RunConfig, base_path: str) -> list[Setting]:
-    out = [Setting("base", base_path, "disabled")]
+    # "base" is the paper's model without tools: plain greedy decoding, nothing banned; "disabled" (the start of
+    # a call at probability 0) is for models that learned to call, the paper's "Toolformer (disabled)".
+    out = [Setting("base", base_path, "plain")]
     if cfg.eval.base_prompted:
         out.append(Setting("base + tools (prompted)", base_path, "prompted"))
     if cfg.eval.finetuned:
@@ -47,7 +49,8 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         if e.from_hub and task in HUB:
             examples += load_hub_task(task, limit=e.limit, seed=cfg.seed)
         else:
-            examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed, tools=e.task_tools.get(task))
+            examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed, tools=e.task_tools.get(task),
+                                  templama_path=e.templama_path)
     log(f"{len(examples)} examples from {len(e.tasks)} tasks")
     tools = build_tools(cfg)
     decode = DecodeConfig(max_new_tokens=e.max_new_tokens, top_k=e.top_k, max_calls=e.max_calls, stop=["\n"])

@@ -23,7 +23,7 @@ from toolformer.inference import DecodeConfig, ToolDecoder
 class Setting:
     name: str  # the row of the table
     model: str  # HF folder (the vLLM engine loads it)
-    mode: str  # tools | disabled | prompted
+    mode: str  # plain (no tools) | tools | disabled (calls banned) | prompted (tools + a few-shot tool-use prompt)
 
 
 def format_prompt(e: Example) -> str:
@@ -47,7 +47,8 @@ def evaluate_setting(engine, tools: dict, setting: Setting, examples: Sequence[E
     prefix = tool_use_prompt() if setting.mode == "prompted" else ""
     decoder = ToolDecoder(engine, tools, DecodeConfig(**{**cfg.__dict__, "disabled": setting.mode == "disabled"}))
     t0 = time.perf_counter()
-    outs = decoder([prefix + format_prompt(e) for e in examples], allowed=[e.tools for e in examples],
+    outs = decoder([prefix + format_prompt(e) for e in examples],
+                   allowed=[() if setting.mode == "plain" else e.tools for e in examples],
                    contexts=[{"date": e.meta.get("today"), "allow_today": True} for e in examples])
     seconds = time.perf_counter() - t0
     per_task: dict[str, dict] = defaultdict(lambda: {"n": 0, "correct": 0, "calls": Counter()})
@@ -86,6 +87,9 @@ def results_table(all_results: list[dict]) -> str:
     n = {t: next(r["tasks"][t]["n"] for r in all_results if t in r["tasks"]) for t in tasks}
     lines.append("")
     lines.append("Examples per task: " + ", ".join(f"{t} {n[t]}" for t in tasks) + ". Accuracy in %, lenient scoring (DESIGN §1.6).")
+    if "trex_temporal_templates" in tasks:
+        lines.append("trex_temporal_templates is not TempLAMA (T-REx objects in TempLAMA's templates, no time stamps): "
+                     "not comparable with the paper's TempLAMA figures.")
     return "\n".join(lines)
 
 
@@ -96,7 +100,7 @@ def plot(all_results: list[dict], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     tasks = sorted({t for r in all_results for t in r["tasks"]})
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks) * len(all_results) / 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks) * len(all_results) / 2) + 2.5, 4))
     width = 0.8 / max(1, len(all_results))
     for i, r in enumerate(all_results):
         ys = [(r["tasks"].get(t) or {}).get("accuracy") or 0 for t in tasks]
@@ -104,7 +108,9 @@ def plot(all_results: list[dict], path: str | Path) -> Path:
     ax.set_xticks([x + width * (len(all_results) - 1) / 2 for x in range(len(tasks))])
     ax.set_xticklabels(tasks, rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 100)
+    # outside the axes, to the right: the legend never covers a bar
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

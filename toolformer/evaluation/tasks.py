@@ -191,10 +191,10 @@ def arithmetic(n: int = 200, seed: int = 0) -> list[Example]:
     return out
 
 
-def templama(data: Path) -> list[Example]:
-    """TempLAMA-style cloze items: its relation templates filled with the T-REx facts of the same relations
-    (P39, P108, P127 are shipped). TempLAMA's own time-stamped answers are not available here, so the gold is
-    the T-REx object and the item is asked "as of" nothing: a stand-in for the temporal set, scored like LAMA."""
+def trex_temporal_templates(data: Path) -> list[Example]:
+    """TempLAMA's relation templates filled with the T-REx facts of the same relations (P39, P108, P127 are
+    shipped). NOT TempLAMA: the gold is the T-REx object, with no time stamp, and the item is asked "as of"
+    nothing; a temporal-flavoured cloze set scored like LAMA, never to be compared with the paper's TempLAMA."""
     from toolformer.evaluation.lama import trex_facts
 
     templates = {}
@@ -203,9 +203,33 @@ def templama(data: Path) -> list[Example]:
             t = row["Template"]
             if t.rstrip(".").endswith("<object>") and t.startswith("<subject>"):
                 templates[row["Wikidata ID"]] = t.split("<object>")[0].rstrip()
-    return [Example("templama", f.uid, templates[f.relation].replace("<subject>", f.subject), [f.obj], "temporal",
-                    _without("WikiSearch"), {"relation": f.relation})
+    return [Example("trex_temporal_templates", f.uid, templates[f.relation].replace("<subject>", f.subject), [f.obj],
+                    "temporal", _without("WikiSearch"), {"relation": f.relation})
             for f in trex_facts(data) if f.relation in templates]
+
+
+def templama(path: Path) -> list[Example]:
+    """The real TempLAMA (Dhingra et al. 2022), given by path: JSONL with ``query`` (the subject and a ``_X_``
+    blank), ``date`` (the year the answer holds for), ``answer`` (a list of ``{"name": …}`` or strings) and
+    optional ``id``/``relation``. Each item is asked as of its year ("In 2012, …"), with that year's 1 July as
+    the date the Calendar returns; scored like LAMA (an answer within the first 5 words)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "templama.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"TempLAMA not found at {path}: set eval.templama_path to its JSONL (the shipped "
+                                "data has only its templates; see trex_temporal_templates)")
+    out = []
+    for i, r in enumerate(read_jsonl(path)):
+        query, year = str(r["query"]), str(r["date"])[:4]
+        if "_X_" not in query:
+            raise ValueError(f"{path}:{i + 1}: a TempLAMA query needs the _X_ blank")
+        cloze = query.split("_X_")[0].rstrip()
+        answers = [a["name"] if isinstance(a, dict) else str(a) for a in r.get("answer") or []]
+        out.append(Example("templama", str(r.get("id", i)), f"In {year}, {cloze}", answers,
+                           "temporal", _without("WikiSearch"), {"today": f"{year}-07-01", "year": year,
+                                                                "relation": r.get("relation")}))
+    return out
 
 
 LOADERS: dict[str, Callable[[Path], list[Example]]] = {
@@ -214,7 +238,8 @@ LOADERS: dict[str, Callable[[Path], list[Example]]] = {
     "webquestions": webquestions, "nq": nq, "triviaqa": triviaqa,
     "mlqa": mlqa, "mlqa_de_de": mlqa_de,
     "dateset": lambda data: dateset(),
-    "templama": templama,
+    "trex_temporal_templates": trex_temporal_templates,
+    "templama": lambda data: templama(Path(data) / "templama"),  # or load_task(..., templama_path=...)
     "arithmetic": lambda data: arithmetic(),
 }
 # Tasks that need no files (the demo uses them; it must run without shared/data).
@@ -222,11 +247,11 @@ BUILTIN = ("dateset", "arithmetic")
 
 
 def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0,
-              tools: Sequence[str] | None = None) -> list[Example]:
+              tools: Sequence[str] | None = None, templama_path: str | Path | None = None) -> list[Example]:
     """A task's examples (a seeded sample of ``limit``); ``tools`` replaces the paper's tool subset."""
     if name not in LOADERS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(LOADERS)}")
-    examples = LOADERS[name](Path(data))
+    examples = templama(Path(templama_path)) if name == "templama" and templama_path else LOADERS[name](Path(data))
     if tools is not None:
         for e in examples:
             e.tools = tuple(tools)

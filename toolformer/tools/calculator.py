@@ -26,6 +26,13 @@ _TOKEN = re.compile(
 )
 _OPS = {"×": "*", "x": "*", "X": "*", "÷": "/", "−": "-", "–": "-"}
 
+# What constrained sampling lets the model write: two to four operands (a number, or one level of parentheses)
+# joined by the four operations. A no-op (a number alone) cannot be written, and parentheses always balance.
+_NUM = r"-?[0-9]{1,8}(?:\.[0-9]{1,4})?"
+_OP = r" ?[+\-*/] ?"
+_TERM = rf"(?:{_NUM}|\({_NUM}(?:{_OP}{_NUM}){{0,2}}\))"
+CONSTRAINED_INPUT = rf"{_TERM}(?:{_OP}{_TERM}){{1,3}}"
+
 
 class _Invalid(Exception):
     pass
@@ -53,6 +60,7 @@ def _tokenize(text: str) -> list[str | float]:
 class _Parser:
     def __init__(self, tokens: list[str | float]):
         self.tokens, self.i = tokens, 0
+        self.operations = 0  # binary operations applied: none means the input is not a calculation
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -68,6 +76,7 @@ class _Parser:
             op = self.take()
             rhs = self.term(depth)
             value = value + rhs if op == "+" else value - rhs
+            self.operations += 1
         return value
 
     def term(self, depth: int) -> float:
@@ -75,6 +84,7 @@ class _Parser:
         while self.peek() in ("*", "/"):
             op = self.take()
             rhs = self.factor(depth)
+            self.operations += 1
             if op == "*":
                 value *= rhs
             elif rhs == 0:
@@ -107,15 +117,28 @@ def format_number(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+def is_no_op(expression: str) -> bool:
+    """Whether the input is a valid number with no operation (``2``, ``(2)``, ``-2``): what ``calculate`` refuses."""
+    try:
+        tokens = _tokenize(expression)
+        parser = _Parser(tokens)
+        parser.expr(0)
+    except (_Invalid, RecursionError, OverflowError, ValueError, TypeError):
+        return False
+    return parser.i == len(tokens) and parser.operations == 0 and bool(tokens)
+
+
 def calculate(expression: str) -> str | None:
-    """Evaluate an arithmetic expression; None for anything invalid, unsupported or too large."""
+    """Evaluate an arithmetic expression; None for anything invalid, unsupported or too large, and for a no-op:
+    an input without one of the four operations between two operands (``2``, ``(2)``, ``-2``, ``3.0``) is not a
+    calculation, and a call that merely echoes a number would teach the model to copy, not to compute."""
     if not isinstance(expression, str) or not expression.strip() or len(expression) > MAX_CHARS:
         return None
     try:
         tokens = _tokenize(expression)
         parser = _Parser(tokens)
         value = parser.expr(0)
-        if parser.i != len(tokens):
+        if parser.i != len(tokens) or parser.operations == 0:
             return None
     except (_Invalid, RecursionError, OverflowError, ValueError):
         return None
@@ -128,7 +151,7 @@ def calculate(expression: str) -> str | None:
 class Calculator(Tool):
     name = "Calculator"
     quote_input = False
-    input_regex = r"[0-9.,+\-*/() ]{1,48}"  # numbers, the four operations, parentheses
+    input_regex = CONSTRAINED_INPUT
 
     @classmethod
     def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:

@@ -64,7 +64,7 @@ class _Searching(Tool):
 
     def setup(self) -> None:
         if self.retriever is None:
-            path = self.options.index_dir or str(embedded_index_dir())
+            path = self.options.index_dir or str(embedded_index_dir(dense=self.options.mode != "bm25"))
             self.retriever = Retriever(path, encoder=self.options.encoder).setup()
 
     def hits(self, requests: Sequence[ToolRequest], k: int) -> list[list[Hit]]:
@@ -86,4 +86,6 @@ class WikiSearch(_Searching):
     Options = WikiSearchOptions
 
     def run_batch(self, requests: Sequence[ToolRequest]) -> list[str | None]:
-        return [snippet(h[0], self.options.max_tokens) if h else None for h in self.hits(requests, 1)]
+        hits = self.hits(requests, 1)
+        return [snippet(h[0], self.options.max_tokens) if h and (r.input or "").strip() else None  # empty: nothing
+                for r, h in zip(requests, hits)]
