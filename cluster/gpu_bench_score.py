@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--text-tokens", type=int, default=256)
     p.add_argument("--candidates", type=int, default=6)
     p.add_argument("--max-batch-tokens", type=int, nargs="+", default=[8192, 32768])
+    p.add_argument("--smoke", action="store_true", help="a tiny model on CPU: checks the script, measures nothing")
     args = p.parse_args()
 
     import torch
@@ -40,14 +41,16 @@ def main() -> None:
     from toolformer.engine.hf import HFEngine
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                      num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096)
+    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4) if args.smoke else \
+        dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32)
+    cfg = LlamaConfig(vocab_size=len(tok), num_key_value_heads=4, max_position_embeddings=4096, **size)
+    device = "cpu" if args.smoke else "cuda"
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16).cuda().eval()
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).to(device).eval()
     n_params = sum(q.numel() for q in model.parameters())
     engine = HFEngine.__new__(HFEngine)  # the engine's own code, with this model in place of a checkpoint
     Engine.__init__(engine, tok)
-    engine.model, engine.device, engine.model_path, engine.dtype = model, "cuda", "random-llama-1b", "bfloat16"
+    engine.model, engine.device, engine.model_path, engine.dtype = model, device, "random-llama-1b", "bfloat16"
     engine.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     rng = random.Random(0)
@@ -62,16 +65,17 @@ def main() -> None:
             seqs.append(prefix + x[:need])
             starts.append(len(prefix))
     tokens = sum(map(len, seqs))
-    name = torch.cuda.get_device_name(0)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)"
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     results = []
     for budget in args.max_batch_tokens:
         engine.max_batch_tokens = budget
         engine.sequence_logprobs(seqs[:64], starts[:64])  # warm-up
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         out = engine.sequence_logprobs(seqs, starts)
-        torch.cuda.synchronize()
+        sync()
         seconds = time.perf_counter() - t0
         assert len(out) == len(seqs) and all(len(o) == len(s) - st for o, s, st in zip(out, seqs, starts))
         mean_len = tokens / len(seqs)
@@ -84,7 +88,7 @@ def main() -> None:
         "benchmark": "score_gpu", "device": name, "engine": "transformers (HFEngine.sequence_logprobs), bf16",
         "params": n_params, "vocab": len(tok), "sequences": len(seqs), "tokens": tokens,
         "mean_sequence_tokens": round(tokens / len(seqs), 1), "runs": results,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "note": "padded batches, no KV sharing between sequences with a common prefix (vLLM's prefix cache does that)",
     }, indent=2))
 
