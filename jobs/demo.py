@@ -25,8 +25,9 @@ from toolformer.console import job_console, log_path
 DEMO_CONFIG = str(Path(__file__).parent / "configs" / "demo.yaml")
 
 
-def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int) -> Path:
-    """``n`` embedded summaries as cc_net JSONL: some with a foreign phrase, some with arithmetic, the rest plain."""
+def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int, shuffle: bool = False) -> Path:
+    """``n`` embedded summaries as cc_net JSONL: some with a foreign phrase, some with arithmetic, the rest plain
+    (``shuffle``: in a seeded random order, so that any slice of the file has the same mix)."""
     import json
 
     from toolformer.corpus import embedded_ccnet_records
@@ -45,6 +46,10 @@ def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int) -> Pa
             plain.append(record)
     chosen = foreign + with_math[: n // 2 - len(foreign) // 2]
     chosen += plain[: n - len(chosen)]
+    if shuffle:
+        import random
+
+        random.Random(seed).shuffle(chosen)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
     return path

@@ -59,6 +59,7 @@ class CorpusConfig:
     # date: crawl_date}. cc_net, Dolma, FineWeb and RedPajama are recognised without it.
     fields: dict[str, Any] = field(default_factory=dict)
     limit: Optional[int] = None  # documents read, after skips
+    offset: int = 0  # valid documents passed over first (a slice of a corpus: bootstrap rounds on fresh text)
     max_text_tokens: int = 256  # chunk budget per annotated text
     max_doc_chars: int = 1_000_000  # longer documents are skipped (counted), not chunked forever
     min_text_chars: int = 20
@@ -183,7 +184,8 @@ class RayConfig:
 class TrainConfig:
     """Finetuning on C* (DESIGN §1.5): the paper's recipe by default."""
 
-    data_dir: Optional[str] = None  # the merged annotation run (cstar.parquet); None: output_dir
+    data_dir: Optional[str] = None  # the merged annotation run (its cstar/); None: output_dir
+    extra_data: list[str] = field(default_factory=list)  # C* of other runs trained on too (bootstrap's accumulate)
     out_dir: Optional[str] = None  # checkpoints and Ray Train storage; None: <output_dir>/finetune
     baseline: bool = False  # the paper's "GPT-J + CC": the same texts without their calls
     mask_results: bool = False  # the paper trains on the results too
@@ -225,6 +227,18 @@ class EvalConfig:
 
 
 @dataclass
+class BootstrapConfig:
+    """Rounds of annotate → merge → finetune, each round annotating with the previous round's checkpoint."""
+
+    rounds: int = 2
+    slices: str = "fresh"  # fresh: round r annotates the r-th slice of corpus.limit documents | same: the same ones
+    accumulate: bool = True  # C* of round r also holds the kept calls of rounds 1..r-1
+    checkpoint: str = "last"  # which exported checkpoint annotates the next round: last | best
+    eval_tasks: list[str] = field(default_factory=lambda: ["arithmetic", "dateset"])
+    eval_limit: Optional[int] = 40
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/${name}"
@@ -238,6 +252,7 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
     def tool_params(self, tool: str) -> ToolParams:
         """Defaults with the tool's overrides on top (tool names match case-insensitively)."""
@@ -269,7 +284,7 @@ def config_hash(cfg: RunConfig) -> str:
     """Hash of the settings that change outputs (the run name and output place do not)."""
     data = to_dict(cfg)
     # Where and how it runs does not change what it computes.
-    for key in ("name", "output_dir", "ray", "train", "eval"):
+    for key in ("name", "output_dir", "ray", "train", "eval", "bootstrap"):
         data.pop(key, None)
     data.get("annotate", {}).pop("runner", None)
     for key in ("max_failures", "progress_every_shards", "progress_every_s"):

@@ -6,7 +6,9 @@ point creates the file and dies as a killed process would (no cleanup, no except
 
 - ``TOOLFORMER_FAULT_KILL_STAGE=<stage>``: an annotate stage actor (select, sample, execute, score) dies on
   its first batch;
-- ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>``: finetuning rank 0 dies one step after the checkpoint of that step.
+- ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>``: finetuning rank 0 dies one step after the checkpoint of that step;
+- ``TOOLFORMER_FAULT_BOOTSTRAP_STOP=<round>/<step>`` (e.g. ``r2/merge``): the bootstrap job dies right after
+  that step of that round is marked done.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ def fire_once(flag: str | None, message: str) -> bool:
     return True
 
 
-def fault_point(point: str, *, stage: str | None = None, step: int | None = None, rank: int | None = None) -> None:
+def fault_point(point: str, *, stage: str | None = None, step: int | str | None = None, rank: int | None = None) -> None:
     """Die here once if a test asked for it (see the module docstring); a no-op otherwise."""
     env = os.environ
-    if point == "stage" and env.get("TOOLFORMER_FAULT_KILL_STAGE") == stage:
+    if point == "bootstrap_step" and env.get("TOOLFORMER_FAULT_BOOTSTRAP_STOP") == step:
+        hit, code = fire_once(env.get("TOOLFORMER_FAULT_ONCE_FILE"), f"stopped after {step}"), 1
+    elif point == "stage" and env.get("TOOLFORMER_FAULT_KILL_STAGE") == stage:
         hit = fire_once(env.get("TOOLFORMER_FAULT_ONCE_FILE"), f"killed in stage {stage}")
         code = 137
     elif point == "train_step" and env.get("TOOLFORMER_FAULT_TRAIN_CRASH_AT") and rank == 0 and step is not None:

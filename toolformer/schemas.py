@@ -67,6 +67,7 @@ ANNOTATIONS = pa.schema(
         ("heuristic", pa.string()),  # which rule let it in, or why not
         ("n_tokens", pa.int32()),
         ("positions", pa.list_(pa.int32())),  # where calls were sampled, best p_start first
+        ("position_probs", pa.list_(pa.float64())),  # p_start at each of those positions
         ("n_positions", pa.int32()),
         ("n_pruned", pa.int32()),  # selected positions not sampled: L_i(ε) below the scoring floor, no call can count
         ("n_samples", pa.int32()),

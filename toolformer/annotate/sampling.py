@@ -65,7 +65,8 @@ class SampleCalls(LMStage):
         tools = table.column("tool").to_pylist()
         n = len(texts)
         out = {k: [0] * n for k in _OUT}
-        out.update(status=[None] * n, positions=[[] for _ in range(n)], candidates=[[] for _ in range(n)],
+        out.update(status=[None] * n, positions=[[] for _ in range(n)], position_probs=[[] for _ in range(n)],
+                   candidates=[[] for _ in range(n)],
                    x_ids=[None] * n, x_offsets=[None] * n, x_logprobs=[[] for _ in range(n)])
         encoded = {}
         for r, text in enumerate(texts):
@@ -109,6 +110,7 @@ class SampleCalls(LMStage):
         requests, owners = [], []
         for r, seq, start, picks in zip(live, seqs, starts, chosen):
             out["positions"][r] = [pos for pos, _ in picks]
+            out["position_probs"][r] = [float(p) for _, p in picks]
             out["n_positions"][r] = len(picks)
             lp = eps.get(text_ids[r])
             for pos, p in picks:

@@ -59,6 +59,7 @@ class SelectTexts:
             "tool": pa.array(np.tile(np.array(tools, dtype=object), n), pa.string()), "status": status,
             "heuristic": heuristic, **{c: zeros for c in _COUNTERS},
             "positions": empty_lists(m, WORK.field("positions").type),
+            "position_probs": empty_lists(m, WORK.field("position_probs").type),
             "candidates": empty_lists(m, WORK.field("candidates").type),
             "text": texts.column("text").take(rep), "context": context,
             "x_ids": empty_lists(m, WORK.field("x_ids").type), "x_offsets": empty_lists(m, WORK.field("x_offsets").type),

@@ -157,6 +157,7 @@ def read_documents(
     fmt: str = "auto",
     skips: SkipLog | None = None,
     limit: int | None = None,
+    offset: int = 0,
     max_doc_chars: int = 1_000_000,
     min_text_chars: int = 1,
     embedded_lang: str = "en-us",
@@ -176,7 +177,7 @@ def read_documents(
     emitted = 0
     for source in sources:
         for record, where in source:
-            if limit is not None and emitted >= limit:
+            if limit is not None and emitted >= offset + limit:
                 return
             try:
                 doc = record_to_document(record, where, max_doc_chars=max_doc_chars, min_text_chars=min_text_chars,
@@ -189,13 +190,14 @@ def read_documents(
                 continue
             seen.add(doc.doc_id)
             emitted += 1
-            yield doc
+            if emitted > offset:  # the first `offset` valid documents belong to an earlier slice
+                yield doc
 
 
 def corpus_documents(c, skips: SkipLog) -> Iterator[Document]:
     """The documents a ``CorpusConfig`` names, bad records counted in ``skips``."""
     return read_documents(
-        c.paths, fmt=c.format, skips=skips, limit=c.limit, max_doc_chars=c.max_doc_chars,
+        c.paths, fmt=c.format, skips=skips, limit=c.limit, offset=c.offset, max_doc_chars=c.max_doc_chars,
         min_text_chars=c.min_text_chars, embedded_lang=c.embedded_lang, embedded_date=c.embedded_date,
         fields=dict(c.fields or {}),
     )

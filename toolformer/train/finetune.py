@@ -29,7 +29,7 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
 
     t = cfg.train
     data_dir = t.data_dir or cfg.output_dir
-    files = cstar_files(data_dir)
+    files = cstar_files(data_dir) + [f for extra in t.extra_data for f in cstar_files(extra)]
     is_run = AnnotationRun(data_dir).store.exists("merge.json")
     cstar = ray.data.read_parquet(files, columns=["text_id", "shard_id", "text", "calls"])
 

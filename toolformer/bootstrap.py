@@ -1,0 +1,232 @@
+"""Iterative bootstrapping, beyond the paper (which names it as future work): rounds of annotate → merge →
+finetune, each round annotating (and finetuning from) the previous round's finetuned checkpoint, so that a model
+that learned to put probability on ``[`` where a call helps finds more and better positions the next time.
+
+    <run>/rounds/r1/  a normal run (annotations, cstar/, finetune/, eval/), config.round.yaml, steps/*.json
+    <run>/rounds/r2/  ... annotated by r1's checkpoint
+    <run>/rounds.md, rounds.json, rounds.png   the round report
+
+Each round's steps (annotate, merge, finetune, evaluate) write a marker when done, so a rerun of the same
+command skips finished rounds and finished steps and continues where it stopped (the Ray annotate runner also
+resumes inside the annotate step, shard by shard). Scoring in every round uses that round's model for ``L(ε)``,
+``L(e(c, ε))`` and ``L(e(c, r))``, as the method defines.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+from omegaconf import OmegaConf
+
+from toolformer.config import RunConfig, to_dict
+from toolformer.faults import fault_point
+from toolformer.report import yields
+
+PAPER_TAU_S = 0.05
+
+
+def round_dir(cfg: RunConfig, r: int) -> Path:
+    return Path(cfg.output_dir) / "rounds" / f"r{r}"
+
+
+def round_config(cfg: RunConfig, r: int, model: str) -> RunConfig:
+    """Round r's settings: its folder, its model (the base model in round 1), its slice of the corpus."""
+    rc = copy.deepcopy(cfg)
+    b = cfg.bootstrap
+    out = round_dir(cfg, r)
+    rc.name, rc.output_dir = f"{cfg.name}-r{r}", str(out)
+    rc.model.name_or_path = model
+    if b.slices == "fresh":
+        rc.corpus.offset = cfg.corpus.offset + (r - 1) * (cfg.corpus.limit or 0)
+    elif b.slices != "same":
+        raise ValueError(f"bootstrap.slices must be fresh or same, got {b.slices!r}")
+    rc.train.data_dir, rc.train.out_dir = str(out), str(out / "finetune")
+    rc.train.extra_data = [str(round_dir(cfg, k)) for k in range(1, r)] if b.accumulate else []
+    rc.eval.tasks, rc.eval.limit, rc.eval.out_dir = list(b.eval_tasks), b.eval_limit, str(out / "eval")
+    rc.eval.base_prompted = False
+    return rc
+
+
+class Round:
+    """One round's steps, each skipped when its marker says it is done."""
+
+    def __init__(self, cfg: RunConfig, log: Callable[[str], None]):
+        self.cfg, self.log = cfg, log
+        self.dir = Path(cfg.output_dir)
+        (self.dir / "steps").mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.round.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+
+    def done(self, step: str) -> dict | None:
+        path = self.dir / "steps" / f"{step}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def mark(self, step: str, info: dict) -> dict:
+        tmp = self.dir / "steps" / f".{step}.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+        tmp.replace(self.dir / "steps" / f"{step}.json")
+        return info
+
+    def step(self, name: str, fn: Callable[[], dict]) -> dict:
+        info = self.done(name)
+        if info is not None:
+            self.log(f"  {self.dir.name}/{name}: done earlier, skipped")
+            return info
+        self.log(f"  {self.dir.name}/{name} ...")
+        info = self.mark(name, fn())
+        fault_point("bootstrap_step", step=f"{self.dir.name}/{name}")
+        return info
+
+    def annotate(self) -> dict:
+        cfg = self.cfg
+        if cfg.annotate.runner == "local":
+            from toolformer.annotate.pipeline import run_annotate
+
+            stats = run_annotate(cfg, log=lambda m: None)
+        else:
+            from toolformer.annotate.ray_job import run_ray_annotate
+            from toolformer.prepare import prepare
+
+            prepare(cfg, log=lambda m: None)
+            stats = run_ray_annotate(cfg, log=lambda m: None)
+        return {"funnel": stats["funnel"]}
+
+    def merge(self) -> dict:
+        from toolformer.cstar import run_merge
+
+        return run_merge(self.cfg.output_dir, self.cfg.merge.max_per_tool, self.cfg)
+
+    def finetune(self) -> dict:
+        from toolformer.train.finetune import run_finetune
+
+        return run_finetune(self.cfg, log=lambda m: None)
+
+    def evaluate(self, checkpoint: str) -> dict:
+        # A process of its own: vLLM's kernel registry trips over modules Ray Train leaves imported in this one.
+        cmd = [sys.executable, "-m", "jobs.evaluate", "--config", str(self.dir / "config.round.yaml"),
+               f"eval.finetuned={checkpoint}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"evaluation of {self.dir.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        return {"results": json.loads((Path(self.cfg.eval.out_dir) / "results.json").read_text())}
+
+
+def run_bootstrap(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
+    """Every round, in order; returns the round report (also written as rounds.md / .json / .png)."""
+    from toolformer.models import resolve_model
+
+    model = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
+    for r in range(1, cfg.bootstrap.rounds + 1):
+        rc = round_config(cfg, r, model)
+        rnd = Round(rc, log)
+        log(f"round {r}: annotating with {model}")
+        rnd.step("annotate", rnd.annotate)
+        merged = rnd.step("merge", rnd.merge)
+        if not merged["texts"] and not rc.train.extra_data:
+            log(f"round {r}: no call survived filtering; the rounds stop here")
+            break
+        ft = rnd.step("finetune", rnd.finetune)
+        checkpoint = ft["checkpoints"][cfg.bootstrap.checkpoint]
+        rnd.step("evaluate", lambda: rnd.evaluate(checkpoint))
+        model = checkpoint
+    return write_round_report(cfg)
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval of a proportion, in %."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(100 * max(0.0, centre - half), 1), round(100 * min(1.0, centre + half), 1))
+
+
+def round_summary(rdir: Path) -> dict:
+    """Per tool: selected positions and p([) there, sampled / parsed / kept calls, kept per 1k sampled tokens,
+    mean gain; then the evaluation of the round's finetuned model (disabled and with tools, with intervals)."""
+    out: dict = {"round": rdir.name, "tools": {}, "eval": {}}
+    ann = sorted(rdir.glob("annotations/*.parquet")) or [rdir / "annotations.parquet"]
+    if not ann[0].exists():
+        return out
+    rows = [r for path in ann for r in pq.read_table(path, columns=["tool", "position_probs", "candidates", "n_samples",
+                                                                    "n_parsed", "n_kept", "n_sampled_tokens"]).to_pylist()]
+    steps = rdir / "steps"
+    funnel = json.loads((steps / "annotate.json").read_text())["funnel"] if (steps / "annotate.json").exists() else {}
+    y = yields(funnel)
+    for tool in sorted({r["tool"] for r in rows}):
+        mine = [r for r in rows if r["tool"] == tool]
+        probs = np.array([p for r in mine for p in (r["position_probs"] or [])])
+        gains = [c["gain"] for r in mine for c in r["candidates"] if c["kept"]]
+        out["tools"][tool] = {
+            "positions": int(len(probs)), "positions_above_tau_s": int((probs > PAPER_TAU_S).sum()),
+            "p_start_median": round(float(np.median(probs)), 4) if len(probs) else None,
+            "p_start_p90": round(float(np.percentile(probs, 90)), 4) if len(probs) else None,
+            "sampled": sum(r["n_samples"] for r in mine), "parsed": sum(r["n_parsed"] for r in mine),
+            "kept": sum(r["n_kept"] for r in mine),
+            "kept_per_1k_sampled_tokens": (y.get(tool) or {}).get("kept_per_1k_sampled_tokens"),
+            "mean_kept_gain": round(sum(gains) / len(gains), 3) if gains else None,
+        }
+    results = rdir / "eval" / "results.json"
+    if results.exists():
+        for setting in json.loads(results.read_text()):
+            for task, v in setting["tasks"].items():
+                k = round(v["accuracy"] * v["n"] / 100) if v["accuracy"] is not None else 0
+                out["eval"].setdefault(task, {})[setting["setting"]["name"]] = {
+                    "accuracy": v["accuracy"], "ci95": _wilson(k, v["n"]), "n": v["n"],
+                    "call_share": round(sum(v["call_share"].values()), 1)}
+    return out
+
+
+def write_round_report(cfg: RunConfig) -> dict:
+    root = Path(cfg.output_dir)
+    rounds = [round_summary(d) for d in sorted((root / "rounds").glob("r*"), key=lambda p: int(p.name[1:]))]
+    lines = ["# Bootstrapping rounds", "", "| round | tool | positions (p > 0.05) | p([) median / p90 | sampled | "
+             "parsed | kept | kept / 1k sampled tokens | mean gain |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        for tool, t in r["tools"].items():
+            lines.append(f"| {r['round']} | {tool} | {t['positions']} ({t['positions_above_tau_s']}) | "
+                         f"{t['p_start_median']} / {t['p_start_p90']} | {t['sampled']} | {t['parsed']} | {t['kept']} | "
+                         f"{t['kept_per_1k_sampled_tokens']} | {t['mean_kept_gain']} |")
+    lines += ["", "| round | task | setting | accuracy % (95 % CI) | examples with a call % |", "|---|---|---|---|---|"]
+    for r in rounds:
+        for task, settings in r["eval"].items():
+            for name, v in settings.items():
+                lines.append(f"| {r['round']} | {task} | {name} | {v['accuracy']} ({v['ci95'][0]}–{v['ci95'][1]}) | "
+                             f"{v['call_share']} |")
+    text = "\n".join(lines) + "\n"
+    (root / "rounds.md").write_text(text)
+    (root / "rounds.json").write_text(json.dumps(rounds, indent=2))
+    _plot(rounds, root / "rounds.png")
+    return {"rounds": rounds, "table": text}
+
+
+def _plot(rounds: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = [r["round"] for r in rounds]
+    for tool in sorted({t for r in rounds for t in r["tools"]}):
+        a.plot(names, [(r["tools"].get(tool) or {}).get("kept_per_1k_sampled_tokens") or 0 for r in rounds],
+               marker="o", label=tool)
+    a.set_title("kept calls per 1,000 sampled tokens")
+    a.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    for task in sorted({t for r in rounds for t in r["eval"]}):
+        for setting in ("finetuned (disabled)", "finetuned + tools"):
+            ys = [((r["eval"].get(task) or {}).get(setting) or {}).get("accuracy") for r in rounds]
+            b.plot(names, [y if y is not None else np.nan for y in ys], marker="o", label=f"{task}: {setting}")
+    b.set_title("accuracy (%)")
+    b.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
