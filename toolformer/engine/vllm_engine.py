@@ -117,6 +117,7 @@ class VLLMEngine(Engine):
 
         self.model_path, self.dtype = model_path, dtype
         self.top_logprobs = top_logprobs
+        self.max_batched_tokens = max(max_num_batched_tokens, max_model_len)
         self.enable_prefix_caching = enable_prefix_caching
         kwargs = dict(
             model=model_path,
@@ -247,7 +248,17 @@ class VLLMEngine(Engine):
             )
             for seed in seeds
         ]
-        outputs = self._generate(prompts, params)
+        # Seeded requests must never have a prompt split across engine steps (the CPU build's generator then
+        # fails: "CPU Generator does not use offset"): submit groups whose prompts fit one step's token budget.
+        outputs, group, used = [], [], 0
+        for b, prompt in enumerate(prompts):
+            if group and used + len(prompt) > self.max_batched_tokens:
+                outputs += self._generate([prompts[i] for i in group], [params[i] for i in group])
+                group, used = [], 0
+            group.append(b)
+            used += len(prompt)
+        if group:
+            outputs += self._generate([prompts[i] for i in group], [params[i] for i in group])
         return [
             [Sample(c.text, c.finish_reason == "stop" and c.stop_reason == stop, len(c.token_ids)) for c in o.outputs]
             for o in outputs
