@@ -45,3 +45,24 @@ def test_pools_size_in_actors_not_gpus():
     args = _pool_args(cfg.ray.sample, 64, cfg)
     assert args["compute"].min_size == 2 and "num_gpus" not in args  # 2 actors x 4 bundles = 8 GPUs
     assert callable(args["ray_remote_args_fn"])
+
+
+def test_the_cluster_presets_are_valid():
+    """Each commented preset of jobs/configs/cluster.yaml, uncommented over the file, passes the checks."""
+    import re
+    from pathlib import Path
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    text = (Path(__file__).resolve().parents[1] / "jobs" / "configs" / "cluster.yaml").read_text()
+    presets = re.split(r"\n# \(\w\) ", text.split("# ---- Presets")[1])[1:]
+    assert len(presets) == 3
+    base = OmegaConf.load(str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "cluster.yaml"))
+    for block in presets:
+        body = "\n".join(line[2:] for line in block.splitlines()[1:] if re.match(r"# (\w+|  \w+):( |$)", line))
+        cfg = load_config(None, [])
+        merged = OmegaConf.merge(OmegaConf.structured(type(cfg)), base, OmegaConf.create(yaml.safe_load(body)))
+        cfg = OmegaConf.to_object(merged)
+        check_parallelism(cfg)
+        assert cfg.ray.sample.actors >= 1 and cfg.model.dtype == "bfloat16"
