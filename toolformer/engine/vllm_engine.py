@@ -249,14 +249,15 @@ class VLLMEngine(Engine):
             for seed in seeds
         ]
         # Seeded requests must never have a prompt split across engine steps (the CPU build's generator then
-        # fails: "CPU Generator does not use offset"): submit groups whose prompts fit one step's token budget.
+        # fails: "CPU Generator does not use offset"): submit groups whose prompts fit one step's token budget,
+        # counting each prompt n times (vLLM prefills every one of a request's n samples).
         outputs, group, used = [], [], 0
         for b, prompt in enumerate(prompts):
-            if group and used + len(prompt) > self.max_batched_tokens:
+            if group and used + n * len(prompt) > self.max_batched_tokens:
                 outputs += self._generate([prompts[i] for i in group], [params[i] for i in group])
                 group, used = [], 0
             group.append(b)
-            used += len(prompt)
+            used += n * len(prompt)
         if group:
             outputs += self._generate([prompts[i] for i in group], [params[i] for i in group])
         return [
