@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from toolformer.config import RunConfig, load_config
 
@@ -58,3 +58,19 @@ def parse(description: str, argv: Sequence[str] | None = None, default_config: s
         parser.error(f"{key}: {lines[0]}" if key else lines[0])
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     return cfg, args
+
+
+def run_job(description: str, argv: Sequence[str] | None, default_config: str | None, job: str,
+            fn: Callable[[RunConfig], Any]) -> Any:
+    """What every config-driven job does: offline by default, parse the config, route framework output to
+    ``<output_dir>/logs/<job>.log`` (unless ``--verbose``), run ``fn(cfg)``."""
+    from pathlib import Path
+
+    from toolformer.console import job_console
+
+    offline_by_default()
+    cfg, args = parse(description, argv, default_config)
+    if "://" not in cfg.output_dir:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    with job_console(cfg.output_dir, job, args.verbose):
+        return fn(cfg)

@@ -13,18 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from jobs.cli import offline_by_default, parse
+from jobs.cli import run_job
 from toolformer.config import RunConfig
-from toolformer.console import job_console
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 
 
 def main(argv: Sequence[str] | None = None):
-    offline_by_default()
-    cfg, args = parse(__doc__, argv, DEFAULT_CONFIG)
-    with job_console(cfg.output_dir, "prepare", args.verbose):
-        return _run(cfg)
+    return run_job(__doc__, argv, DEFAULT_CONFIG, "prepare", _run)
 
 
 def _run(cfg: RunConfig):

@@ -23,6 +23,7 @@ from merge_reference import reference_cstar, sharded_cstar
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ["Calculator", "Calendar"]
+FUSED = ["ray.fuse_lm=true", "ray.lm.num_cpus=0.5"]  # one LM pool: one engine to start instead of two
 
 
 def _free_port() -> int:
@@ -213,8 +214,10 @@ def test_status_job_reports_the_run(reference_run):
 def test_fault_actor_killed_mid_shard_is_retried(ray_head, prepared, config_file, reference_run, tmp_path):
     run = _copy(prepared, tmp_path / "run")
     flag = tmp_path / "killed.txt"
-    env = {**_ray_env(), "TOOLFORMER_FAULT_KILL_STAGE": "sample", "TOOLFORMER_FAULT_ONCE_FILE": str(flag)}
-    _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}"], config_file, env=env)
+    # The fused LM layout (one engine per actor: sample, tools, score), so its output is checked against the
+    # split layout's too; the actor is killed on its first batch.
+    env = {**_ray_env(), "TOOLFORMER_FAULT_KILL_STAGE": "lm", "TOOLFORMER_FAULT_ONCE_FILE": str(flag)}
+    _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED], config_file, env=env)
     assert flag.exists(), "the sampling actor was never killed"
     _accounted(run)
     _assert_same(_annotations(run), _annotations(reference_run))
@@ -223,7 +226,7 @@ def test_fault_actor_killed_mid_shard_is_retried(ray_head, prepared, config_file
 def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepared, config_file, reference_run, tmp_path):
     run = _copy(prepared, tmp_path / "run")
     args = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}",
-            f"ray.address={ray_head['address']}"]
+            f"ray.address={ray_head['address']}", *FUSED]
     driver = subprocess.Popen(args, cwd=REPO, env=_ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     markers = run / "markers" / "annotate"
@@ -234,7 +237,7 @@ def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepar
     driver.wait()
     first = {p.name: p.read_text() for p in markers.glob("*.json")}
     assert 1 <= len(first) < 3, f"the driver was to be killed mid-run, found {len(first)} markers"
-    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}"], config_file)
+    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED], config_file)
     assert f"{len(first)} already done or quarantined, {3 - len(first)} pending" in proc.stdout
     assert {p.name: p.read_text() for p in markers.glob("*.json") if p.name in first} == first  # not redone
     assert not (run / "_staging").exists() or not any((run / "_staging").iterdir())
@@ -247,7 +250,7 @@ def test_quarantine_corrupt_shard_while_others_finish(ray_head, prepared, config
     bad = run / "shards" / "shard-00001.parquet"
     bad.write_bytes(b"PAR1 this is not a parquet file" * 10)
     # Checksums off: the shard reaches Ray's reader and fails there, the way a shard that crashes a stage does.
-    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}",
+    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED,
                  "shards.verify_checksums=false", "shards.max_failures=2"], config_file)
     assert "pass 2: retrying 1 failed shards" in proc.stdout
     q = json.loads((run / "quarantine" / "annotate" / "shard-00001.json").read_text())
