@@ -19,6 +19,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -80,7 +81,8 @@ class Round:
             self.log(f"  {self.dir.name}/{name}: done earlier, skipped")
             return info
         self.log(f"  {self.dir.name}/{name} ...")
-        info = self.mark(name, fn())
+        start = time.perf_counter()
+        info = self.mark(name, {**fn(), "seconds": round(time.perf_counter() - start, 1)})
         fault_point("bootstrap_step", step=f"{self.dir.name}/{name}")
         return info
 
