@@ -27,7 +27,7 @@ def test_two_rounds_resume_after_a_stop(tmp_path, shared_data):
            "annotate.per_tool.Calculator.top_k=3", "annotate.per_tool.Calculator.num_samples=2",
            "annotate.per_tool.Calendar.top_k=3", "annotate.per_tool.Calendar.num_samples=2",
            "train.max_steps=1", "train.eval_every=1", "train.seq_len=128", "train.effective_batch=2", "train.dev_size=2",
-           "train.num_workers=1", "eval.base_prompted=false",
+           "train.num_workers=1",
            "bootstrap.eval_tasks=[arithmetic]", "bootstrap.eval_limit=3", "eval.max_new_tokens=8"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert first.returncode != 0 and flag.exists(), f"the job was to stop after r2/annotate:\n{first.stdout[-2000:]}"

@@ -15,7 +15,7 @@ from toolformer.tools import tool_class
 
 @pytest.fixture(scope="module")
 def small(shared_data):
-    return [f"corpus.paths=[{shared_data / 'webtext' / 'c4_sample_1000.jsonl.gz'}]", "corpus.limit=3",
+    return [f"corpus.paths=[{shared_data / 'webtext' / 'c4_sample_1000.jsonl.gz'}]", "corpus.limit=2",
             "corpus.max_text_tokens=96", "engine.top_logprobs=20", "annotate.tools=[Calculator,Calendar]",
             "annotate.per_tool.Calculator.top_k=6", "annotate.per_tool.Calculator.num_samples=2",
             "annotate.per_tool.Calendar.tau_s=0.0", "annotate.per_tool.Calendar.top_k=4",

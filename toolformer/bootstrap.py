@@ -52,7 +52,8 @@ def round_config(cfg: RunConfig, r: int, model: str) -> RunConfig:
     rc.train.data_dir, rc.train.out_dir = str(out), str(out / "finetune")
     rc.train.extra_data = [str(round_dir(cfg, k)) for k in range(1, r)] if b.accumulate else []
     rc.eval.tasks, rc.eval.limit, rc.eval.out_dir = list(b.eval_tasks), b.eval_limit, str(out / "eval")
-    rc.eval.base_prompted = False
+    # the round's report is about its finetuned model; its base (the previous round's model) was evaluated there
+    rc.eval.base = rc.eval.base_prompted = False
     return rc
 
 

@@ -216,6 +216,7 @@ class EvalConfig:
     data_dir: Optional[str] = None  # the evaluation files; None: $TOOLFORMER_SHARED_DATA or ../shared/data
     from_hub: bool = False  # nq, webquestions, triviaqa, mlqa_<lang> from the Hugging Face hub (needs network)
     finetuned: Optional[str] = None  # HF folder of a finetuned model: adds "finetuned (disabled)" and "+ tools"
+    base: bool = True  # the base model, plain greedy (the paper's model without tools)
     base_prompted: bool = True  # the base model with tools via a few-shot tool-use prompt only
     tools: list[str] = field(default_factory=lambda: ["Calculator", "Calendar", "WikiSearch", "QA", "MT"])
     # Per task, the tools it may call, replacing the paper's subsets (e.g. {lama_trex: [WikiSearch]}).

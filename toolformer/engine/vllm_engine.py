@@ -58,6 +58,10 @@ def configure_cpu_env(kv_cache_gib: float, ranks: int = 1) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # A binding inherited from another engine of this process tree (or a parent's default) names one rank; vLLM
+    # refuses it for TP/PP ("doesn't match local world size"): keep a given binding only when its ranks match.
+    if os.environ["VLLM_CPU_OMP_THREADS_BIND"].count("|") + 1 != ranks:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = defaults["VLLM_CPU_OMP_THREADS_BIND"]
 
 
 @contextlib.contextmanager

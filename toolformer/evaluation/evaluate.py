@@ -19,12 +19,14 @@ def data_dir(cfg: RunConfig) -> Path:
 def settings(cfg: RunConfig, base_path: str) -> list[Setting]:
     # "base" is the paper's model without tools: plain greedy decoding, nothing banned; "disabled" (the start of
     # a call at probability 0) is for models that learned to call, the paper's "Toolformer (disabled)".
-    out = [Setting("base", base_path, "plain")]
+    out = [Setting("base", base_path, "plain")] if cfg.eval.base else []
     if cfg.eval.base_prompted:
         out.append(Setting("base + tools (prompted)", base_path, "prompted"))
     if cfg.eval.finetuned:
         out += [Setting("finetuned (disabled)", cfg.eval.finetuned, "disabled"),
                 Setting("finetuned + tools", cfg.eval.finetuned, "tools")]
+    if not out:
+        raise ValueError("nothing to evaluate: eval.base and eval.base_prompted are false and eval.finetuned is unset")
     return out
 
 
