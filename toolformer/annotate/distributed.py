@@ -183,9 +183,10 @@ def annotation_dataset(cfg: RunConfig, run_uri: str, shards: list, staging: str,
     rows_per_batch = texts_per_batch * max(1, len(cfg.annotate.tools))
     refs = [{"shard_id": s.shard_id, "path": s.path, "sha256": s.sha256} for s in shards]
     ds = ray.data.from_items(refs, override_num_blocks=max(1, len(refs)))
+    # A shard is one block: an actor takes it whole and works through it in batches of `batch_size`. No
+    # `repartition` into smaller blocks: its tasks each ask a whole CPU, which LM actors holding the rest of a
+    # small node never leave (the run stalled), and shards are sized as the unit of work anyway.
     ds = ds.map_batches(read_shards, batch_size=1, fn_kwargs=dict(run_uri=run_uri, verify=cfg.shards.verify_checksums), **io)
-    # A shard arrives as one block; cut it into a batch of texts per block so every pool works at once.
-    ds = ds.repartition(target_num_rows_per_block=texts_per_batch)
     ds = ds.map_batches(StageActor, fn_constructor_args=(cfg, "select", sink_name), **_pool_args(r.select, texts_per_batch))
     for name in (("lm",) if r.fuse_lm else ("sample", "execute", "score")):
         lm = cfg if name != "execute" else None
