@@ -174,6 +174,7 @@ def test_ray_job_submit_annotates_every_shard(reference_run):
     stats = json.loads((reference_run / "stats.json").read_text())
     assert stats["shards"]["done"] == 3 and stats["docs"] == manifest_docs(reference_run)
     assert stats["passes"] == 1
+    assert (reference_run / "report.md").read_text().startswith("# Kept calls")  # the Ray run's inspection report
     progress = [json.loads(p.read_text()) for p in (reference_run / "progress").glob("*.json")]
     assert sorted(s for p in progress for s in p["committed"]) == [f"shard-0000{i}" for i in range(3)]
     assert all("tools" in p and p["shards"]["total"] == 3 for p in progress)
