@@ -64,13 +64,9 @@ def run_job(description: str, argv: Sequence[str] | None, default_config: str | 
             fn: Callable[[RunConfig], Any]) -> Any:
     """What every config-driven job does: offline by default, parse the config, route framework output to
     ``<output_dir>/logs/<job>.log`` (unless ``--verbose``), run ``fn(cfg)``."""
-    from pathlib import Path
-
     from toolformer.console import job_console
 
     offline_by_default()
     cfg, args = parse(description, argv, default_config)
-    if "://" not in cfg.output_dir:
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     with job_console(cfg.output_dir, job, args.verbose):
         return fn(cfg)

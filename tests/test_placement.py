@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from toolformer.annotate.placement import bundles, check_parallelism, lm_pool_args, world_size
-from toolformer.config import load_config
+from toolformer.config import RunConfig, load_config
 
 
 def test_fractional_gpus_must_fit_their_memory_share():
@@ -58,11 +58,10 @@ def test_the_cluster_presets_are_valid():
     text = (Path(__file__).resolve().parents[1] / "jobs" / "configs" / "cluster.yaml").read_text()
     presets = re.split(r"\n# \(\w\) ", text.split("# ---- Presets")[1])[1:]
     assert len(presets) == 3
-    base = OmegaConf.load(str(Path(__file__).resolve().parents[1] / "jobs" / "configs" / "cluster.yaml"))
+    base = OmegaConf.create(yaml.safe_load(text))
     for block in presets:
         body = "\n".join(line[2:] for line in block.splitlines()[1:] if re.match(r"# (\w+|  \w+):( |$)", line))
-        cfg = load_config(None, [])
-        merged = OmegaConf.merge(OmegaConf.structured(type(cfg)), base, OmegaConf.create(yaml.safe_load(body)))
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), base, OmegaConf.create(yaml.safe_load(body)))
         cfg = OmegaConf.to_object(merged)
         check_parallelism(cfg)
         assert cfg.ray.sample.actors >= 1 and cfg.model.dtype == "bfloat16"

@@ -178,7 +178,7 @@ def test_ray_job_submit_annotates_every_shard(reference_run):
     progress = [json.loads(p.read_text()) for p in (reference_run / "progress").glob("*.json")]
     assert sorted(s for p in progress for s in p["committed"]) == [f"shard-0000{i}" for i in range(3)]
     assert all("tools" in p and p["shards"]["total"] == 3 for p in progress)
-    # One streaming execution: one engine per LM actor for the whole run, fed in batches, not whole shards.
+    # One streaming execution: one engine per LM actor for the whole run, each working through its blocks in batches.
     actors = stats["actors"]
     assert actors["engine_starts"] == 2 == len(actors["lm_actors"])
     assert sorted(a["stage"] for a in actors["lm_actors"]) == ["sample", "score"]
