@@ -126,6 +126,11 @@ class AnnotateConfig:
     # ray: shards on Ray Data actor pools (jobs.prepare's manifest; resumable) | local: one process, no shards
     runner: str = "ray"
     tool_options: dict[str, Any] = field(default_factory=dict)
+    # A tool call that has not answered after this many seconds gets no result (`tool_timeout` in the funnel)
+    # and the batch goes on; a hung search backend or model must not stall a shard. Per tool:
+    # tool_timeout_s_per_tool: {QA: 120}.
+    tool_timeout_s: float = 30.0
+    tool_timeout_s_per_tool: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,6 +147,10 @@ class ShardsConfig:
     progress_every_shards: int = 8
     progress_every_s: float = 60.0
     verify_checksums: bool = True  # a shard whose bytes differ from the manifest is quarantined at once
+    # One driver writes a run: a lease file in output_dir, renewed every `lease_heartbeat_s`; a second driver
+    # refuses while it is fresh and takes it over once it has not been renewed for `lease_ttl_s`.
+    lease_ttl_s: float = 120.0
+    lease_heartbeat_s: float = 15.0
 
 
 @dataclass
@@ -178,6 +187,14 @@ class RayConfig:
     lm: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, memory_gb=3.5))
     io_num_cpus: float = 0.25  # read, stage-write and commit tasks: I/O bound
     io_memory_gb: float = 0.5  # per read/write/commit task: one shard's rows at most
+    # Bounded retries (Ray's defaults retry a batch that kills its actor forever and the job hangs): a batch
+    # that kills its actor (OOM, segfault, CUDA error, the LM watchdog) this many times fails its shards,
+    # which then take the shard retry path (shards.max_failures, quarantine with the cause).
+    batch_attempts: int = 3
+    max_actor_restarts: int = 8  # per actor of a pool, for the whole run
+    # An LM batch still computing after this many seconds is stuck (a hung engine): the watchdog ends its
+    # actor, and the batch is retried as a killed one. Size it well above a real batch's time.
+    lm_batch_timeout_s: float = 900.0
 
 
 @dataclass
@@ -288,7 +305,9 @@ def config_hash(cfg: RunConfig) -> str:
     for key in ("name", "output_dir", "ray", "train", "eval", "bootstrap"):
         data.pop(key, None)
     data.get("annotate", {}).pop("runner", None)
-    for key in ("max_failures", "progress_every_shards", "progress_every_s"):
+    data.get("annotate", {}).pop("tool_timeout_s", None)
+    data.get("annotate", {}).pop("tool_timeout_s_per_tool", None)
+    for key in ("max_failures", "progress_every_shards", "progress_every_s", "lease_ttl_s", "lease_heartbeat_s"):
         data.get("shards", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

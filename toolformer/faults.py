@@ -9,11 +9,30 @@ point creates the file and dies as a killed process would (no cleanup, no except
 - ``TOOLFORMER_FAULT_TRAIN_CRASH_AT=<step>``: finetuning rank 0 dies one step after the checkpoint of that step;
 - ``TOOLFORMER_FAULT_BOOTSTRAP_STOP=<round>/<step>`` (e.g. ``r2/merge``): the bootstrap job dies right after
   that step of that round is marked done.
+
+Faults that fire every time (no flag file), for the chaos soak and the failure tests:
+
+- ``TOOLFORMER_FAULT_POISON_SHARD=<shard_id>[,<shard_id>...]``: an LM stage actor (sample, score or lm; or the
+  stage named by ``TOOLFORMER_FAULT_POISON_STAGE``) dies (exit 137, as the OOM killer does) on every batch that
+  holds one of these shards: a poison batch;
+- ``TOOLFORMER_FAULT_STALL_SHARD=<shard_id>[,...]``: an LM stage actor hangs on every batch that holds one of
+  these shards (with ``TOOLFORMER_FAULT_ONCE_FILE`` also set: only the first time), for the LM watchdog;
+- ``TOOLFORMER_FAULT_HANG_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_HANG_TEXT=<text_id>``): that tool's calls
+  (of that text only) hang, for the per-call tool timeout.
 """
 
 from __future__ import annotations
 
 import os
+import time
+
+LM_STAGES = ("sample", "score", "lm")
+HANG_SECONDS = 24 * 3600  # "forever" for any test: only a timeout or a kill ends it
+
+
+def _listed(var: str, value: str | None) -> bool:
+    names = os.environ.get(var)
+    return bool(names) and value is not None and value in names.split(",")
 
 
 def fire_once(flag: str | None, message: str) -> bool:
@@ -27,6 +46,25 @@ def fire_once(flag: str | None, message: str) -> bool:
     os.write(fd, f"{message} (pid {os.getpid()})\n".encode())
     os.close(fd)
     return True
+
+
+def batch_fault(stage: str, shard_ids: list[str]) -> None:
+    """A stage actor is about to compute a batch holding these shards: die or hang here if a test asked."""
+    env = os.environ
+    poison_stages = env.get("TOOLFORMER_FAULT_POISON_STAGE", ",".join(LM_STAGES)).split(",")
+    if stage in poison_stages and any(_listed("TOOLFORMER_FAULT_POISON_SHARD", s) for s in shard_ids):
+        os._exit(137)
+    if stage in LM_STAGES and any(_listed("TOOLFORMER_FAULT_STALL_SHARD", s) for s in shard_ids):
+        once = env.get("TOOLFORMER_FAULT_ONCE_FILE")
+        if not once or fire_once(once, f"stalled in stage {stage}"):
+            time.sleep(HANG_SECONDS)
+
+
+def tool_fault(tool: str, text_id: str | None) -> None:
+    """A tool call is about to run: hang here if a test asked."""
+    env = os.environ
+    if env.get("TOOLFORMER_FAULT_HANG_TOOL") == tool and env.get("TOOLFORMER_FAULT_HANG_TEXT") in (None, "", text_id):
+        time.sleep(HANG_SECONDS)
 
 
 def fault_point(point: str, *, stage: str | None = None, step: int | str | None = None, rank: int | None = None) -> None:
