@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 
 from toolformer.config import RunConfig
 from toolformer.paths import repo_root
 
 # Environment variables every worker must see as the driver does (offline hub, vLLM settings, fault hooks).
 _FORWARDED = ("TOOLFORMER_", "VLLM_", "HF_", "TRANSFORMERS_")
+# Never forwarded: a runtime env is shown on the dashboard. Credentials (HF_TOKEN, an API key) stay on the node
+# that has them; workers that need one get it from their own node (e.g. `hf auth login` there, or a k8s Secret).
+_SECRET_NAMES = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+_SECRET = re.compile(r"TOKEN(?!IZER)|SECRET|PASSWORD|KEY", re.IGNORECASE)  # TOKENIZERS_PARALLELISM is no secret
+
+
+def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The driver's variables that go into the workers' runtime env: the forwarded prefixes and
+    TOKENIZERS_PARALLELISM, less anything whose name says it holds a credential."""
+    return {k: v for k, v in environ.items()
+            if (k.startswith(_FORWARDED) or k == "TOKENIZERS_PARALLELISM")
+            and k not in _SECRET_NAMES and not _SECRET.search(k)}
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -18,7 +32,7 @@ def init_ray(cfg: RunConfig) -> None:
 
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED) or k == "TOKENIZERS_PARALLELISM"}
+    env = forwarded_env(os.environ)
     job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if job:
         # A submitted job: its runtime env (working_dir, env_vars) already reaches every worker, and Ray refuses
