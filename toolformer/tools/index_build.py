@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from toolformer.tools.index import META, PASSAGES, load_encoder, resolve_encoder_dtype
+from toolformer.tools.index_files import META, PASSAGES, load_encoder, resolve_encoder_dtype
 
 
 @dataclass

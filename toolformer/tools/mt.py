@@ -7,14 +7,13 @@ instruct LM prompted few-shot. English input, or input without letters, returns 
 
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 from toolformer.tools.base import Selection, Tool, ToolRequest, register
-from toolformer.tools.heuristics import foreign_chunk
 from toolformer.tools.generator import Generator
+from toolformer.tools.heuristics import foreign_chunk
+from toolformer.tools.langid import identify
 
 LANG_NAMES = {"fr": "French", "es": "Spanish", "de": "German", "it": "Italian", "pt": "Portuguese", "nl": "Dutch",
               "ru": "Russian", "zh": "Chinese", "ja": "Japanese", "ar": "Arabic", "hi": "Hindi", "vi": "Vietnamese",
@@ -39,23 +38,7 @@ English: We won the game yesterday.
 {lang}: {text}
 English:"""
 
-_LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 MAX_INPUT_CHARS = 500
-
-
-@functools.lru_cache(maxsize=1)
-def _identifier():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-
-
-def identify(text: str) -> tuple[str, float]:
-    """(ISO 639-1 code, probability) by py3langid; ("", 0.0) for text without letters."""
-    if not text or not _LETTERS.search(text):
-        return "", 0.0
-    lang, prob = _identifier().classify(text)
-    return lang, float(prob)
 
 
 @dataclass
