@@ -3,7 +3,7 @@
 Both sides take the same texts from selection to kept calls (selection, positions and sampling, tool
 execution, scoring) on the same model, dtype, threads and documents:
 - fast: the pipeline's stages, batched, on the vLLM engine (``annotate_texts``);
-- naive on vLLM and naive on transformers (``annotate/naive.py``): one text and one request at a time, exact
+- naive on vLLM and naive on transformers (``benchmarks/naive.py``): one text and one request at a time, exact
   start probabilities at every position, a KV-cached ``generate`` per position, a full-length forward for every
   variant of every candidate.
 ``speedup`` is against the faster naive side; both ratios are printed. Nothing is extrapolated unless
@@ -79,7 +79,7 @@ def _summary(rows: list[dict]) -> dict:
 def run(args) -> dict:
     import torch
 
-    from toolformer.annotate.naive import naive_annotate, naive_score
+    from benchmarks.naive import naive_annotate, naive_score
     from toolformer.annotate.pipeline import load_texts
     from toolformer.config import load_config
     from toolformer.engine import build_engine
