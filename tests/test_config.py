@@ -32,3 +32,18 @@ def test_bad_keys_and_values_are_clear_errors(capsys):
     assert "corpus.limit" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse("x", ["--config", DEFAULT, "justaword"])
+
+
+@pytest.mark.parametrize("key, bad, valid", [
+    ("annotate.call_syntax", "constraint", "free, constrained"),
+    ("annotate.no_result_form", "empty", "arrow, bare"),
+    ("engine.backend", "transformers", "vllm, hf"),
+])
+def test_settings_with_fixed_values_fail_at_load_naming_the_valid_ones(key, bad, valid, capsys):
+    with pytest.raises(ValueError, match=rf"unknown value '{bad}' for {key}; valid: {valid}"):
+        load_config(DEFAULT, [f"{key}={bad}"])
+    with pytest.raises(SystemExit):  # the jobs' command line says the same, without a traceback
+        parse("x", ["--config", DEFAULT, f"{key}={bad}"])
+    assert f"valid: {valid}" in capsys.readouterr().err
+    for good in valid.split(", "):
+        load_config(DEFAULT, [f"{key}={good}"])

@@ -291,7 +291,25 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     merged = OmegaConf.merge(*layers)
     OmegaConf.resolve(merged)
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    check_choices(cfg)
+    return cfg
+
+
+# Settings that take one of a few values: anything else fails at load, naming the valid ones.
+CHOICES = {
+    "annotate.call_syntax": ("free", "constrained"),
+    "annotate.no_result_form": ("arrow", "bare"),
+    "engine.backend": ("vllm", "hf"),
+}
+
+
+def check_choices(cfg: RunConfig) -> None:
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in valid:
+            raise ValueError(f"unknown value {value!r} for {key}; valid: {', '.join(valid)}")
 
 
 def to_dict(cfg: RunConfig) -> dict:
