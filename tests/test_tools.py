@@ -29,7 +29,7 @@ from toolformer.tools.calendar import date_from_url, document_date, format_date
         ("1/3", "0.33"),
         ("2/3", "0.67"),
         ("-1/3", "-0.33"),
-        ("0.001 * 1", "0"),
+        ("0.001 * 3", "0"),
     ],
 )
 def test_calculator_semantics(expr, expected):
@@ -50,9 +50,41 @@ def test_calculator_no_op_is_not_a_call(expr):
     assert calculate(expr) is None
 
 
-@pytest.mark.parametrize("expr, expected", [("400 / 1400", "0.29"), ("2 * (3 + 4)", "14"), ("-2 + 2", "0"), ("(7) * 1", "7")])
+@pytest.mark.parametrize("expr, expected", [("400 / 1400", "0.29"), ("2 * (3 + 4)", "14"), ("-2 + 2", "0"), ("(7) * 2", "14"),
+                                            ("(3 + 4) * 1", "7"), ("2 * 1 + 3", "5"), ("0 * 7", "0"), ("0 - 7", "-7")])
 def test_calculator_with_an_operation_is_a_call(expr, expected):
+    """Identities beside a real operation leave a calculation (``(3 + 4) * 1`` still adds)."""
     assert calculate(expr) == expected
+
+
+IDENTITIES = [("7 * 1", "7"), ("1 * 7", "7"), ("7 + 0", "7"), ("0 + 7", "7"), ("7 - 0", "7"), ("7 / 1", "7"),
+              ("(7) * 1", "7"), ("12.5 / 1.0", "12.5"), ("1 * 7 + 0", "7"), ("2", "2"), ("(2)", "2")]
+
+
+@pytest.mark.parametrize("expr, value", IDENTITIES)
+def test_calculator_identities_are_no_ops_unless_the_option_is_off(expr, value):
+    """skip_noops (on by default, our departure from the paper): an identity calculates nothing and gets no
+    result; off, the tool answers as the paper's does."""
+    from toolformer.tools.calculator import is_no_op
+
+    assert is_no_op(expr)
+    assert calculate(expr) is None and calculate(expr, skip_noops=True) is None
+    assert calculate(expr, skip_noops=False) == value
+
+
+def test_calculator_skip_noops_is_a_config_option():
+    from toolformer.config import load_config
+    from toolformer.tools import check_tool_options
+
+    exprs = [ToolRequest(e) for e, _ in IDENTITIES] + [ToolRequest("2 + 2")]
+    assert build_tool("Calculator")(exprs) == [None] * len(IDENTITIES) + ["4"]
+    cfg = load_config(None, ["annotate.tool_options.Calculator.skip_noops=false"])
+    check_tool_options(cfg)
+    off = build_tool("Calculator", **cfg.annotate.tool_options["Calculator"])
+    assert off.options.skip_noops is False
+    assert off(exprs) == [v for _, v in IDENTITIES] + ["4"]
+    with pytest.raises(ValueError, match="valid: skip_noops"):
+        build_tool("Calculator", skip_noop=False)
 
 
 HOSTILE = [

@@ -3,12 +3,17 @@
 A recursive-descent parser over a whitelist of tokens, never ``eval``. Work is bounded before parsing
 starts (input length, digits per number, nesting depth), so hostile input such as ``9**9**9``,
 ``__import__('os')`` or 10,000 nested parentheses returns None in microseconds.
+
+Departure from the paper (option ``skip_noops``, on by default): an input that calculates nothing, a number
+alone (``2``, ``(2)``) or an identity (``x*1``, ``1*x``, ``x+0``, ``0+x``, ``x-0``, ``x/1``), gets no result.
+``annotate.tool_options.Calculator.skip_noops=false`` gives the paper's tool, which answers those too.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from toolformer.tools.base import Selection, Tool, ToolRequest, register
 from toolformer.tools.heuristics import calculator_rule
@@ -60,7 +65,9 @@ def _tokenize(text: str) -> list[str | float]:
 class _Parser:
     def __init__(self, tokens: list[str | float]):
         self.tokens, self.i = tokens, 0
-        self.operations = 0  # binary operations applied: none means the input is not a calculation
+        self.operations = 0  # binary operations applied
+        # ... of which not identities (x*1, 1*x, x+0, 0+x, x-0, x/1): none means the input calculates nothing
+        self.effective = 0
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -75,8 +82,8 @@ class _Parser:
         while self.peek() in ("+", "-"):
             op = self.take()
             rhs = self.term(depth)
+            self.count(rhs == 0 or (op == "+" and value == 0))
             value = value + rhs if op == "+" else value - rhs
-            self.operations += 1
         return value
 
     def term(self, depth: int) -> float:
@@ -84,7 +91,7 @@ class _Parser:
         while self.peek() in ("*", "/"):
             op = self.take()
             rhs = self.factor(depth)
-            self.operations += 1
+            self.count(rhs == 1 or (op == "*" and value == 1))
             if op == "*":
                 value *= rhs
             elif rhs == 0:
@@ -94,6 +101,10 @@ class _Parser:
             if not math.isfinite(value) or abs(value) > MAX_ABS * 1e6:
                 raise _Invalid
         return value
+
+    def count(self, identity: bool) -> None:
+        self.operations += 1
+        self.effective += not identity
 
     def factor(self, depth: int) -> float:
         if depth > MAX_DEPTH:
@@ -118,27 +129,31 @@ def format_number(value: float) -> str:
 
 
 def is_no_op(expression: str) -> bool:
-    """Whether the input is a valid number with no operation (``2``, ``(2)``, ``-2``): what ``calculate`` refuses."""
+    """Whether the input is a valid expression that calculates nothing: a number alone (``2``, ``(2)``, ``-2``)
+    or identities only (``7 * 1``, ``0 + 7``, ``7 - 0``, ``7 / 1``): what ``calculate`` refuses with
+    ``skip_noops``."""
     try:
         tokens = _tokenize(expression)
         parser = _Parser(tokens)
         parser.expr(0)
     except (_Invalid, RecursionError, OverflowError, ValueError, TypeError):
         return False
-    return parser.i == len(tokens) and parser.operations == 0 and bool(tokens)
+    return parser.i == len(tokens) and parser.effective == 0 and bool(tokens)
 
 
-def calculate(expression: str) -> str | None:
-    """Evaluate an arithmetic expression; None for anything invalid, unsupported or too large, and for a no-op:
-    an input without one of the four operations between two operands (``2``, ``(2)``, ``-2``, ``3.0``) is not a
-    calculation, and a call that merely echoes a number would teach the model to copy, not to compute."""
+def calculate(expression: str, skip_noops: bool = True) -> str | None:
+    """Evaluate an arithmetic expression; None for anything invalid, unsupported or too large, and, with
+    ``skip_noops`` (our departure from the paper), for a no-op: an input without an operation between two operands
+    (``2``, ``(2)``, ``-2``, ``3.0``) or with identities only (``x*1``, ``1*x``, ``x+0``, ``0+x``, ``x-0``,
+    ``x/1``) calculates nothing, and a call that merely echoes a number would teach the model to copy, not to
+    compute."""
     if not isinstance(expression, str) or not expression.strip() or len(expression) > MAX_CHARS:
         return None
     try:
         tokens = _tokenize(expression)
         parser = _Parser(tokens)
         value = parser.expr(0)
-        if parser.i != len(tokens) or parser.operations == 0:
+        if parser.i != len(tokens) or (skip_noops and parser.effective == 0):
             return None
     except (_Invalid, RecursionError, OverflowError, ValueError):
         return None
@@ -147,11 +162,18 @@ def calculate(expression: str) -> str | None:
     return format_number(value)
 
 
+@dataclass
+class CalculatorOptions:
+    # Our departure from the paper, on by default: a no-op input (a number alone, identities only) gets no result.
+    skip_noops: bool = True
+
+
 @register
 class Calculator(Tool):
     name = "Calculator"
     quote_input = False
     input_regex = CONSTRAINED_INPUT
+    Options = CalculatorOptions
 
     @classmethod
     def select(cls, text, corpus_cfg, seed: int = 0) -> Selection:
@@ -161,4 +183,4 @@ class Calculator(Tool):
         return Selection(rule is not None, rule or "no_arithmetic")
 
     def run(self, request: ToolRequest) -> str | None:
-        return calculate(request.input)
+        return calculate(request.input, skip_noops=self.options.skip_noops)
