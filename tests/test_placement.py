@@ -42,9 +42,19 @@ def test_pools_size_in_actors_not_gpus():
     from toolformer.annotate.distributed import _pool_args
 
     cfg = load_config(None, ["engine.tensor_parallel_size=4", "ray.sample.actors=2", "ray.sample.num_gpus=1"])
-    args = _pool_args(cfg.ray.sample, 64, cfg)
+    args = _pool_args(cfg.ray.sample, cfg.ray, cfg)
     assert args["compute"].min_size == 2 and "num_gpus" not in args  # 2 actors x 4 bundles = 8 GPUs
     assert callable(args["ray_remote_args_fn"])
+
+
+def test_pools_bound_restarts_and_retries():
+    """Ray Data's defaults (-1) retry a batch that kills its actor forever: ours are finite, one shard per task."""
+    from toolformer.annotate.distributed import _pool_args
+
+    cfg = load_config(None, ["ray.batch_attempts=2", "ray.max_actor_restarts=5"])
+    args = _pool_args(cfg.ray.lm, cfg.ray, cfg)
+    assert args["max_task_retries"] == 1 and args["max_restarts"] == 5
+    assert args["batch_size"] is None and args["compute"].max_tasks_in_flight_per_actor == 1
 
 
 def test_the_cluster_presets_are_valid():

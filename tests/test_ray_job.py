@@ -41,19 +41,45 @@ def _ray_env() -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def start_head(num_cpus: int = 2, dashboard: bool = True) -> dict:
+    """A Ray head of its own on loopback (``ray start --block`` in a new session), stopped by ``stop_head``:
+    never ``ray stop``, which would end every other Ray on the machine too."""
     port, dash = _free_port(), _free_port()
     ray = str(Path(sys.executable).parent / "ray")
-    env = _ray_env()
-    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
-    subprocess.run(
-        [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
-        env=env, check=True, capture_output=True, timeout=120,
-    )
-    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
-    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    cmd = [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+           "--disable-usage-stats"]
+    cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"] if dashboard else []
+    proc = subprocess.Popen(cmd, env=_ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run([ray, "status", "--address", f"127.0.0.1:{port}"], env=_ray_env(), capture_output=True)
+        if probe.returncode == 0:
+            break
+        assert proc.poll() is None, "ray start --head exited"
+        time.sleep(1)
+    return {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "proc": proc}
+
+
+def stop_head(head: dict) -> None:
+    proc = head["proc"]
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    head = start_head()
+    yield head
+    stop_head(head)
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +300,7 @@ def test_checksum_mismatch_is_quarantined_at_once(prepared, config_file, tmp_pat
     cfg = load_config(config_file, [f"output_dir={run}"])
     annotator = RayAnnotator(cfg, log=lambda _: None)
     annotator.progress = Progress(annotator)
-    annotator.fail("shard-00002", errors["shard-00002"])
+    annotator.charge("shard-00002", errors["shard-00002"])
     assert annotator.state.quarantined() == {"shard-00002"}
     assert "checksum mismatch" in json.loads((run / "quarantine" / "annotate" / "shard-00002.json").read_text())["error"]
     assert annotator.state.pending(annotator.manifest) == ["shard-00000", "shard-00001"]

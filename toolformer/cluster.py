@@ -55,5 +55,7 @@ def init_ray(cfg: RunConfig) -> None:
     else:
         # A private Ray for this run; every listener stays on loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+        # address="local": a new Ray even when a `ray start` cluster runs on this machine (a bare ray.init()
+        # would join that one, and refuse num_cpus).
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": env}, log_to_driver=to_driver)

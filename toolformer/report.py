@@ -51,6 +51,7 @@ def funnel(annotations: pa.Table) -> dict[str, dict]:
     errors = flat.field("error")
     rejected = pc.fill_null(pc.equal(errors, "no_result"), False).to_numpy(zero_copy_only=False)
     raised = pc.fill_null(pc.starts_with(errors, "tool_exception"), False).to_numpy(zero_copy_only=False)
+    timed_out = pc.fill_null(pc.starts_with(errors, "tool_timeout"), False).to_numpy(zero_copy_only=False)
     # Table 2 counts calls that C* can hold: MT calls removed by the post-filter are left out
     post_filtered = pc.fill_null(pc.equal(errors, "mt_input_after_call"), False).to_numpy(zero_copy_only=False)
     out: dict[str, dict] = {}
@@ -66,6 +67,7 @@ def funnel(annotations: pa.Table) -> dict[str, dict]:
         # a tool that returned nothing (input rejected, as the paper drops it) vs a tool that raised (a bug)
         f["rejected_inputs"] = int((mine & rejected).sum())
         f["tool_exceptions"] = int((mine & raised).sum())
+        f["tool_timeouts"] = int((mine & timed_out).sum())  # no answer within annotate.tool_timeout_s
         for tau in REPORT_TAU_F:
             hit = mine & (gains >= tau) & ~post_filtered
             f[f"kept_calls_tau_{tau}"] = int(hit.sum())

@@ -211,7 +211,10 @@ class RunState:
 
     def record_failure(self, shard_id: str, error: BaseException | str, fatal: bool = False, tb: str = "") -> bool:
         """Count a failed attempt; quarantine the shard at ``max_failures`` (or at once when ``fatal``).
-        Returns whether it is now quarantined."""
+        Returns whether it is now quarantined. A shard already committed is never charged (a late report of an
+        earlier attempt): a shard ends committed or quarantined, not both."""
+        if self.store.exists("markers", self.stage, f"{shard_id}.json"):
+            return False
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))

@@ -1,16 +1,17 @@
 """The annotation stages as one streaming Ray Data pipeline over Arrow batches.
 
-    shards (manifest) → read (task per shard) → small blocks → select → sample → execute → score → stage-write
+    shards (manifest) → read (task per shard) → select → sample → execute → score → stage-write
 
 Each actor wraps a stage class of ``stages.py`` unchanged: the constructor builds it and runs its setup (loads
 the engine, the tools, the index) once per actor for the whole run; ``__call__`` maps an Arrow batch to the next.
 LM stages (positions + sampling, scoring) hold a vLLM engine each and run with GPUs on a cluster; selection and
-tool execution are CPU pools. Shards are cut into blocks of a batch of texts right after reading, so that every
-pool has work at once. The last step writes each scored batch under its shard's staging folder and passes on
+tool execution are CPU pools. A shard is one block and one task in every pool (the unit of retry and of
+blame); an actor works through it in engine-sized chunks. The last step writes each scored batch under its shard's staging folder and passes on
 only a few counts per shard: the driver commits a shard once all its rows are written (``ray_job.py``).
 
-A stage that fails on a batch is retried on each shard's rows of it alone; a shard whose rows still fail (or
-that cannot be read) continues as one error row, which the later stages pass through and the driver records.
+A stage that raises on a shard's rows turns them into one error row, which the later stages pass through and the
+driver charges to that shard. A batch that kills its actor is retried (``ray.batch_attempts``) on the restarted
+actor, then dropped: the driver finds the shard incomplete and charges it, with the cause (``failures.py``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import pyarrow.parquet as pq
 from toolformer.annotate.stages import ExecuteCalls, SampleCalls, SampleExecuteScore, ScoreCalls, SelectTexts
 from toolformer.annotate.telemetry import ActorTelemetry
 from toolformer.arrow import empty_lists
-from toolformer.config import RunConfig, StageResources
-from toolformer.faults import fault_point
+from toolformer.config import RayConfig, RunConfig, StageResources
+from toolformer.annotate.failures import InflightRecord, Watchdog
+from toolformer.faults import LM_STAGES, batch_fault, fault_point
 from toolformer.schemas import SHARD, STAGED, WORK, conform
 from toolformer.shards import Store, sha256_bytes
 
@@ -79,30 +81,56 @@ def read_shards(batch: pa.Table, run_uri: str, verify: bool) -> pa.Table:
 
 
 class StageActor:
-    """A stage of ``stages.py`` in a Ray actor: set up once per run, then Arrow batch → Arrow batch."""
+    """A stage of ``stages.py`` in a Ray actor: set up once per run, then Arrow batch → Arrow batch.
 
-    def __init__(self, cfg: RunConfig, stage: str, sink_name: str | None = None):
+    A batch is one shard's rows (every pool runs ``batch_size=None`` with one task in flight per actor), which
+    the actor works through in chunks of ``chunk_rows``: an actor that dies takes exactly one shard with it.
+    LM actors run a watchdog (``ray.lm_batch_timeout_s``); every actor notes which shard it computes
+    (``failures.InflightRecord``) so the driver can charge a death to that shard with its cause."""
+
+    def __init__(self, cfg: RunConfig, stage: str, sink_name: str | None = None, run_uri: str | None = None,
+                 staging: str | None = None, chunk_rows: int = 0):
         started = time.time()
         self.name = stage
+        self.chunk_rows = max(0, int(chunk_rows))
         self.stage = STAGES[stage](cfg)
         if hasattr(self.stage, "setup"):
             self.stage.setup()
+        self.inflight = InflightRecord(run_uri, staging, stage)
+        self.watchdog = Watchdog(cfg.ray.lm_batch_timeout_s, self.inflight) if stage in LM_STAGES else None
         self.telemetry = ActorTelemetry(stage, sink_name, started)
         self.telemetry.ready()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         fault_point("stage", stage=self.name)
         t0 = time.time()
-        failed = table.column("error").is_valid().to_numpy(zero_copy_only=False)
-        passed = table.filter(pa.array(failed))
-        if self.name == "select" and passed.num_rows:  # READ error rows become WORK error rows
-            passed = error_rows(passed.column("shard_id").to_pylist(), passed.column("error").to_pylist())
-        good = table.filter(pa.array(~failed))
-        parts = [self._run(good)] if good.num_rows else []
-        parts += [passed] if passed.num_rows else []
-        out = pa.concat_tables(parts) if parts else WORK.empty_table()
+        shards = pc.unique(table.column("shard_id")).to_pylist() if table.num_rows else []
+        self.inflight.begin(shards)
+        if self.watchdog is not None:
+            self.watchdog.begin()
+        try:
+            batch_fault(self.name, shards)
+            failed = table.column("error").is_valid().to_numpy(zero_copy_only=False)
+            passed = table.filter(pa.array(failed))
+            if self.name == "select" and passed.num_rows:  # READ error rows become WORK error rows
+                passed = error_rows(passed.column("shard_id").to_pylist(), passed.column("error").to_pylist())
+            good = table.filter(pa.array(~failed))
+            parts = self._chunks(good) if good.num_rows else []
+            parts += [passed] if passed.num_rows else []
+            out = pa.concat_tables(parts) if parts else WORK.empty_table()
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.end()
+            self.inflight.end()
         self.telemetry.batch(t0, time.time(), table.num_rows)
         return out
+
+    def _chunks(self, table: pa.Table) -> list[pa.Table]:
+        """The stage over ``chunk_rows`` rows at a time (its engine batch), never splitting a text's rows."""
+        n = self.chunk_rows or table.num_rows
+        if table.num_rows <= n:
+            return [self._run(table)]
+        return [self._run(table.slice(i, n)) for i in range(0, table.num_rows, n)]
 
     def _run(self, table: pa.Table) -> pa.Table:
         try:
@@ -146,19 +174,26 @@ def stage_write(batch: pa.Table, run_uri: str, staging: str) -> pa.Table:
     return pa.table({"shard_id": sids, "rows": counts, "error": errors}, schema=SUMMARY)
 
 
-def _pool_args(res: StageResources, default_batch: int, cfg: RunConfig | None = None) -> dict[str, Any]:
-    """A pool's ``map_batches`` arguments; with ``cfg`` (an LM pool), a placement group per actor for TP/PP."""
+def _pool_args(res: StageResources, r: RayConfig, cfg: RunConfig | None = None) -> dict[str, Any]:
+    """A pool's ``map_batches`` arguments; with ``cfg`` (an LM pool), a placement group per actor for TP/PP.
+
+    One shard per task and one task in flight per actor: an actor that dies (OOM, segfault, the watchdog) costs
+    the retry of exactly one shard, not of every batch queued on it. Restarts and retries are finite (Ray Data's
+    defaults retry a batch that kills its actor forever)."""
     import ray.data
 
     from toolformer.annotate.placement import lm_pool_args
 
     size = max(1, res.actors)
     args: dict[str, Any] = dict(
-        compute=ray.data.ActorPoolStrategy(min_size=size, max_size=max(size, res.max_actors or size)),
-        batch_size=res.batch_size or default_batch,
+        compute=ray.data.ActorPoolStrategy(min_size=size, max_size=max(size, res.max_actors or size),
+                                           max_tasks_in_flight_per_actor=1),
+        batch_size=None,
         batch_format="pyarrow",
         num_cpus=res.num_cpus,
         memory=res.memory_gb * GIB,
+        max_restarts=max(0, r.max_actor_restarts),
+        max_task_retries=max(0, r.batch_attempts - 1),
     )
     if res.num_gpus:
         args["num_gpus"] = res.num_gpus
@@ -173,25 +208,42 @@ def _pool_args(res: StageResources, default_batch: int, cfg: RunConfig | None = 
     return args
 
 
+def configure_data_context(r: RayConfig) -> None:
+    """Ray Data settings of the run: a block whose task failed ``batch_attempts`` times is dropped and the
+    execution goes on (the driver charges its shard); an actor whose set-up fails a few times in a row is an
+    error of the execution itself (a bad model path, a missing index) and stops the run."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.max_errored_blocks = -1
+    ctx.max_consecutive_actor_init_deaths = 2
+
+
 def annotation_dataset(cfg: RunConfig, run_uri: str, shards: list, staging: str, sink_name: str | None = None):
     """The lazy Ray Dataset of one pass: every given shard through every stage; yields SUMMARY rows."""
     import ray.data
 
     r = cfg.ray
-    io = dict(batch_format="pyarrow", num_cpus=r.io_num_cpus, memory=r.io_memory_gb * GIB)
+    configure_data_context(r)
+    io = dict(batch_format="pyarrow", num_cpus=r.io_num_cpus, memory=r.io_memory_gb * GIB,
+              max_retries=max(0, r.batch_attempts - 1))
     texts_per_batch = max(1, cfg.annotate.batch_size)
     rows_per_batch = texts_per_batch * max(1, len(cfg.annotate.tools))
     refs = [{"shard_id": s.shard_id, "path": s.path, "sha256": s.sha256} for s in shards]
     ds = ray.data.from_items(refs, override_num_blocks=max(1, len(refs)))
-    # A shard is one block: an actor takes it whole and works through it in batches of `batch_size`. No
-    # `repartition` into smaller blocks: its tasks each ask a whole CPU, which LM actors holding the rest of a
-    # small node never leave (the run stalled), and shards are sized as the unit of work anyway.
+    # A shard is one block and one task in every pool: an actor takes it whole and works through it in chunks
+    # of `batch_size` (its engine batches). No `repartition` into smaller blocks: its tasks each ask a whole
+    # CPU, which LM actors holding the rest of a small node never leave (the run stalled).
     ds = ds.map_batches(read_shards, batch_size=1, fn_kwargs=dict(run_uri=run_uri, verify=cfg.shards.verify_checksums), **io)
-    ds = ds.map_batches(StageActor, fn_constructor_args=(cfg, "select", sink_name), **_pool_args(r.select, texts_per_batch))
+
+    def pool(name: str, default_chunk: int, lm: RunConfig | None):
+        res = getattr(r, name)
+        return dict(fn_constructor_args=(cfg, name, sink_name, run_uri, staging, res.batch_size or default_chunk),
+                    **_pool_args(res, r, lm))
+
+    ds = ds.map_batches(StageActor, **pool("select", texts_per_batch, None))
     for name in (("lm",) if r.fuse_lm else ("sample", "execute", "score")):
-        lm = cfg if name != "execute" else None
-        ds = ds.map_batches(StageActor, fn_constructor_args=(cfg, name, sink_name),
-                            **_pool_args(getattr(r, name), rows_per_batch, lm))
+        ds = ds.map_batches(StageActor, **pool(name, rows_per_batch, cfg if name != "execute" else None))
     return ds.map_batches(stage_write, batch_size=None, fn_kwargs=dict(run_uri=run_uri, staging=staging), **io)
 
 

@@ -3,10 +3,17 @@
 One Ray Data execution per run (``distributed.py``): actor pools and their engines start once. The driver only
 reads a few counts per scored batch (shard id, rows written); when a shard's count reaches ``n_texts x tools``
 it submits a commit task (``commit.py``) that checks, orders and writes the shard, stats and marker, while the
-run goes on. The driver holds the manifest and counters, never rows. A shard that failed (an error row, a
-failed commit, an execution that broke) has the attempt recorded with its traceback; after the pass, the
-failed shards get another pass until they commit or are quarantined at ``shards.max_failures``. Killing the
-driver loses only uncommitted shards: a rerun of the same command skips every committed one.
+run goes on. The driver holds the manifest and counters, never rows.
+
+Failure semantics (README, "What happens when something fails"):
+- a failure tied to one shard (its read, its rows in a stage, an actor that died computing it, its commit) is
+  charged to that shard alone, at the end of the pass, with its cause; failed shards get another pass until
+  they commit or are quarantined at ``shards.max_failures``;
+- an error of the execution itself (an actor that cannot start, a lost cluster, every fresh shard of the first
+  pass failing) stops the run with ``ExecutionError`` and charges nobody: a rerun after the fix resumes;
+- metrics, telemetry and progress never raise into a pass (``Guard``);
+- one driver per run (``toolformer/lease.py``): a second one refuses; a dead one's lease is taken over.
+Killing the driver loses only uncommitted shards: a rerun of the same command skips every committed one.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 import uuid
 from collections import defaultdict
 from typing import Callable
@@ -24,8 +32,13 @@ from toolformer.annotate.commit import STAGE, commit_shard
 from toolformer.annotate.distributed import FATAL, annotation_dataset, shard_row_counts
 from toolformer.annotate.telemetry import start_sink, summarize
 from toolformer.config import RunConfig, config_hash
+from toolformer.lease import Lease
 from toolformer.report import sum_funnels
 from toolformer.shards import Manifest, RunState, Store
+
+
+COMMIT_WAIT_S = 30  # how often a driver waiting on commits looks for hung ones
+COMMIT_TIMEOUT_S = 900  # a commit reads and writes one shard: far less than this
 
 
 class _Metrics:
@@ -42,18 +55,41 @@ class _Metrics:
         self.shards = Gauge("toolformer_shards", "shards by state", tag_keys=("state",))
 
     def record(self, stats: dict) -> None:
-        self.docs.inc(stats["docs"])
-        self.texts.inc(stats["texts"])
-        self.tokens.inc(max(stats["text_tokens"], 0) or 0)
-        for tool, f in stats["funnel"].items():
-            if f.get("candidates"):
-                self.candidates.inc(f["candidates"], tags={"tool": tool})
-            if f.get("kept_at_tool_tau_f"):
-                self.kept.inc(f["kept_at_tool_tau_f"], tags={"tool": tool})
+        # Ray's Counter.inc refuses 0; a shard with no documents, texts or candidates is ordinary.
+        for counter, value, tags in [(self.docs, stats.get("docs"), None), (self.texts, stats.get("texts"), None),
+                                     (self.tokens, stats.get("text_tokens"), None)] + [
+                (c, f.get(k), {"tool": tool}) for tool, f in (stats.get("funnel") or {}).items()
+                for c, k in ((self.candidates, "candidates"), (self.kept, "kept_at_tool_tau_f"))]:
+            if value and value > 0:
+                counter.inc(value, tags=tags) if tags else counter.inc(value)
 
     def states(self, counts: dict[str, int]) -> None:
         for state, n in counts.items():
             self.shards.set(n, tags={"state": state})
+
+
+class Guard:
+    """Runs observability calls (metrics, telemetry, progress) so that they never break the work: the first
+    failure of each kind is logged with its traceback, every one is counted (``observability_failures``)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self.failures: dict[str, int] = defaultdict(int)
+
+    def __call__(self, kind: str, fn: Callable, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - reporting on the work must never stop the work
+            if not self.failures[kind]:
+                logging.getLogger(__name__).warning("%s failed (later failures are counted, not logged)", kind,
+                                                    exc_info=True)
+                self.log(f"note: {kind} failed ({type(exc).__name__}: {str(exc)[:200]}); the run goes on")
+            self.failures[kind] += 1
+            return None
+
+
+class ExecutionError(SystemExit):
+    """The execution itself broke (not one shard): the run stops and no shard is charged."""
 
 
 class Progress:
@@ -145,13 +181,20 @@ class RayAnnotator:
         self.tools = list(cfg.annotate.tools)
         self.metrics: _Metrics | None = None
         self.telemetry: dict[str, dict] = {}
+        self.guard = Guard(log)
+        self.lease: Lease | None = None
+        self.actor_deaths = 0
 
     def check_config(self) -> None:
         """Shards of one run are annotated with one config: a changed setting needs a new output_dir."""
         h = config_hash(self.cfg)
         if self.store.exists("annotate.json"):
             old = self.store.read_json("annotate.json")["config_hash"]
-            if old != h:
+            untouched = not (self.state.done() or self.state.failed() or self.state.quarantined())
+            if old != h and untouched:  # e.g. a run stopped by a bad model path, rerun with the right one
+                self.log(f"note: no shard was annotated with config {old}; this run uses {h}")
+                self.store.write_json({"config_hash": h}, "annotate.json")
+            elif old != h:
                 raise SystemExit(
                     f"{self.store.uri} was annotated with config {old}, this one is {h}: its shards would mix "
                     "two settings. Use a new output_dir, or the settings of that run (see its config.yaml)."
@@ -159,52 +202,98 @@ class RayAnnotator:
         else:
             self.store.write_json({"config_hash": h}, "annotate.json")
 
-    def fail(self, sid: str, error: BaseException | str) -> None:
+    def charge(self, sid: str, error: BaseException | str, tb: str = "") -> None:
+        """Record a failed attempt of this shard alone (quarantined at ``shards.max_failures``, or at once when fatal)."""
         if isinstance(error, str):
-            message, _, tb = error.partition("\n")
+            message, _, rest = error.partition("\n")
             fatal = message.startswith(FATAL)
-            quarantined = self.state.record_failure(sid, message.removeprefix(FATAL), fatal=fatal, tb=tb)
+            quarantined = self.state.record_failure(sid, message.removeprefix(FATAL), fatal=fatal, tb=tb or rest)
         else:
             quarantined = self.state.record_failure(sid, error)
-        self.progress.fail(sid)
+        self.guard("progress", self.progress.fail, sid)
         self.log(f"  {sid}: {'quarantined' if quarantined else 'failed, will retry'}: "
                  f"{(error if isinstance(error, str) else repr(error)).splitlines()[0][:300]}")
 
     # -- one pass: a single streaming execution over the given shards ------------------------------------------
-    def run_pass(self, shard_ids: list[str], sink_name: str) -> None:
+    def run_pass(self, shard_ids: list[str], sink_name: str, first: bool) -> None:
+        """Annotate these shards; commit each as it completes. Failures are charged at the end of the pass to
+        the shard they belong to; an execution that breaks (or a first pass in which every fresh shard failed)
+        stops the run with ``ExecutionError`` and charges nobody."""
+        from toolformer.annotate.failures import ErroredBlocks, explain, inflight_deaths
+
         shards = [self.manifest.shard(s) for s in shard_ids]
         expected = shard_row_counts(shards, len(self.tools))
         staging = f"_staging/{uuid.uuid4().hex[:12]}"
         ds = annotation_dataset(self.cfg, self.store.uri, shards, staging, sink_name)
         counts: dict[str, int] = defaultdict(int)
-        failed: dict[str, str] = {}
-        inflight: dict = {}  # commit ref → shard id
+        failed: dict[str, tuple[str | BaseException, str]] = {}  # shard → (error, details)
+        inflight: dict = {}  # commit ref → (shard id, submitted at)
         settled: set[str] = set()
+        committed: list[str] = []
+        fresh = {s for s in shard_ids if not self.state.failures(s)}
         broke: BaseException | None = None
-        try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                for sid, n, err in zip(*(batch.column(c).to_pylist() for c in ("shard_id", "rows", "error"))):
-                    if sid in failed or sid in settled:
-                        continue
-                    if err:
-                        failed[sid] = err
-                        self.fail(sid, err)
-                        continue
-                    counts[sid] += n
-                    if counts[sid] >= expected[sid]:
-                        settled.add(sid)
-                        self.submit_commit(sid, staging, inflight)
-                self.collect(inflight, wait=False)
-        except Exception as exc:  # noqa: BLE001 - the execution as a whole broke: every unfinished shard failed
-            broke = exc
-            self.log(f"the pass over {len(shard_ids)} shards broke: {type(exc).__name__}: {str(exc)[:300]}")
-        self.collect(inflight, wait=True)
-        for sid in shard_ids:
-            if sid in failed or sid in settled:
-                continue
-            self.fail(sid, broke if broke is not None else
-                      f"ShardIncomplete: the pass ended with {counts[sid]} of {expected[sid]} rows written")
-        self.store.delete_dir(staging)
+        with ErroredBlocks() as dropped:
+            try:
+                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                    if self.lease is not None:
+                        self.lease.check()
+                    for sid, n, err in zip(*(batch.column(c).to_pylist() for c in ("shard_id", "rows", "error"))):
+                        if sid in failed or sid in settled:
+                            continue
+                        if err:
+                            failed[sid] = (err, "")
+                            continue
+                        counts[sid] += n
+                        if counts[sid] >= expected[sid]:
+                            settled.add(sid)
+                            self.submit_commit(sid, staging, inflight)
+                    committed += self.collect(inflight, failed, wait=False)
+                    if first and not committed and self._looks_systemic(failed, fresh):
+                        broke = ExecutionError(self._systemic_message(failed))
+                        break
+            except Exception as exc:  # noqa: BLE001 - the execution itself broke: no shard is to blame
+                broke = exc
+            committed += self.collect(inflight, failed, wait=True)
+            if broke is not None:
+                self.guard("cleanup", self.store.delete_dir, staging)
+                if isinstance(broke, ExecutionError):
+                    raise broke
+                from toolformer.lease import LeaseLost
+
+                if isinstance(broke, LeaseLost):
+                    raise ExecutionError(str(broke)) from broke
+                raise ExecutionError(
+                    f"the Ray execution stopped: {type(broke).__name__}: {str(broke)[:1500]}\n"
+                    f"This is not a shard's fault, so no shard was charged: fix the cause (model path, index, "
+                    f"cluster) and run the same command again; {len(committed)} shards committed in this pass "
+                    f"are kept.") from broke
+            deaths = inflight_deaths(self.store, staging)
+            self.actor_deaths += sum(len(v) for v in deaths.values())
+            for sid in shard_ids:
+                if sid in failed or sid in settled:
+                    continue
+                if sid in deaths:
+                    failed[sid] = explain(sid, deaths[sid], dropped)
+                else:
+                    failed[sid] = (f"ShardIncomplete: the pass ended with {counts[sid]} of {expected[sid]} rows "
+                                   f"written" + (f"; Ray Data dropped blocks: {dropped.recent[-1][:800]}"
+                                                 if dropped.recent else ""), "")
+        self.guard("cleanup", self.store.delete_dir, staging)
+        if first and not committed and self._looks_systemic(failed, fresh):
+            raise ExecutionError(self._systemic_message(failed))
+        for sid, (err, details) in failed.items():
+            self.charge(sid, err, details)
+
+    def _looks_systemic(self, failed: dict, fresh: set[str]) -> bool:
+        """Every fresh shard that settled so far failed, and at least 3 did: the execution, not the shards."""
+        bad = [s for s, (e, _) in failed.items() if s in fresh and not str(e).startswith(FATAL)]
+        return len(bad) >= 3
+
+    def _systemic_message(self, failed: dict) -> str:
+        first = str(next(iter(failed.values()))[0]).splitlines()[0][:800]
+        return (f"the first {len(failed)} shards of this run all failed and none committed, which is a problem "
+                f"of the execution, not of the shards (first error: {first}). No shard was charged: fix the "
+                f"cause and run the same command again.")
 
     def submit_commit(self, sid: str, staging: str, inflight: dict) -> None:
         """Start the shard's commit task (a Ray task; the driver keeps only its reference)."""
@@ -213,31 +302,56 @@ class RayAnnotator:
         commit = ray.remote(commit_shard).options(num_cpus=self.cfg.ray.io_num_cpus,
                                                   memory=self.cfg.ray.io_memory_gb * 1024**3, max_retries=1)
         inflight[commit.remote(self.store.uri, self.manifest.shard(sid), self.tools, staging,
-                               self.cfg.shards.max_failures)] = sid
+                               self.cfg.shards.max_failures)] = (sid, time.monotonic())
 
-    def collect(self, inflight: dict, wait: bool) -> None:
-        """Record finished commits (all of them when ``wait``)."""
+    def collect(self, inflight: dict, failed: dict, wait: bool) -> list[str]:
+        """Record finished commits (all of them when ``wait``, each within ``COMMIT_TIMEOUT_S``); a commit that
+        failed or timed out goes to ``failed``. Returns the shards committed."""
         import ray
 
+        done: list[str] = []
         while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=len(inflight) if wait else 1, timeout=None if wait else 0)
+            ready, _ = ray.wait(list(inflight), num_returns=len(inflight) if wait else 1,
+                                timeout=COMMIT_WAIT_S if wait else 0)
             if not ready:
-                return
+                if not wait:
+                    return done
+                for ref, (sid, t0) in list(inflight.items()):
+                    if time.monotonic() - t0 > COMMIT_TIMEOUT_S:  # bounded: a hung commit is the shard's failure
+                        ray.cancel(ref, force=True)
+                        inflight.pop(ref)
+                        failed[sid] = (f"CommitTimeout: the commit task ran over {COMMIT_TIMEOUT_S} s", "")
+                continue
             for ref in ready:
-                sid = inflight.pop(ref)
+                sid, _ = inflight.pop(ref)
                 try:
                     stats = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a failed commit: the shard is retried
-                    self.fail(sid, exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc)
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+                    failed[sid] = (f"{type(cause).__name__}: {cause}",
+                                   "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)))
                     continue
+                done.append(sid)
                 if self.metrics:
-                    self.metrics.record(stats)
-                self.progress.add(stats)
+                    self.guard("metrics", self.metrics.record, stats)
+                self.guard("progress", self.progress.add, stats)
             if not wait:
-                return
+                return done
+        return done
 
     # -- the run --------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        from toolformer.lease import Lease
+
+        s = self.cfg.shards
+        with Lease(self.store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=self.log) as lease:
+            self.lease = lease
+            try:
+                return self._run()
+            finally:
+                self.lease = None
+
+    def _run(self) -> dict:
         from toolformer.cluster import init_ray
 
         self.check_config()
@@ -245,27 +359,28 @@ class RayAnnotator:
         pending = self.state.pending(self.manifest)
         skipped = len(self.manifest.shards) - len(pending)
         self.log(f"{len(self.manifest.shards)} shards: {skipped} already done or quarantined, {len(pending)} pending")
-        self.store.delete_dir("_staging")  # a killed driver's batches: never committed, nothing refers to them
+        self.store.delete_dir("_staging")  # a killed driver's batches (we hold the lease): nothing refers to them
         self.progress = Progress(self)
         passes = 0
         if pending:
             init_ray(self.cfg)
-            self.metrics = _Metrics()
-            self.progress.start_bar(len(pending))
+            self.metrics = self.guard("metrics", _Metrics)
+            self.guard("progress", self.progress.start_bar, len(pending))
             sink_name = f"toolformer-telemetry-{uuid.uuid4().hex[:8]}"
-            sink = start_sink(sink_name)
+            sink = self.guard("telemetry", start_sink, sink_name)
             todo = pending
             while todo:
                 passes += 1
                 if passes > 1:
                     self.log(f"pass {passes}: retrying {len(todo)} failed shards")
-                self.run_pass(todo, sink_name)
-                self.progress.maybe_flush(force=True)
+                self.run_pass(todo, sink_name, first=passes == 1)
+                self.guard("progress", self.progress.maybe_flush, force=True)
                 # Each pass records an attempt for every shard it did not commit, so this ends by quarantine.
                 todo = [s for s in self.state.pending(self.manifest) if s in set(todo)]
-            import ray
+            if sink is not None:
+                import ray
 
-            self.telemetry = ray.get(sink.snapshot.remote())
+                self.telemetry = self.guard("telemetry", lambda: ray.get(sink.snapshot.remote(), timeout=60)) or {}
         return self.summary(t_run, skipped, passes)
 
     def summary(self, t_run: float, skipped: int, passes: int) -> dict:
@@ -278,6 +393,8 @@ class RayAnnotator:
             "docs": sum(s["docs"] for s in stats), "texts": sum(s["texts"] for s in stats),
             "funnel": sum_funnels(s["funnel"] for s in stats),
             "actors": summarize(self.telemetry) if self.telemetry else None,
+            "actor_deaths_charged": self.actor_deaths,
+            "observability_failures": dict(self.guard.failures),
         }
         self.store.write_json(out, "stats.json")
         if out["shards"]["done"]:

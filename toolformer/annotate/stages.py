@@ -26,6 +26,7 @@ from toolformer.engine import Engine
 from toolformer.schemas import WORK
 from toolformer.tools import ToolRequest, build_tool, canonical_name, tool_class
 from toolformer.tools.base import NO_RESULT
+from toolformer.tools.deadline import TimedCaller
 
 _CHUNK_FIELDS = ("text_id", "doc_id", "chunk", "url", "date", "title", "text")
 _COUNTERS = ("n_tokens", "n_positions", "n_pruned", "n_samples", "n_sampled_tokens", "n_closed", "n_parsed",
@@ -75,6 +76,11 @@ class ExecuteCalls:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.tools: dict = {}
+        self.timed = TimedCaller()
+
+    def timeout(self, tool: str) -> float:
+        per_tool = {canonical_name(k): v for k, v in (self.cfg.annotate.tool_timeout_s_per_tool or {}).items()}
+        return float(per_tool.get(tool, self.cfg.annotate.tool_timeout_s))
 
     def setup(self) -> None:
         for name in self.cfg.annotate.tools:
@@ -93,6 +99,7 @@ class ExecuteCalls:
         inputs = struct_fields(cands, "input")["input"]
         parents = parent_rows(cands)
         tools, contexts = table.column("tool").to_pylist(), table.column("context").to_pylist()
+        text_ids = table.column("text_id").to_pylist()
         results: list[str | None] = [None] * len(inputs)
         errors: list[str | None] = [NO_RESULT] * len(inputs)
         tool_ms, executed = [0.0] * table.num_rows, [0] * table.num_rows
@@ -101,7 +108,8 @@ class ExecuteCalls:
             lo, hi = int(bounds[r]), int(bounds[r + 1])
             context = json.loads(contexts[r] or "{}")
             t0 = time.perf_counter()
-            got = self.tools[tools[r]].call([ToolRequest(inputs[j], context) for j in range(lo, hi)])
+            got = self.timed.call(self.tools[tools[r]], [ToolRequest(inputs[j], context) for j in range(lo, hi)],
+                                  self.timeout(tools[r]), key=text_ids[r])
             tool_ms[r] = 1000 * (time.perf_counter() - t0)
             for j, out in zip(range(lo, hi), got):
                 text = clean_field(out.text) if out.text else None
