@@ -48,3 +48,52 @@ def test_two_rounds_resume_after_a_stop(tmp_path, shared_data):
         assert set(r["tools"]) == {"Calculator", "Calendar"} and r["tools"]["Calendar"]["positions"] > 0
         assert set(r["eval"]["arithmetic"]) >= {"finetuned (disabled)", "finetuned + tools"}
     assert (out / "rounds.md").read_text().startswith("# Bootstrapping rounds") and (out / "rounds.png").exists()
+
+
+def _annotation(tool: str, probs: list[float], gains: list[tuple[float | None, bool | None]], n_samples: int) -> dict:
+    from toolformer.schemas import ANNOTATIONS
+
+    row = {name: None for name in ANNOTATIONS.names}
+    cands = [{"position": 0, "gain": g, "kept": k} for g, k in gains]
+    return {**row, "text_id": "t#0", "doc_id": "t", "tool": tool, "position_probs": probs, "candidates": cands,
+            "n_samples": n_samples, "n_parsed": n_samples - 1, "n_kept": sum(bool(k) for _, k in gains)}
+
+
+def test_round_summary_reads_committed_parts_only(tmp_path):
+    """A round's report counts the annotation parts the annotate stage committed (by its markers): a part written
+    without a marker (a crashed attempt) or quarantined is not read, whatever its file name."""
+    from toolformer.bootstrap import _tool_totals, committed_annotations, round_summary
+    from toolformer.schemas import ANNOTATIONS, to_table
+    from toolformer.shards import Manifest, RunState, ShardInfo, Store
+
+    rdir = tmp_path / "rounds" / "r1"
+    store = Store(rdir)
+    shards = [ShardInfo(f"shard-0000{i}", f"shards/shard-0000{i}.parquet", [], 1, f"{i}" * 64, 1) for i in range(3)]
+    Manifest(shards, docs_per_shard=1, config_hash="x").save(store)
+    state = RunState(store, "annotate")
+    committed = [_annotation("Calculator", [0.1, 0.01], [(1.0, True), (0.2, False), (None, None)], 5),
+                 _annotation("Calculator", [0.3], [(2.0, True)], 3),
+                 _annotation("Calendar", [0.02], [], 2)]
+    state.commit("shard-00000", {"annotations": to_table(committed, ANNOTATIONS)}, {})
+    stray = [_annotation("Calculator", [0.9] * 50, [(9.0, True)] * 7, 100), _annotation("QA", [0.5], [(1.0, True)], 4)]
+    store.write_table(to_table(stray, ANNOTATIONS), "annotations", "shard-00001.parquet")  # no marker
+    store.write_table(to_table(stray, ANNOTATIONS), "annotations", "shard-00002.parquet")
+    store.write_json({"shard_id": "shard-00002"}, "quarantine", "annotate", "shard-00002.json")
+
+    _, paths = committed_annotations(rdir)
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["shard-00000.parquet"]
+    out = round_summary(rdir)
+    assert set(out["tools"]) == {"Calculator", "Calendar"}
+    calc = out["tools"]["Calculator"]
+    assert (calc["positions"], calc["positions_above_tau_s"], calc["sampled"], calc["parsed"], calc["kept"]) == (3, 2, 8, 6, 2)
+    assert calc["p_start_median"] == 0.1 and calc["mean_kept_gain"] == 1.5
+    assert out["tools"]["Calendar"]["positions"] == 1 and out["tools"]["Calendar"]["mean_kept_gain"] is None
+    # a batch at a time gives the same totals
+    one_by_one = _tool_totals(store, paths, batch_rows=1)
+    assert {t: (a["sampled"], a["kept"], a["gain_n"]) for t, a in one_by_one.items()} == {"Calculator": (8, 2, 2),
+                                                                                         "Calendar": (2, 0, 0)}
+    # a single-process run (annotate.runner=local) has one file and no markers
+    local = tmp_path / "local"
+    Store(local).write_table(to_table(committed[:1], ANNOTATIONS), "annotations.parquet")
+    assert round_summary(local)["tools"]["Calculator"]["positions"] == 2
+    assert round_summary(tmp_path / "empty")["tools"] == {}

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
 from toolformer.config import RunConfig, to_dict
 from toolformer.faults import fault_point
 from toolformer.report import yields
+from toolformer.shards import Manifest, RunState, Store
 
 PAPER_TAU_S = 0.05
 
@@ -152,30 +154,62 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (round(100 * max(0.0, centre - half), 1), round(100 * min(1.0, centre + half), 1))
 
 
+def committed_annotations(rdir: Path) -> tuple[Store, list[str]]:
+    """A round's annotation files that are committed: by the annotate stage's markers in a sharded run (a part
+    written without its marker, or quarantined, is not read), else the one file of a single-process run."""
+    store = Store(rdir)
+    if store.exists("manifest.json"):
+        return store, RunState(store, "annotate").committed_outputs(Manifest.load(store), "annotations")
+    return store, [store.path("annotations.parquet")] if store.exists("annotations.parquet") else []
+
+
+_SUMMARY_COLUMNS = ["tool", "position_probs", "candidates", "n_samples", "n_parsed", "n_kept"]
+
+
+def _tool_totals(store: Store, paths: list[str], batch_rows: int = 1024) -> dict[str, dict]:
+    """Per tool, over the files batch by batch (only the columns used): the start probabilities of its positions
+    (one float per position, what the median needs), sampled / parsed / kept counts, the kept calls' gains."""
+    acc: dict[str, dict] = {}
+    for path in paths:
+        with store.fs.open_input_file(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=_SUMMARY_COLUMNS):
+                tools = batch.column("tool")
+                for tool in pc.unique(tools).to_pylist():
+                    mine = batch.filter(pc.equal(tools, tool))
+                    a = acc.setdefault(tool, {"probs": [], "sampled": 0, "parsed": 0, "kept": 0,
+                                              "gain_sum": 0.0, "gain_n": 0})
+                    a["probs"].append(pc.list_flatten(mine.column("position_probs")).to_numpy(zero_copy_only=False))
+                    for key, column in (("sampled", "n_samples"), ("parsed", "n_parsed"), ("kept", "n_kept")):
+                        a[key] += pc.sum(mine.column(column)).as_py() or 0
+                    cands = pc.list_flatten(mine.column("candidates"))
+                    gains = cands.field("gain").filter(pc.fill_null(cands.field("kept"), False)).drop_null()
+                    a["gain_sum"] += pc.sum(gains).as_py() or 0.0
+                    a["gain_n"] += len(gains)
+    return acc
+
+
 def round_summary(rdir: Path) -> dict:
     """Per tool: selected positions and p([) there, sampled / parsed / kept calls, kept per 1k sampled tokens,
-    mean gain; then the evaluation of the round's finetuned model (disabled and with tools, with intervals)."""
+    mean gain; then the evaluation of the round's finetuned model (disabled and with tools, with intervals).
+    Reads the committed annotation parts only, a batch at a time."""
     out: dict = {"round": rdir.name, "tools": {}, "eval": {}}
-    ann = sorted(rdir.glob("annotations/*.parquet")) or [rdir / "annotations.parquet"]
-    if not ann[0].exists():
+    store, paths = committed_annotations(rdir)
+    if not paths:
         return out
-    rows = [r for path in ann for r in pq.read_table(path, columns=["tool", "position_probs", "candidates", "n_samples",
-                                                                    "n_parsed", "n_kept", "n_sampled_tokens"]).to_pylist()]
     steps = rdir / "steps"
     funnel = json.loads((steps / "annotate.json").read_text())["funnel"] if (steps / "annotate.json").exists() else {}
     y = yields(funnel)
-    for tool in sorted({r["tool"] for r in rows}):
-        mine = [r for r in rows if r["tool"] == tool]
-        probs = np.array([p for r in mine for p in (r["position_probs"] or [])])
-        gains = [c["gain"] for r in mine for c in r["candidates"] if c["kept"]]
+    totals = _tool_totals(store, paths)
+    for tool in sorted(totals):
+        t = totals[tool]
+        probs = np.concatenate(t["probs"]) if t["probs"] else np.zeros(0)
         out["tools"][tool] = {
             "positions": int(len(probs)), "positions_above_tau_s": int((probs > PAPER_TAU_S).sum()),
             "p_start_median": round(float(np.median(probs)), 4) if len(probs) else None,
             "p_start_p90": round(float(np.percentile(probs, 90)), 4) if len(probs) else None,
-            "sampled": sum(r["n_samples"] for r in mine), "parsed": sum(r["n_parsed"] for r in mine),
-            "kept": sum(r["n_kept"] for r in mine),
+            "sampled": t["sampled"], "parsed": t["parsed"], "kept": t["kept"],
             "kept_per_1k_sampled_tokens": (y.get(tool) or {}).get("kept_per_1k_sampled_tokens"),
-            "mean_kept_gain": round(sum(gains) / len(gains), 3) if gains else None,
+            "mean_kept_gain": round(t["gain_sum"] / t["gain_n"], 3) if t["gain_n"] else None,
         }
     results = rdir / "eval" / "results.json"
     if results.exists():
