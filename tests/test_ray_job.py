@@ -238,25 +238,58 @@ def test_status_job_reports_the_run(reference_run):
     assert set(s["calls_kept"]) == set(TOOLS) and s["eta_s"] in (0, None)
 
 
-def test_actor_killed_and_corrupt_shard_in_one_run(ray_head, prepared, config_file, reference_run, tmp_path):
-    """Two faults in one run (one run instead of two keeps the suite short): the fused LM actor is killed on its
-    first batch (restarted, its batch retried), and a corrupt shard fails in Ray's reader until it is
-    quarantined after a second pass, while the other shards finish equal to the uninterrupted run."""
-    run = _copy(prepared, tmp_path / "run")
-    flag = tmp_path / "killed.txt"
-    bad = run / "shards" / "shard-00001.parquet"
-    bad.write_bytes(b"PAR1 this is not a parquet file" * 10)
-    env = {**_ray_env(), "TOOLFORMER_FAULT_KILL_STAGE": "lm", "TOOLFORMER_FAULT_ONCE_FILE": str(flag)}
-    # Checksums off: the shard reaches Ray's reader and fails there, the way a shard that crashes a stage does.
-    proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED,
-                 "shards.verify_checksums=false", "shards.max_failures=2"], config_file, env=env)
-    assert flag.exists(), "the LM actor was never killed"
-    assert "pass 2: retrying 1 failed shards" in proc.stdout
-    q = json.loads((run / "quarantine" / "annotate" / "shard-00001.json").read_text())
-    assert q["attempts"] == 2 and q["traceback"]
-    assert sorted(p.stem for p in (run / "markers" / "annotate").glob("*.json")) == ["shard-00000", "shard-00002"]
+def _rows_by_key(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["text_id"], r["tool"]): r for r in rows}
+
+
+def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tmp_path):
+    """Issue 20 items 2-4 on one run of 6 one-document shards (one run instead of several keeps the suite short).
+
+    First an error of the execution itself (the LM actor cannot start: a context longer than the model's) stops
+    the run and charges no shard. Then, rerun with the fix, five faults at once: the LM actor killed once
+    (restarted, its batch retried), a shard that fails in the reader (corrupt bytes, checksums off: retried,
+    quarantined), a poison shard (kills every LM actor that takes it: retried `batch_attempts` times a pass,
+    quarantined with the cause), a shard whose first LM batch hangs (the watchdog ends the actor; the retry
+    commits it), and a tool call that hangs (`tool_timeout`, the run goes on). Everything else equals the
+    uninterrupted run, and no other shard has a failure recorded."""
+    run = tmp_path / "run"
+    _job(["jobs.prepare", f"output_dir={run}", "shards.docs_per_shard=1"], config_file)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 6
+    common = [f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED, "shards.max_failures=2",
+              "ray.batch_attempts=2", "shards.verify_checksums=false"]
+    cmd = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), *common, "engine.max_model_len=100000"]
+    broken = subprocess.run(cmd, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=600)
+    assert broken.returncode != 0 and "no shard was charged" in broken.stdout + broken.stderr, broken.stdout[-3000:]
+    assert not (run / "failures").exists() and not (run / "quarantine").exists() and not (run / "markers").exists()
+
+    # the hung call: a candidate-bearing row of the first shard's text, in the uninterrupted run
+    first_texts = set(pq.read_table(run / "shards" / "shard-00000.parquet").column("text_id").to_pylist())
+    hung = next(r for r in _annotations(reference_run) if r["text_id"] in first_texts and r["n_candidates"])
+    (run / "shards" / "shard-00001.parquet").write_bytes(b"PAR1 this is not a parquet file" * 10)
+    env = {**_ray_env(), "TOOLFORMER_FAULT_KILL_STAGE": "lm", "TOOLFORMER_FAULT_ONCE_FILE": str(tmp_path / "killed"),
+           "TOOLFORMER_FAULT_POISON_SHARD": "shard-00003",
+           "TOOLFORMER_FAULT_STALL_SHARD": "shard-00004", "TOOLFORMER_FAULT_STALL_ONCE_FILE": str(tmp_path / "stalled"),
+           "TOOLFORMER_FAULT_HANG_TOOL": hung["tool"], "TOOLFORMER_FAULT_HANG_TEXT": hung["text_id"]}
+    proc = _job(["jobs.annotate", *common, "annotate.tool_timeout_s=2", "ray.lm_batch_timeout_s=45"], config_file, env=env)
+    assert (tmp_path / "killed").exists() and (tmp_path / "stalled").exists(), "a fault never fired"
+    assert sorted(p.stem for p in (run / "quarantine" / "annotate").glob("*.json")) == ["shard-00001", "shard-00003"]
+    assert sorted(p.stem for p in (run / "failures" / "annotate").glob("*.json")) == ["shard-00001", "shard-00003"]
+    poison = json.loads((run / "quarantine" / "annotate" / "shard-00003.json").read_text())
+    assert poison["attempts"] == 2 and poison["error"].startswith("ActorDied"), poison["error"]
+    reader = json.loads((run / "quarantine" / "annotate" / "shard-00001.json").read_text())
+    assert reader["attempts"] == 2 and reader["traceback"]
+    stats = json.loads((run / "stats.json").read_text())
+    assert stats["shards"]["done"] == 4 and stats["actor_deaths_charged"] == 4, stats  # poison: 2 passes x 2 attempts
+    assert stats["funnel"][hung["tool"]]["tool_timeouts"] == hung["n_candidates"], proc.stdout[-2000:]
     _accounted(run)
-    _assert_same(_annotations(run), _annotations(reference_run, {"shard-00000", "shard-00002"}))
+    got = _rows_by_key(_annotations(run))
+    want = {k: v for k, v in _rows_by_key(_annotations(reference_run)).items() if k in got}
+    assert len(got) == len(want) and len(got) > 0
+    timed_out = got.pop((hung["text_id"], hung["tool"]))
+    want.pop((hung["text_id"], hung["tool"]))
+    assert all(c["error"].startswith("tool_timeout") for c in timed_out["candidates"])
+    _assert_same(list(got.values()), [want[k] for k in got])
 
 
 def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepared, config_file, reference_run, tmp_path):
@@ -267,6 +300,12 @@ def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepar
                               start_new_session=True)
     markers = run / "markers" / "annotate"
     deadline = time.time() + 600
+    while time.time() < deadline and not (run / "_lease.json").exists() and driver.poll() is None:
+        time.sleep(0.1)
+    # A second driver on the same run (a RayJob resubmitted, a user rerunning) refuses, naming the holder.
+    second = subprocess.run(args, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode != 0 and f"pid {driver.pid}" in second.stdout + second.stderr, second.stdout[-2000:]
+    assert "being written by another driver" in second.stdout + second.stderr
     while time.time() < deadline and not list(markers.glob("*.json")) and driver.poll() is None:
         time.sleep(0.1)
     os.killpg(driver.pid, signal.SIGKILL)  # mid-run: one shard committed, the others in flight
@@ -275,6 +314,7 @@ def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepar
     assert 1 <= len(first) < 3, f"the driver was to be killed mid-run, found {len(first)} markers"
     proc = _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED], config_file)
     assert f"{len(first)} already done or quarantined, {3 - len(first)} pending" in proc.stdout
+    assert "taking over the run's lease" in proc.stdout and "no longer running" in proc.stdout
     assert {p.name: p.read_text() for p in markers.glob("*.json") if p.name in first} == first  # not redone
     assert not (run / "_staging").exists() or not any((run / "_staging").iterdir())
     _accounted(run)

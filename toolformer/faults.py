@@ -16,7 +16,7 @@ Faults that fire every time (no flag file), for the chaos soak and the failure t
   stage named by ``TOOLFORMER_FAULT_POISON_STAGE``) dies (exit 137, as the OOM killer does) on every batch that
   holds one of these shards: a poison batch;
 - ``TOOLFORMER_FAULT_STALL_SHARD=<shard_id>[,...]``: an LM stage actor hangs on every batch that holds one of
-  these shards (with ``TOOLFORMER_FAULT_ONCE_FILE`` also set: only the first time), for the LM watchdog;
+  these shards (with ``TOOLFORMER_FAULT_STALL_ONCE_FILE`` also set: only the first time), for the LM watchdog;
 - ``TOOLFORMER_FAULT_HANG_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_HANG_TEXT=<text_id>``): that tool's calls
   (of that text only) hang, for the per-call tool timeout.
 """
@@ -55,7 +55,7 @@ def batch_fault(stage: str, shard_ids: list[str]) -> None:
     if stage in poison_stages and any(_listed("TOOLFORMER_FAULT_POISON_SHARD", s) for s in shard_ids):
         os._exit(137)
     if stage in LM_STAGES and any(_listed("TOOLFORMER_FAULT_STALL_SHARD", s) for s in shard_ids):
-        once = env.get("TOOLFORMER_FAULT_ONCE_FILE")
+        once = env.get("TOOLFORMER_FAULT_STALL_ONCE_FILE")
         if not once or fire_once(once, f"stalled in stage {stage}"):
             time.sleep(HANG_SECONDS)
 
