@@ -17,7 +17,8 @@ def run(args) -> dict:
     import yaml
 
     from toolformer.corpus import read_documents
-    from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, to_table, write_parquet_atomic
+    from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, to_table
+    from toolformer.shards import Store
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="toolformer-bench-train-"))
     run = work / "data"
@@ -25,11 +26,12 @@ def run(args) -> dict:
     docs = list(read_documents([], limit=args.texts))
     rows = [dict(text_id=f"{d.doc_id}#0", doc_id=d.doc_id, chunk=0, url=d.url, date=d.date, title=d.title,
                  source=d.source, text=d.text) for d in docs]
-    write_parquet_atomic(to_table(rows, TEXTS), run / "texts.parquet")
-    write_parquet_atomic(ANNOTATIONS.empty_table(), run / "annotations.parquet")
+    store = Store(run)
+    store.write_table(to_table(rows, TEXTS), "texts.parquet")
+    store.write_table(ANNOTATIONS.empty_table(), "annotations.parquet")
     cut = len(rows) * 9 // 10
-    write_parquet_atomic(to_table([dict(text_id=r["text_id"], doc_id=r["doc_id"], shard_id="local", text=r["text"],
-                                        n_calls=0, calls=[]) for r in rows[:cut]], CSTAR), run / "cstar" / "part-00000.parquet")
+    store.write_table(to_table([dict(text_id=r["text_id"], doc_id=r["doc_id"], shard_id="local", text=r["text"],
+                                     n_calls=0, calls=[]) for r in rows[:cut]], CSTAR), "cstar", "part-00000.parquet")
     (run / "merge.json").write_text(json.dumps({"parts": ["cstar/part-00000.parquet"]}))
     result: dict = {"benchmark": "train", "model": "SmolLM2-135M-Instruct (embedded), fp32, CPU",
                     "workers": 2, "seq_len": args.seq_len, "steps": args.steps, "effective_batch": 4,

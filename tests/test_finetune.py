@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from toolformer.calls import Call, linearize
-from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, to_table, write_parquet_atomic
+from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, to_table
+from toolformer.shards import Store
 from toolformer.tools import ToolRequest, build_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,9 +52,10 @@ def merged_run(tmp_path_factory, shared_data) -> Path:
             cstar.append(dict(text_id=f"d{i}#0", doc_id=f"d{i}", shard_id="local", text=aug, n_calls=1,
                               calls=[dict(tool="Calculator", input=expr, result=None, position=0, char_start=start,
                                           char_end=start + len(call), gain=1.0)]))
-    write_parquet_atomic(to_table(rows, TEXTS), run / "texts.parquet")
-    write_parquet_atomic(ANNOTATIONS.empty_table(), run / "annotations.parquet")
-    write_parquet_atomic(to_table(cstar, CSTAR), run / CSTAR_PART)
+    store = Store(run)
+    store.write_table(to_table(rows, TEXTS), "texts.parquet")
+    store.write_table(ANNOTATIONS.empty_table(), "annotations.parquet")
+    store.write_table(to_table(cstar, CSTAR), CSTAR_PART)
     (run / "merge.json").write_text(json.dumps({"parts": [CSTAR_PART]}))
     return run
 

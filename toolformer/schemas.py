@@ -1,4 +1,4 @@
-"""Parquet schemas of every hand-off, defined once, and an atomic writer.
+"""Parquet schemas of every hand-off, defined once (atomic writes: ``toolformer.shards.Store.write_table``).
 
 shard        a prepared shard: one row per text (a document chunk), in document order (jobs.prepare)
 texts        one row per annotated text
@@ -11,8 +11,6 @@ cstar        the augmented corpus C*: texts with their surviving calls inserted
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
@@ -136,19 +134,6 @@ def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table``'s columns of ``schema``, in its order and types (extra columns dropped)."""
     return table.select(schema.names).cast(schema)
-
-
-def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write next to the target, then rename: readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:

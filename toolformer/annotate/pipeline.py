@@ -20,7 +20,8 @@ from toolformer.config import RunConfig, config_hash, to_dict
 from toolformer.corpus import SkipLog, corpus_documents, texts_of
 from toolformer.engine import Engine, build_engine
 from toolformer.report import funnel
-from toolformer.schemas import ANNOTATIONS, TEXTS, conform, to_table, write_parquet_atomic
+from toolformer.schemas import ANNOTATIONS, TEXTS, conform, to_table
+from toolformer.shards import Store
 
 
 def load_texts(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict]:
@@ -95,14 +96,14 @@ def run_annotate(cfg: RunConfig, engine: Engine | None = None, log: Callable[[st
         log(f"{corpus_stats['docs_read']} documents → {len(texts)} texts; "
             f"skipped {corpus_stats['docs_skipped']['total']} records")
         table = to_table(texts, TEXTS)
-        write_parquet_atomic(table, out_dir / "texts.parquet")
+        Store(out_dir).write_table(table, "texts.parquet")
         from toolformer.console import Progress
 
         bar = Progress(table.num_rows, "annotating", "texts")
         work, seconds = annotate_texts(table, cfg, engine, progress=lambda done, total: bar.update(done - bar.n))
         bar.close()
         annotations = conform(work, ANNOTATIONS)
-        write_parquet_atomic(annotations, out_dir / "annotations.parquet")
+        Store(out_dir).write_table(annotations, "annotations.parquet")
         stats = {
             **run_metadata(cfg, engine),
             "corpus": corpus_stats,
