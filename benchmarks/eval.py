@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from benchmarks.harness import REPO
 from toolformer.paths import shared_data
+
+RESULTS = REPO / "benchmarks" / "results" / "eval.json"
+
+
+def check(result: dict) -> dict[str, bool]:
+    """The enforced checks: examples were run, and batching changed no output (greedy decoding, same engine)."""
+    n = result.get("of") or 0
+    return {"examples_run": n > 0 and result.get("examples") == n,
+            "batched_outputs_equal_one_at_a_time": n > 0 and result.get("same_outputs") == n}
 
 
 def run(args) -> dict:
@@ -35,15 +46,25 @@ def run(args) -> dict:
     t_single = time.perf_counter() - t0
     engine.close()
     same = sum(a.text == b.text for a, b in zip(batched, single))
-    return {
+    result = {
         "benchmark": "eval", "examples": len(examples), "tasks": args.tasks, "mode": "base model, tools via prompt, k=10",
         "batched_examples_per_s": round(len(examples) / t_batched, 2),
         "one_at_a_time_examples_per_s": round(len(examples) / t_single, 2),
         "speedup": round(t_single / t_batched, 2), "same_outputs": same, "of": len(examples),
         "examples_with_a_call": sum(bool(d.calls) for d in batched),
     }
+    if same < len(examples):
+        result["first_difference"] = next({"prompt_tail": p[-200:], "batched": a.text, "one_at_a_time": b.text}
+                                          for p, a, b in zip(prompts, batched, single) if a.text != b.text)
+    checks = check(result)
+    result.update(checks=checks, ok=all(checks.values()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
 
 
 def add_arguments(ev) -> None:
     ev.add_argument("--tasks", nargs="*", default=["svamp", "arithmetic", "dateset", "lama_trex"])
     ev.add_argument("--per-task", type=int, default=16)
+    ev.add_argument("--out", default=str(RESULTS), help="where the JSON is written too ('' for nowhere)")

@@ -8,6 +8,26 @@ from pathlib import Path
 
 from benchmarks.harness import REPO, timed_job
 
+RESULTS = REPO / "benchmarks" / "results" / "train.json"
+LOSS_TOLERANCE = 1e-3  # nats: ZeRO partitions optimizer state, gradients and parameters, not the arithmetic
+
+
+def check(result: dict) -> dict[str, bool]:
+    """The enforced checks: every stage asked for ran and trained (a finite loss, tokens/s > 0), and the final
+    training loss is the same under every ZeRO stage (same data, same seed; the stages only partition state)."""
+    import math
+
+    stages = result.get("zero") or {}
+    losses = [s.get("final_train_loss") for s in stages.values()]
+    finite = [x for x in losses if isinstance(x, (int, float)) and math.isfinite(x)]
+    return {
+        "every_stage_ran": bool(stages) and len(stages) == len(set(result.get("zero_stages") or stages)),
+        "every_stage_trained": bool(stages) and len(finite) == len(losses)
+        and all((s.get("tokens_per_s_per_worker") or 0) > 0 for s in stages.values()),
+        "same_final_loss_across_zero_stages": bool(finite) and len(finite) == len(losses)
+        and max(finite) - min(finite) <= LOSS_TOLERANCE,
+    }
+
 
 def run(args) -> dict:
     """Finetuning the embedded model on CPU with 2 Ray Train workers, one run per ZeRO stage, same data."""
@@ -35,7 +55,8 @@ def run(args) -> dict:
     (run / "merge.json").write_text(json.dumps({"parts": ["cstar/part-00000.parquet"]}))
     result: dict = {"benchmark": "train", "model": "SmolLM2-135M-Instruct (embedded), fp32, CPU",
                     "workers": 2, "seq_len": args.seq_len, "steps": args.steps, "effective_batch": 4,
-                    "cpus": len(os.sched_getaffinity(0)), "zero": {}}
+                    "cpus": len(os.sched_getaffinity(0)), "zero_stages": list(args.zero_stages),
+                    "loss_tolerance": LOSS_TOLERANCE, "zero": {}}
     for stage in args.zero_stages:
         ds = work / f"ds_zero{stage}.yaml"
         base = yaml.safe_load((REPO / "jobs" / "configs" / f"ds_zero{3 if stage == 3 else 2}.yaml").read_text())
@@ -56,6 +77,11 @@ def run(args) -> dict:
             "peak_rss_mb_per_worker": round(final["peak_rss_mb_worker"]),
             "fit_seconds": summary["seconds"], "job_seconds": round(t, 1), "final_train_loss": round(final["train_loss"], 4),
         }
+    checks = check(result)
+    result.update(checks=checks, ok=all(checks.values()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
@@ -65,3 +91,4 @@ def add_arguments(tr) -> None:
     tr.add_argument("--steps", type=int, default=6)
     tr.add_argument("--zero-stages", type=int, nargs="*", default=[1, 2, 3])
     tr.add_argument("--work-dir", default=None)
+    tr.add_argument("--out", default=str(RESULTS), help="where the JSON is written too ('' for nowhere)")

@@ -6,7 +6,9 @@ small built-in task samples, with and without tools.
 Only ~3% of the summaries pass the Calculator's heuristic (arithmetic among three numbers) and few hold a
 foreign phrase for MT, so the demo picks its documents on purpose: up to a fifth with a foreign phrase, up
 to half with arithmetic, the rest plain (every one has a date, so all go to the Calendar; all go to QA and
-WikiSearch). It writes them as cc_net records to ``<output_dir>/demo_corpus.jsonl`` and annotates that.
+WikiSearch). It writes them as cc_net records to ``<output_dir>/demo_corpus.jsonl`` and annotates that. Their
+date (what the Calendar returns for them) is ``corpus.embedded_date``, pinned in jobs/configs/demo.yaml so that
+the funnel and C* do not change with the day the demo runs.
 
     python -m jobs.demo                       # what `make demo` runs
     python -m jobs.demo corpus.limit=10       # any override of jobs/configs/demo.yaml
@@ -30,6 +32,7 @@ def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int, shuff
     (``shuffle``: in a seeded random order, so that any slice of the file has the same mix)."""
     import json
 
+    from toolformer.card import WIKIPEDIA_SUMMARIES, write_source_note
     from toolformer.corpus import embedded_ccnet_records
     from toolformer.tools.heuristics import calculator_rule, foreign_chunk
 
@@ -52,6 +55,9 @@ def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int, shuff
         random.Random(seed).shuffle(chosen)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
+    # The texts are Wikipedia's: the note beside the file carries that source's name and licence into C*'s card.
+    write_source_note(path, WIKIPEDIA_SUMMARIES,
+                      f"{len(chosen)} summaries written unchanged as cc_net records by jobs.demo, dated {date}")
     return path
 
 
@@ -78,13 +84,16 @@ def _run(cfg, args) -> None:
           "make the following words easier to predict, and is finetuned on the result.")
     if log_path():
         print(f"(engine and framework output: {log_path()}; --verbose shows it here)")
+    dated = ""
     if not cfg.corpus.paths:
         n = cfg.corpus.limit or 30
+        dated = f" dated {cfg.corpus.embedded_date} (corpus.embedded_date)"
         corpus = write_demo_corpus(Path(cfg.output_dir) / "demo_corpus.jsonl", n, cfg.corpus.embedded_lang,
                                    cfg.corpus.embedded_date, cfg.seed)
         cfg.corpus.paths = [str(corpus)]
-    step(1, f"annotating {cfg.corpus.limit or 'all'} Wikipedia summaries with {', '.join(cfg.annotate.tools)} "
-            f"({cfg.engine.backend}, {cfg.model.dtype}); the first run also converts the model and builds the index")
+    step(1, f"annotating {cfg.corpus.limit or 'all'} Wikipedia summaries{dated} with "
+            f"{', '.join(cfg.annotate.tools)} ({cfg.engine.backend}, {cfg.model.dtype}); the first run also converts "
+            "the model and builds the index")
     stats = run_annotate(cfg, log=lambda m: print(f"  {m}"))
     print("Funnel per tool (kept: calls with gain >= τf, and the texts holding them):")
     print(format_funnel(stats["funnel"]))
