@@ -68,7 +68,7 @@ class CorpusConfig:
     # Wikipedia summaries carry no crawl date; "today" means the day the corpus is read.
     embedded_date: str = "today"
     calculator_random_keep: float = 0.01  # the paper's 1% of texts with only three numbers
-    license: Optional[str] = None  # the sources' licence, for C*'s dataset card (the embedded corpus: cc-by-sa-3.0)
+    license: Optional[str] = None  # licence of inputs of unknown origin, for C*'s dataset card (known sources keep their own: the embedded corpus is cc-by-sa-3.0)
 
 
 @dataclass
