@@ -8,6 +8,8 @@ import os
 for _key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_key, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before Ray is imported (it reads this once): every Ray a test starts in-process listens on loopback only.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from pathlib import Path
 
