@@ -117,3 +117,64 @@ def make_staged_run(root: Path, n_texts: int, texts_per_shard: int = 1000, seed:
     manifest.save(store)
     return manifest
 
+
+
+# ---- cc_net input files for the prepare point ------------------------------------------------------------
+
+def _ccnet_text(rng: np.random.Generator, vocab: np.ndarray, words: int) -> str:
+    """Random words in sentences and lines, so that chunking finds line and sentence breaks as in web text."""
+    idx = rng.integers(0, len(vocab), size=words)
+    out, line = [], []
+    for j, w in enumerate(vocab[idx]):
+        line.append(w)
+        if j % 15 == 14:
+            out.append(" ".join(line).capitalize() + ".")
+            line = []
+    if line:
+        out.append(" ".join(line).capitalize() + ".")
+    return "\n".join(" ".join(out[i : i + 3]) for i in range(0, len(out), 3))
+
+
+def ccnet_record(rng: np.random.Generator, vocab: np.ndarray, i: int) -> dict:
+    """One cc_net output record (the fields cc_net writes, in its order) with a synthetic text."""
+    from urllib.parse import urlparse
+
+    from toolformer.corpus.records import ccnet_digest
+
+    text = _ccnet_text(rng, vocab, int(rng.integers(120, 600)))
+    url = f"https://site{i % 977}.example.com/{2019 + i % 5}/{1 + i % 12:02d}/page-{i}.html"
+    return {"url": url, "date_download": f"2019-02-{1 + i % 28:02d}T{i % 24:02d}:00:00Z", "digest": ccnet_digest(text),
+            "length": len(text), "nlines": text.count("\n") + 1, "source_domain": urlparse(url).netloc,
+            "title": f"Page {i}", "raw_content": text, "original_nlines": text.count("\n") + 9,
+            "original_length": len(text) + 400, "language": "en", "language_score": 0.95,
+            "perplexity": round(float(rng.uniform(100, 400)), 1), "bucket": "head", "cc_segment": "synthetic"}
+
+
+def write_ccnet_files(folder: Path, n_docs: int, docs_per_file: int = 500, seed: int = 0,
+                      dup_share: float = 0.01, bad_share: float = 0.002) -> list[Path]:
+    """cc_net ``.json.gz`` files holding ``n_docs`` lines in all: records with synthetic text, ``dup_share`` of
+    them repeating an earlier record (same digest, as a page crawled twice) and ``bad_share`` malformed lines,
+    so that prepare's dedup and skip paths run as they do on a real crawl. One file in memory at a time."""
+    import gzip
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    vocab = _words(rng, 5000)
+    files, earlier = [], []
+    for f, start in enumerate(range(0, n_docs, docs_per_file)):
+        lines = []
+        for i in range(start, min(start + docs_per_file, n_docs)):
+            roll = rng.random()
+            if roll < bad_share:
+                lines.append('{"url": "https://broken.example.com/", "raw_content": "cut off')
+            elif roll < bad_share + dup_share and earlier:
+                lines.append(earlier[int(rng.integers(0, len(earlier)))])
+            else:
+                lines.append(json.dumps(ccnet_record(rng, vocab, i)))
+                if len(earlier) < 1000:  # enough to draw repeats from, bounded
+                    earlier.append(lines[-1])
+        path = folder / f"en_head_{f:04d}.json.gz"
+        path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=1))
+        files.append(path)
+    return files

@@ -2,6 +2,11 @@
 
 Documents are chunked here, once: the manifest then knows how many texts each shard holds, so the streaming
 annotate job knows a shard is complete when ``n_texts x tools`` annotation rows of it have been written.
+
+Two runners write the same shards (ids, bytes, checksums) and the same manifest for the same inputs:
+``prepare_local`` reads the corpus in one loop in this process (tiny corpora, fsspec ``memory://`` inputs,
+the reference the Ray job is tested against); ``toolformer.prepare_ray.prepare_ray`` reads, deduplicates,
+chunks and writes in Ray tasks, resumes a stopped run, and is what ``python -m jobs.prepare`` runs.
 """
 
 from __future__ import annotations
@@ -17,13 +22,29 @@ from toolformer.corpus import SkipLog, corpus_documents, texts_of
 from toolformer.schemas import SHARD, to_table
 from toolformer.shards import Manifest, ShardInfo, Store, sha256_bytes, shard_name
 
+RUNNERS = ("local", "ray")
 
-def prepare(cfg: RunConfig, log: Callable[[str], None] = print) -> Manifest:
+
+def prepare(cfg: RunConfig, log: Callable[[str], None] = print, runner: str = "local") -> Manifest:
+    """Shard the configured corpus with one of ``RUNNERS`` (same shards and manifest either way). ``local`` by
+    default here, for callers that prepare a small corpus in passing (the annotate job when no manifest exists,
+    bootstrap rounds) and may read ``memory://`` inputs; ``jobs.prepare`` runs ``ray``."""
+    if runner == "ray":
+        from toolformer.prepare_ray import prepare_ray
+
+        return prepare_ray(cfg, log)
+    if runner != "local":
+        raise ValueError(f"prepare runner must be one of {RUNNERS}, got {runner!r}")
+    return prepare_local(cfg, log)
+
+
+def prepare_local(cfg: RunConfig, log: Callable[[str], None] = print) -> Manifest:
     """Read the configured corpus once and write ``shards/shard-NNNNN.parquet`` + ``manifest.json``.
 
     Deterministic: the same inputs and settings give the same shards (ids, contents, checksums). A run
     directory that already has a manifest is left as it is (and must match, else an error). Memory holds one
-    shard's texts at a time.
+    shard's texts at a time, and the id of every document read (duplicates are found with a set of them): at
+    scale, use the Ray runner, whose driver holds neither.
     """
     from transformers import AutoTokenizer
 

@@ -224,10 +224,36 @@ def _hf_disk_rows(path: str | Path, skips: SkipLog) -> Iterator[tuple[Any, str]]
             yield row, f"{path}{'/' + split if split else ''}:{i + 1}"
 
 
+def _inputs_of(path: str, fmt: str) -> list[tuple[str, str]]:
+    """The inputs one configured path names: a save_to_disk folder, or its files, each with its format."""
+    if fmt == "hf_disk" or (fmt == "auto" and is_hf_disk(path)):
+        return [(str(path), "hf_disk")]
+    return [(str(f), _format_of(f, fmt)) for f in expand_paths([path])]
+
+
+def corpus_inputs(paths: Iterable[str] = (), fmt: str = "auto") -> list[tuple[str, str]]:
+    """Every input a corpus reads, in read order, as (path, format): a file (``jsonl`` for cc_net and JSONL,
+    ``parquet``), a ``hf_disk`` folder, or ``("embedded", "embedded")`` when no paths are given. A corpus read
+    one input at a time (``input_records``) in this order is the corpus ``read_documents`` reads."""
+    paths = list(paths)
+    if fmt == "embedded" or not paths:
+        return [("embedded", "embedded")]
+    return [entry for p in paths for entry in _inputs_of(p, fmt)]
+
+
+def input_records(path: str, fmt: str, skips: SkipLog, *, embedded_lang: str = "en-us",
+                  embedded_date: str = "today") -> Iterator[tuple[Any, str]]:
+    """(record, place) of every record of one input from ``corpus_inputs``; unreadable lines go to ``skips``."""
+    if fmt == "embedded":
+        return embedded_ccnet_records(embedded_lang, embedded_date)
+    if fmt == "hf_disk":
+        return _hf_disk_rows(path, skips)
+    if fmt == "parquet":
+        return _parquet_rows(path, skips)
+    return json_records(path, skips)
+
+
 def _records(path: str, fmt: str, skips: SkipLog) -> Iterator[tuple[Any, str]]:
     """Every record under one configured path: a save_to_disk folder, or its files by format."""
-    if fmt == "hf_disk" or (fmt == "auto" and is_hf_disk(path)):
-        yield from _hf_disk_rows(path, skips)
-        return
-    for f in expand_paths([path]):
-        yield from (_parquet_rows(f, skips) if _format_of(f, fmt) == "parquet" else json_records(f, skips))
+    for entry, entry_fmt in _inputs_of(path, fmt):
+        yield from input_records(entry, entry_fmt, skips)

@@ -1,0 +1,578 @@
+"""Prepare as a Ray job: the corpus read, deduplicated, chunked and written to shards by Ray tasks; resumable.
+
+It writes the same shards (ids, bytes, sha256) and the same manifest (skips per reason with their examples,
+inputs, counts) as ``toolformer.prepare.prepare_local``, which reads the corpus in one loop: shards hold
+``shards.docs_per_shard`` unique valid documents in global read order (spanning inputs), ``corpus.offset`` and
+``corpus.limit`` count unique valid documents in that order, and a document id seen at an earlier place is a
+duplicate (first occurrence wins). Work and markers live under ``<output_dir>/_prepare/``:
+
+1. scan, one task per input (a file, a save_to_disk folder, or the embedded corpus): parse and validate every
+   record; write the valid documents (``docs/<n>.parquet``), their ids hash-partitioned into buckets
+   (``ids/<n>.parquet``, a row group per bucket), every skip with its place (``skips/<n>.parquet``), then the
+   marker ``inputs/<n>.json`` (counts and skip summary). A stopped prepare resumes here: an input with a
+   marker is not read again.
+2. dedup, one task per bucket: that bucket's ids from every input, sorted by (id, input, record); all but
+   the first of an id are duplicates (``dups/<n>/<bucket>.parquet``, marker ``buckets/<bucket>.json``).
+3. cut, in the driver from per-input counts: which unique documents each shard takes (slices of inputs). Where
+   ``corpus.limit`` ends the read inside an input, a task finds the record the one-loop read stops at, so that
+   skips after it are not counted, exactly as that read never reaches them.
+4. shards, one task per shard: read its slices, chunk and tokenize (``texts_of``), write
+   ``shards/<shard>.parquet`` and the marker ``_prepare/shards/<shard>.json``.
+5. the driver writes ``config.yaml``, then ``manifest.json`` (last), then removes ``_prepare``.
+
+The driver holds per-input counts, the shard plan and the manifest; never documents, texts or ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import io
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from toolformer.config import RunConfig, config_hash, to_dict
+from toolformer.corpus.chunking import texts_of
+from toolformer.corpus.readers import corpus_inputs, input_records
+from toolformer.corpus.records import Document, SkipLog, _Skip, field_paths, record_to_document
+from toolformer.schemas import SHARD, to_table
+from toolformer.shards import Manifest, ShardInfo, Store, sha256_bytes, shard_name
+
+WORK = "_prepare"
+PLAN_VERSION = 1
+MAX_EXAMPLES = SkipLog.max_examples
+DOCS_ROW_GROUP = 1024  # a shard task reads the row groups its slice spans, not the input's whole file
+MAX_BUCKETS = 256
+INPUTS_PER_BUCKET = 4  # a dedup task holds about this many inputs' ids
+READER, RECORD = 0, 1  # a skip before record k (a line that is no record), or of record k itself
+
+DOCS = pa.schema([("k", pa.int64()), ("doc_id", pa.string()), ("url", pa.string()), ("date", pa.string()),
+                  ("title", pa.string()), ("text", pa.string()), ("source", pa.string()), ("meta", pa.string())])
+IDS = pa.schema([("bucket", pa.int32()), ("doc_id", pa.string()), ("input", pa.int32()), ("k", pa.int64()),
+                 ("source", pa.string())])
+SKIPS = pa.schema([("k", pa.int64()), ("kind", pa.int8()), ("seq", pa.int64()), ("reason", pa.string()),
+                   ("where", pa.string())])
+DUPS = pa.schema([("k", pa.int64()), ("where", pa.string())])
+
+STOP_AFTER_ENV = "TOOLFORMER_FAULT_PREPARE_STOP_AFTER"
+
+
+class PrepareStopped(RuntimeError):
+    """Raised by the fault hook: the driver stopped after some inputs, as an interrupted prepare does."""
+
+
+# ---- skip summaries --------------------------------------------------------------------------------------
+# A part is one input's (or the duplicates') skips: counts and first examples per reason, and where each reason
+# first occurred, as [input, record, kind, order]: merged in input order they give SkipLog.as_dict() of one read.
+
+def _part(n: int, events: Iterable[tuple[int, int, int, str, str]]) -> dict:
+    """The skip summary of input ``n`` from its events (record k, kind, order, reason, where), in read order."""
+    counts: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    first: dict[str, list[int]] = {}
+    for k, kind, seq, reason, where in events:
+        counts[reason] = counts.get(reason, 0) + 1
+        ex = examples.setdefault(reason, [])
+        if len(ex) < MAX_EXAMPLES:
+            ex.append(where)
+        first.setdefault(reason, [n, k, kind, seq])
+    return {"counts": counts, "examples": examples, "first": first}
+
+
+def merge_skips(parts: Iterable[dict]) -> dict:
+    """``SkipLog.as_dict()`` of the whole read from parts given in input order (reasons in first-seen order)."""
+    counts: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    first: dict[str, list[int]] = {}
+    for p in parts:
+        for reason, c in p["counts"].items():
+            counts[reason] = counts.get(reason, 0) + c
+            ex = examples.setdefault(reason, [])
+            ex.extend(p["examples"].get(reason, [])[: MAX_EXAMPLES - len(ex)])
+            key = p["first"][reason]
+            first[reason] = min(first.get(reason, key), key)
+    order = sorted(counts, key=lambda r: first[r])
+    return {"total": sum(counts.values()), "by_reason": {r: counts[r] for r in order},
+            "examples": {r: examples[r] for r in order}}
+
+
+@dataclass
+class _PlacedSkips(SkipLog):
+    """A SkipLog that keeps every skip with its place (record index k, kind, order): a limit that ends the read
+    inside this input counts only the skips before that point. ``k`` is the number of records read so far, so
+    a reader skip (a line that is no record) lands before the record that follows it."""
+
+    k: int = 0
+    events: list = field(default_factory=list)
+
+    def add(self, reason: str, where: str, kind: int = READER) -> None:
+        super().add(reason, where)
+        self.events.append((self.k, kind, len(self.events), reason, where))
+
+
+# ---- small store helpers ---------------------------------------------------------------------------------
+
+def _name(n: int) -> str:
+    return f"{n:06d}"
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """Parquet as ``prepare_local`` writes it (default settings): a shard's bytes, hence its sha256, match."""
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+def _bucket_of(doc_id: str, buckets: int) -> int:
+    """A stable hash (Python's str hash is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "big") % buckets
+
+
+def _dup_ks(store: Store, n: int) -> np.ndarray:
+    """Record indices of input ``n``'s duplicates, from every bucket that found some."""
+    names = store.names(WORK, "dups", _name(n), suffix=".parquet")
+    if not names:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([store.read_table(WORK, "dups", _name(n), f).column("k").to_numpy() for f in names])
+
+
+def _unique_ordinals(store: Store, n: int, pf: pq.ParquetFile) -> np.ndarray | None:
+    """Row numbers in ``docs/<n>.parquet`` of the input's unique documents; None when all are unique."""
+    dups = _dup_ks(store, n)
+    if not len(dups):
+        return None
+    ks = pf.read(columns=["k"]).column("k").to_numpy()
+    return np.flatnonzero(~np.isin(ks, dups))
+
+
+# ---- tasks -----------------------------------------------------------------------------------------------
+
+def scan_input(uri: str, n: int, path: str, fmt: str, settings: dict, buckets: int) -> dict:
+    """Phase 1 for input ``n``: validate its records, write its documents, ids and skips, then its marker."""
+    store = Store(uri)
+    skips = _PlacedSkips()
+    where_is = field_paths(settings["fields"])
+    docs: dict[str, list] = {name: [] for name in DOCS.names}
+    ids: dict[str, list] = {name: [] for name in IDS.names}
+    out = io.BytesIO()
+    writer = pq.ParquetWriter(out, DOCS)
+
+    def flush() -> None:
+        writer.write_table(pa.table(docs, schema=DOCS))
+        for column in docs.values():
+            column.clear()
+
+    records = input_records(path, fmt, skips, embedded_lang=settings["embedded_lang"],
+                            embedded_date=settings["embedded_date"])
+    for record, where in records:
+        try:
+            doc = record_to_document(record, where, max_doc_chars=settings["max_doc_chars"],
+                                     min_text_chars=settings["min_text_chars"], fields=where_is)
+        except _Skip as skip:
+            skips.add(skip.reason, where, RECORD)
+        else:
+            for name in DOCS.names[1:]:
+                docs[name].append(getattr(doc, name))
+            docs["k"].append(skips.k)
+            for name, value in (("bucket", _bucket_of(doc.doc_id, buckets)), ("doc_id", doc.doc_id), ("input", n),
+                                ("k", skips.k), ("source", where)):
+                ids[name].append(value)
+            if len(docs["k"]) >= DOCS_ROW_GROUP:
+                flush()
+        skips.k += 1
+    n_valid = len(ids["k"])
+    if docs["k"] or not n_valid:
+        flush()
+    writer.close()
+    store.write_bytes(out.getvalue(), WORK, "docs", f"{_name(n)}.parquet")
+    store.write_bytes(_ids_parquet(pa.table(ids, schema=IDS)), WORK, "ids", f"{_name(n)}.parquet")
+    if skips.events:  # read back only where a limit ends the read inside this input
+        events = pa.table({name: list(col) for name, col in zip(SKIPS.names, zip(*skips.events))}, schema=SKIPS)
+        store.write_bytes(_parquet_bytes(events), WORK, "skips", f"{_name(n)}.parquet")
+    marker = {"input": n, "path": path, "format": fmt, "n_records": skips.k, "n_valid": n_valid,
+              "skips": _part(n, skips.events)}
+    store.write_json(marker, WORK, "inputs", f"{_name(n)}.json")  # last: the input is done
+    return marker
+
+
+def _ids_parquet(ids: pa.Table) -> bytes:
+    """One row group per bucket, so that a dedup task reads only its bucket's rows of each input."""
+    ids = ids.sort_by([("bucket", "ascending"), ("k", "ascending")])
+    out = io.BytesIO()
+    with pq.ParquetWriter(out, IDS) as writer:
+        if not ids.num_rows:
+            writer.write_table(ids)
+        bucket = ids.column("bucket").to_numpy()
+        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(bucket) else []
+        ends = list(starts[1:]) + [len(bucket)]
+        for a, b in zip(starts, ends):
+            writer.write_table(ids.slice(int(a), int(b - a)))
+    return out.getvalue()
+
+
+def dedup_bucket(uri: str, b: int, n_inputs: int) -> dict:
+    """Phase 2 for bucket ``b``: the ids that occurred at an earlier (input, record); writes them per input."""
+    import pyarrow.dataset as ds
+
+    store = Store(uri)
+    files = [store.path(WORK, "ids", f"{_name(n)}.parquet") for n in range(n_inputs)]
+    t = ds.dataset(files, schema=IDS, format="parquet", filesystem=store.fs).to_table(
+        columns=["doc_id", "input", "k", "source"], filter=ds.field("bucket") == b)
+    t = t.sort_by([("doc_id", "ascending"), ("input", "ascending"), ("k", "ascending")])
+    counts: dict[str, int] = {}
+    first: list[list] = []
+    if t.num_rows > 1:
+        ids = t.column("doc_id")
+        same = pc.equal(ids.slice(1), ids.slice(0, t.num_rows - 1))
+        dups = t.filter(pa.concat_arrays([pa.array([False]), *same.chunks]))
+        dups = dups.sort_by([("input", "ascending"), ("k", "ascending")])
+        inputs = dups.column("input").to_numpy()
+        for n in np.unique(inputs):
+            rows = dups.filter(pc.equal(dups.column("input"), int(n)))
+            part = pa.table({"k": rows.column("k"), "where": rows.column("source")}, schema=DUPS)
+            store.write_bytes(_parquet_bytes(part), WORK, "dups", _name(int(n)), f"{b:05d}.parquet")
+            counts[str(int(n))] = rows.num_rows
+        head = dups.slice(0, MAX_EXAMPLES)
+        first = [[int(n), int(k), w] for n, k, w in zip(head.column("input").to_pylist(), head.column("k").to_pylist(),
+                                                          head.column("source").to_pylist())]
+    marker = {"bucket": b, "dups": counts, "first": first}
+    store.write_json(marker, WORK, "buckets", f"{b:05d}.json")
+    return marker
+
+
+def kth_unique(uri: str, n: int, rank: int) -> int:
+    """The record index of input ``n``'s unique document number ``rank`` (from 0)."""
+    store = Store(uri)
+    with store.fs.open_input_file(store.path(WORK, "docs", f"{_name(n)}.parquet")) as f:
+        pf = pq.ParquetFile(f)
+        ordinals = _unique_ordinals(store, n, pf)
+        row = rank if ordinals is None else int(ordinals[rank])
+        return int(pf.read(columns=["k"]).column("k")[row].as_py())
+
+
+def skips_before(uri: str, n: int, k_stop: int) -> dict:
+    """Input ``n``'s skips that the one-loop read counts when it stops on record ``k_stop``: reader skips up to
+    that record, record skips and duplicates before it."""
+    store = Store(uri)
+    events: list = []
+    if store.exists(WORK, "skips", f"{_name(n)}.parquet"):
+        t = store.read_table(WORK, "skips", f"{_name(n)}.parquet")
+        k, kind = t.column("k"), t.column("kind")
+        keep = pc.or_(pc.and_(pc.equal(kind, READER), pc.less_equal(k, k_stop)),
+                      pc.and_(pc.equal(kind, RECORD), pc.less(k, k_stop)))
+        t = t.filter(keep)
+        events = list(zip(*(t.column(c).to_pylist() for c in SKIPS.names)))
+    dups = _dup_ks(store, n)
+    return {"part": _part(n, events), "dups": int((dups < k_stop).sum())}
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(name_or_path: str, cache_dir: str | None):
+    """Loaded once per worker process: Ray reuses workers across tasks."""
+    from transformers import AutoTokenizer
+
+    from toolformer.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path, cache_dir))
+
+
+def _slice_docs(store: Store, n: int, a: int, b: int) -> Iterator[Document]:
+    """Input ``n``'s unique documents number ``a`` to ``b - 1``, reading only the row groups they lie in."""
+    with store.fs.open_input_file(store.path(WORK, "docs", f"{_name(n)}.parquet")) as f:
+        pf = pq.ParquetFile(f)
+        ordinals = _unique_ordinals(store, n, pf)
+        rows = np.arange(a, b) if ordinals is None else ordinals[a:b]
+        if not len(rows):
+            return
+        sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+        starts = np.cumsum([0, *sizes])
+        groups = [i for i in range(len(sizes)) if starts[i] <= rows[-1] and starts[i + 1] > rows[0]]
+        table = pf.read_row_groups(groups).take(pa.array(rows - starts[groups[0]]))
+    for d in table.to_pylist():
+        d.pop("k")
+        yield Document(**d)
+
+
+def write_shard(uri: str, sid: str, slices: list[list[int]], model: list, max_tokens: int) -> dict:
+    """Phase 4: a shard's documents chunked into texts, written as ``shards/<sid>.parquet``, then its marker."""
+    store = Store(uri)
+    tokenizer = _tokenizer(*model)
+    rows: list[dict] = []
+    n_docs = 0
+    for n, a, b in slices:
+        for doc in _slice_docs(store, n, a, b):
+            source = doc.source.rsplit(":", 1)[0]
+            rows.extend({**t, "meta": doc.meta, "_input": source} for t in texts_of(doc, tokenizer, max_tokens))
+            n_docs += 1
+    data = _parquet_bytes(to_table([{**r, "shard_id": sid} for r in rows], SHARD))
+    store.write_bytes(data, "shards", f"{sid}.parquet")
+    info = ShardInfo(sid, f"shards/{sid}.parquet", list(dict.fromkeys(r["_input"] for r in rows)), n_docs,
+                     sha256_bytes(data), len(rows))
+    marker = {"info": asdict(info), "plan": _shard_plan_key(slices, model, max_tokens)}
+    store.write_json(marker, WORK, "shards", f"{sid}.json")
+    return marker["info"]
+
+
+def _shard_plan_key(slices: list, model: list, max_tokens: int) -> dict:
+    """What a shard's bytes depend on beyond the scan: a marker whose key differs is stale and rewritten."""
+    return {"slices": [list(map(int, s)) for s in slices], "model": list(model), "max_text_tokens": max_tokens}
+
+
+# ---- the driver ------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _remote(fn: Callable, num_cpus: float = 1):
+    """One remote function per task kind, made once per process: each new one is exported to the cluster again.
+    Retries are bounded: a worker that dies (OOM, node lost) costs its task at most three more tries."""
+    import ray
+
+    return ray.remote(fn).options(max_retries=3, num_cpus=num_cpus)
+
+
+def _stop_fault(done_here: int) -> bool:
+    """Fault hook for the resume tests: stop the driver after this many inputs were scanned in this run."""
+    from toolformer.faults import fire_once
+
+    after = os.environ.get(STOP_AFTER_ENV)
+    return bool(after) and done_here >= int(after) and fire_once(
+        os.environ.get("TOOLFORMER_FAULT_ONCE_FILE"), f"prepare stopped after {done_here} inputs")
+
+
+class RayPrepare:
+    """One prepare run: the phases above, each resumed from its markers."""
+
+    def __init__(self, cfg: RunConfig, store: Store, log: Callable[[str], None]):
+        import ray
+
+        self.cfg, self.store, self.log = cfg, store, log
+        self.window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # tasks in flight, never all
+        self.stats: dict[str, int] = {}
+
+    def _each(self, submits: Iterable[Callable[[], Any]], done: Callable[[Any], None],
+              stop: Callable[[], bool] = lambda: False) -> None:
+        """Run tasks at most ``window`` at a time, handing each result to ``done`` as it completes. When ``stop``
+        says so, submit no more, let those in flight finish (their markers land), and raise PrepareStopped."""
+        import ray
+
+        inflight: list = []
+        stopping = False
+        for submit in submits:
+            inflight.append(submit())
+            while len(inflight) >= self.window or (inflight and stopping):
+                ready, inflight = ray.wait(inflight, num_returns=1)
+                done(ray.get(ready[0]))
+                stopping = stopping or stop()
+            if stopping:
+                raise PrepareStopped("stopped by " + STOP_AFTER_ENV)
+        while inflight:
+            ready, inflight = ray.wait(inflight, num_returns=1)
+            done(ray.get(ready[0]))
+
+    # -- plan
+    def plan(self) -> None:
+        c = self.cfg.corpus
+        self.inputs = corpus_inputs(c.paths, c.format)
+        bad = [p for p, _ in self.inputs if p.startswith("memory://")] + (
+            [self.store.uri] if str(self.store.uri).startswith("memory://") else [])
+        if bad:
+            raise ValueError(f"{bad[0]}: a memory:// file lives in this process only, which Ray workers cannot "
+                             "read; prepare it with the local runner (prepare.runner=local)")
+        date = dt.date.today().isoformat() if c.embedded_date == "today" else c.embedded_date
+        self.settings = {"max_doc_chars": c.max_doc_chars, "min_text_chars": c.min_text_chars,
+                         "fields": to_dict(self.cfg)["corpus"]["fields"] or {}, "embedded_lang": c.embedded_lang,
+                         "embedded_date": date}
+        self.buckets = min(MAX_BUCKETS, max(1, -(-len(self.inputs) // INPUTS_PER_BUCKET)))
+        plan = {"version": PLAN_VERSION, "inputs": [list(i) for i in self.inputs], "settings": self.settings,
+                "buckets": self.buckets}
+        if self.store.exists(WORK, "plan.json") and self.store.read_json(WORK, "plan.json") != plan:
+            self.log(f"note: {WORK}/ holds the work of other inputs or settings; starting over")
+            self.store.delete_dir(WORK)
+        self.store.write_json(plan, WORK, "plan.json")
+
+    # -- phase 1
+    def scan(self) -> None:
+        n_inputs = len(self.inputs)
+        done = {int(x.removesuffix(".json")) for x in self.store.names(WORK, "inputs", suffix=".json")}
+        todo = [n for n in range(n_inputs) if n not in done]
+        self.n_records, self.n_valid = [0] * n_inputs, [0] * n_inputs
+        for n in sorted(done):
+            m = self.store.read_json(WORK, "inputs", f"{_name(n)}.json")
+            self.n_records[n], self.n_valid[n] = m["n_records"], m["n_valid"]
+        self.log(f"scan: {len(todo)} of {n_inputs} inputs to read ({len(done)} done before)")
+        task = _remote(scan_input)
+        scanned: list[int] = []
+
+        def record(m: dict) -> None:
+            self.n_records[m["input"]], self.n_valid[m["input"]] = m["n_records"], m["n_valid"]
+            scanned.append(m["input"])
+
+        submits = (functools.partial(task.remote, self.store.uri, n, *self.inputs[n], self.settings, self.buckets)
+                   for n in todo)
+        try:
+            self._each(submits, record, stop=lambda: _stop_fault(len(scanned)))
+        finally:
+            self.stats["inputs_scanned"] = len(scanned)
+        self.stats["inputs_reused"] = len(done)
+
+    # -- phase 2
+    def dedup(self) -> None:
+        done = {int(x.removesuffix(".json")) for x in self.store.names(WORK, "buckets", suffix=".json")}
+        markers = [self.store.read_json(WORK, "buckets", f"{b:05d}.json") for b in sorted(done)]
+        task = _remote(dedup_bucket)
+        todo = [b for b in range(self.buckets) if b not in done]
+        self._each((functools.partial(task.remote, self.store.uri, b, len(self.inputs)) for b in todo), markers.append)
+        self.dups = [0] * len(self.inputs)
+        self.dup_first: list[list] = []
+        for m in markers:
+            for n, count in m["dups"].items():
+                self.dups[int(n)] += count
+            self.dup_first.extend(m["first"])
+        self.dup_first.sort(key=lambda e: (e[0], e[1]))
+        self.stats["buckets"] = self.buckets
+
+    # -- phase 3
+    def _next_record(self, n: int, k: int) -> tuple[int, int] | None:
+        """The record the read meets after record k of input n (k = -1: the input's first)."""
+        if k + 1 < self.n_records[n]:
+            return n, k + 1
+        return next(((j, 0) for j in range(n + 1, len(self.inputs)) if self.n_records[j]), None)
+
+    def cut(self) -> None:
+        """Which unique documents are emitted, and where the read stops (``stop``: the record it meets once
+        ``offset + limit`` unique documents were read; None when it reads everything)."""
+        import ray
+
+        c = self.cfg.corpus
+        self.unique = [v - d for v, d in zip(self.n_valid, self.dups)]
+        total = sum(self.unique)
+        want = None if c.limit is None else c.offset + c.limit
+        self.end = total if want is None else min(want, total)
+        self.stop: tuple[int, int] | None = None
+        if want is None or want > total:
+            return
+        if want == 0:
+            self.stop = self._next_record(0, -1)
+            return
+        before = 0
+        for n, u in enumerate(self.unique):
+            if before + u >= want:
+                k_last = ray.get(_remote(kth_unique).remote(self.store.uri, n, want - before - 1))
+                self.stop = self._next_record(n, k_last)
+                return
+            before += u
+
+    def shard_plan(self) -> list[list[list[int]]]:
+        """Slices (input, first, end) of unique documents per shard: ``docs_per_shard`` of them in read order."""
+        size = max(1, self.cfg.shards.docs_per_shard)
+        shards, current, filled, before = [], [], 0, 0
+        for n, u in enumerate(self.unique):
+            a, hi = max(self.cfg.corpus.offset - before, 0), min(self.end - before, u)
+            before += u
+            while a < hi:
+                take = min(size - filled, hi - a)
+                current.append([n, a, a + take])
+                filled, a = filled + take, a + take
+                if filled == size:
+                    shards.append(current)
+                    current, filled = [], 0
+        if current:
+            shards.append(current)
+        return shards
+
+    def skips(self) -> dict:
+        """The manifest's skip summary: whole inputs before the stop, the stopping input up to it, duplicates."""
+        import ray
+
+        last = self.stop[0] if self.stop else len(self.inputs)
+        parts = (self.store.read_json(WORK, "inputs", f"{_name(n)}.json")["skips"] for n in range(last))
+        tail, dups = [], sum(self.dups[:last])
+        if self.stop:
+            partial = ray.get(_remote(skips_before).remote(self.store.uri, *self.stop))
+            tail, dups = [partial["part"]], dups + partial["dups"]
+        firsts = [e for e in self.dup_first if self.stop is None or (e[0], e[1]) < self.stop][:MAX_EXAMPLES]
+        dup_part = [] if not dups else [{"counts": {"duplicate_doc_id": dups},
+                                         "examples": {"duplicate_doc_id": [e[2] for e in firsts]},
+                                         "first": {"duplicate_doc_id": [firsts[0][0], firsts[0][1], RECORD, 0]}}]
+        return merge_skips([*parts, *tail, *dup_part])
+
+    # -- phase 4
+    def write_shards(self, plan: list[list[list[int]]]) -> list[ShardInfo]:
+        model = [self.cfg.model.name_or_path, self.cfg.model.cache_dir]
+        max_tokens = self.cfg.corpus.max_text_tokens
+        infos: list[ShardInfo | None] = [None] * len(plan)
+        done = set(self.store.names(WORK, "shards", suffix=".json"))
+        todo = []
+        for i, slices in enumerate(plan):
+            sid = shard_name(i)
+            if f"{sid}.json" in done and self.store.exists("shards", f"{sid}.parquet"):
+                m = self.store.read_json(WORK, "shards", f"{sid}.json")
+                if m["plan"] == _shard_plan_key(slices, model, max_tokens):
+                    infos[i] = ShardInfo(**m["info"])
+                    continue
+            todo.append(i)
+        self.log(f"shards: {len(todo)} of {len(plan)} to write")
+        task = _remote(write_shard)
+
+        def record(info: dict) -> None:
+            infos[int(info["shard_id"].rsplit("-", 1)[1])] = ShardInfo(**info)
+            self.log(f"  {info['shard_id']}: {info['n_docs']} documents, {info['n_texts']} texts")
+
+        self._each((functools.partial(task.remote, self.store.uri, shard_name(i), plan[i], model, max_tokens)
+                    for i in todo), record)
+        self.stats["shards_written"], self.stats["shards_reused"] = len(todo), len(plan) - len(todo)
+        return [i for i in infos if i is not None]
+
+    def run(self, keep_work: bool = False) -> Manifest:
+        from omegaconf import OmegaConf
+
+        self.plan()
+        self.scan()
+        self.dedup()
+        self.cut()
+        shards = self.write_shards(self.shard_plan())
+        skips = self.skips()
+        manifest = Manifest(shards=shards, docs_per_shard=max(1, self.cfg.shards.docs_per_shard),
+                            config_hash=config_hash(self.cfg),
+                            inputs=list(dict.fromkeys(i for s in shards for i in s.inputs)), skips=skips)
+        self.store.write_bytes(OmegaConf.to_yaml(OmegaConf.create(to_dict(self.cfg))).encode(), "config.yaml")
+        manifest.save(self.store)  # last: a run directory without a manifest is one prepare did not finish
+        if not keep_work:
+            self.store.delete_dir(WORK)
+        self.log(f"{manifest.n_docs} documents ({manifest.n_texts} texts) in {len(shards)} shards; "
+                 f"skipped {skips['total']} records → {self.store.uri}")
+        return manifest
+
+
+def prepare_ray(cfg: RunConfig, log: Callable[[str], None] = print, keep_work: bool = False,
+                stats: dict | None = None) -> Manifest:
+    """Shard the configured corpus with Ray tasks (see the module docstring); resumes a stopped prepare. A run
+    directory that already has a manifest is left as it is. ``keep_work`` keeps ``_prepare/`` (tests);
+    ``stats`` receives how many inputs and shards this call did and reused."""
+    import ray
+
+    store = Store(cfg.output_dir)
+    if store.exists("manifest.json"):
+        manifest = Manifest.load(store)
+        if manifest.config_hash != config_hash(cfg):
+            log(f"note: {store.uri} was prepared with config {manifest.config_hash}; keeping its shards")
+        return manifest
+    started = not ray.is_initialized()
+    if started:
+        from toolformer.cluster import init_ray
+
+        init_ray(cfg)
+    job = RayPrepare(cfg, store, log)
+    try:
+        return job.run(keep_work)
+    finally:
+        if stats is not None:
+            stats.update(job.stats)
+        if started:
+            ray.shutdown()
