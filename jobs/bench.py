@@ -6,6 +6,8 @@
     python -m jobs.bench scale         # commit, merge and status at 10k / 100k / 1M texts: seconds and peak memory
     python -m jobs.bench train         # finetuning tokens/s and memory per worker, ZeRO 1/2/3 on CPU
     python -m jobs.bench eval          # tool-using decoding: batched vs one input at a time
+    python -m jobs.bench soak          # chaos soak: faults on a 3-node loopback Ray cluster; nothing lost, output unchanged
+    python -m jobs.bench first_try     # unseen web pages, one tool at a time, 2-document shards: finishes on its first try
     python cluster/gpu_bench_train.py  # (GPU machine) 1B Llama-shaped model, ZeRO-2: tokens/s, MFU
 
 A benchmark whose checks fail exits with status 1 after printing its JSON.
@@ -20,7 +22,7 @@ from typing import Sequence
 
 from jobs.cli import offline_by_default
 
-BENCHMARKS = ("annotate", "tools", "ray", "scale", "train", "eval")
+BENCHMARKS = ("annotate", "tools", "ray", "scale", "train", "eval", "soak", "first_try")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -24,6 +24,7 @@ Faults that fire every time (no flag file), for the chaos soak and the failure t
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 LM_STAGES = ("sample", "score", "lm")
@@ -53,6 +54,8 @@ def batch_fault(stage: str, shard_ids: list[str]) -> None:
     env = os.environ
     poison_stages = env.get("TOOLFORMER_FAULT_POISON_STAGE", ",".join(LM_STAGES)).split(",")
     if stage in poison_stages and any(_listed("TOOLFORMER_FAULT_POISON_SHARD", s) for s in shard_ids):
+        print(f"fault injection: a poison batch ({shard_ids}) ends the {stage} actor, exit 137", file=sys.stderr,
+              flush=True)
         os._exit(137)
     if stage in LM_STAGES and any(_listed("TOOLFORMER_FAULT_STALL_SHARD", s) for s in shard_ids):
         once = env.get("TOOLFORMER_FAULT_STALL_ONCE_FILE")

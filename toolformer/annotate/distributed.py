@@ -16,6 +16,7 @@ actor, then dropped: the driver finds the shard incomplete and charges it, with 
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import time
 import traceback
@@ -91,6 +92,7 @@ class StageActor:
     def __init__(self, cfg: RunConfig, stage: str, sink_name: str | None = None, run_uri: str | None = None,
                  staging: str | None = None, chunk_rows: int = 0):
         started = time.time()
+        faulthandler.enable()  # a segfault in a native library leaves its traceback in the actor's log
         self.name = stage
         self.chunk_rows = max(0, int(chunk_rows))
         self.stage = STAGES[stage](cfg)

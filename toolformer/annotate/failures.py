@@ -10,21 +10,22 @@ Three small records close the gap:
 - ``Watchdog`` (actor side): a batch still computing after ``ray.lm_batch_timeout_s`` is stuck; the watchdog
   notes that in the in-flight record and ends the process, so Ray restarts the actor and retries the batch as
   any killed one.
-- ``ErroredBlocks`` (driver side): keeps the last errors Ray Data logged for dropped blocks (an
-  ``ActorDiedError`` names the pid and the exit cause), so the shard's failure record says how the actor died.
+- ``explain`` (driver side): the shard's failure record says how its actor died: Ray's exit type and detail for
+  that worker process (from the GCS worker table: Ray's own words, e.g. "Worker unexpectedly exits ... killed by
+  the OOM killer ... SIGSEGV"), the watchdog's note if it was the watchdog, and the dead process's last log
+  lines (its log files are named in the in-flight record and read on its node; a segfault's traceback is there,
+  as stage actors run with ``faulthandler``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict
 
 from toolformer.shards import Store
 
@@ -43,7 +44,8 @@ class InflightRecord:
 
     def begin(self, shard_ids: list[str]) -> None:
         self.current = {"stage": self.stage, "pid": os.getpid(), "node": socket.gethostname(),
-                        "shards": shard_ids, "started": time.time(), "note": None}
+                        "node_id": _node_id(), "logs": _log_files(), "shards": shard_ids, "started": time.time(),
+                        "note": None}
         self._write()
 
     def note(self, text: str) -> None:
@@ -110,85 +112,103 @@ def inflight_deaths(store: Store, staging: str) -> dict[str, list[dict]]:
     return out
 
 
-_PID = re.compile(r"\bpid[:=]\s*(\d+)")
-
-
-class ErroredBlocks(logging.Handler):
-    """Captures the errors of blocks Ray Data dropped (bounded: the most recent ``keep``), by worker pid."""
-
-    LOGGER = "ray.data._internal.execution.streaming_executor_state"
-
-    def __init__(self, keep: int = 256):
-        super().__init__(level=logging.ERROR)
-        self.keep = keep
-        self.by_pid: OrderedDict[int, str] = OrderedDict()
-        self.recent: list[str] = []
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            if "exception was raised from a task" not in record.getMessage():
-                return
-            exc = record.exc_info[1] if record.exc_info else None
-            text = f"{type(exc).__name__}: {exc}" if exc is not None else record.getMessage()
-            self.count += 1
-            self.recent = (self.recent + [text])[-8:]
-            for pid in {int(p) for p in _PID.findall(text)}:
-                self.by_pid[pid] = text
-                self.by_pid.move_to_end(pid)
-                while len(self.by_pid) > self.keep:
-                    self.by_pid.popitem(last=False)
-        except Exception:  # noqa: BLE001 - a log handler must never raise
-            pass
-
-    def __enter__(self) -> "ErroredBlocks":
-        logging.getLogger(self.LOGGER).addHandler(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        logging.getLogger(self.LOGGER).removeHandler(self)
-
-
-def exit_cause(text: str) -> str:
-    """The part of a Ray actor-death message that says how it died."""
-    for key in ("Worker exit detail:", "exit detail:", "The actor is dead because"):
-        i = text.find(key)
-        if i >= 0:
-            return " ".join(text[i:].split())[:600]
-    return " ".join(text.split())[:600]
-
-
-def log_tail(pid: int, node: str | None = None, lines: int = 20, timeout: float = 10.0) -> str | None:
-    """The last lines a (dead) worker process wrote to its Ray log, when Ray's state API can still find them."""
+def _node_id() -> str | None:
     try:
-        from ray.util.state import get_log
+        import ray
 
-        out = []
-        for suffix in ("err", "out"):
-            try:
-                got = "".join(get_log(pid=pid, tail=lines, timeout=int(timeout), suffix=suffix))
-            except Exception:  # noqa: BLE001
-                got = ""
-            if got.strip():
-                out.append(got.strip())
-        return "\n".join(out)[-4000:] or None
-    except Exception:  # noqa: BLE001 - best effort: the cause stands without the log
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (the local runner, a unit test)
         return None
 
 
-def explain(sid: str, deaths: list[dict], errors: ErroredBlocks, with_logs: bool = True) -> tuple[str, str]:
+def _log_files() -> list[str]:
+    """Where this process's stdout and stderr go (Ray points them at the worker's log files)."""
+    out = []
+    for fd in (1, 2):
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if path.startswith("/") and path not in out:
+            out.append(path)
+    return out
+
+
+_EXIT_TYPES = {0: "SYSTEM_ERROR", 1: "INTENDED_SYSTEM_EXIT", 2: "USER_ERROR", 3: "INTENDED_USER_EXIT",
+               4: "NODE_OUT_OF_MEMORY"}
+
+
+def worker_exits(pids: set[int]) -> dict[int, str]:
+    """Ray's exit type and detail of these (dead) worker processes, from the GCS worker table (no dashboard
+    needed). Best effort: an internal table, so any failure leaves the cause without Ray's words."""
+    if not pids:
+        return {}
+    try:
+        from ray._private.state import state
+        from ray.core.generated import gcs_pb2
+
+        out = {}
+        for raw in state._connect_and_get_accessor().get_worker_table():
+            w = gcs_pb2.WorkerTableData.FromString(raw)
+            if w.pid in pids and not w.is_alive:
+                kind = _EXIT_TYPES.get(w.exit_type, str(w.exit_type))
+                detail = " ".join((w.exit_detail or "").split())
+                out[w.pid] = f"Ray: worker exit type {kind}: {detail[:400]}"
+        return out
+    except Exception:  # noqa: BLE001
+        log.debug("could not read the worker table", exc_info=True)
+        return {}
+
+
+def _tail(paths: list[str], lines: int) -> str:
+    out = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 16384))
+                text = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        if any(t.strip() for t in text):
+            out.append(f"{path}:\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+def log_tail(record: dict, lines: int = 20, timeout: float = 30.0) -> str | None:
+    """The last lines the dead process wrote to its log files: read here when they are on this machine, else
+    by a small task on the node it ran on."""
+    paths = record.get("logs") or []
+    if not paths:
+        return None
+    if all(os.path.exists(p) for p in paths) and (record.get("node_id") in (None, _node_id())):
+        return _tail(paths, lines) or None
+    try:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if not record.get("node_id"):
+            return None
+        task = ray.remote(_tail).options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            record["node_id"], soft=False))
+        return ray.get(task.remote(paths, lines), timeout=timeout) or None
+    except Exception:  # noqa: BLE001 - a node that is gone took its logs with it
+        return None
+
+
+def explain(sid: str, deaths: list[dict], exits: dict[int, str], with_logs: bool = True) -> tuple[str, str]:
     """(one-line cause, details) of a shard whose batch killed its actor ``len(deaths)`` times."""
     stages = sorted({d["stage"] for d in deaths})
     pids = [d["pid"] for d in deaths]
     notes = [d["note"] for d in deaths if d.get("note")]
-    causes = [exit_cause(errors.by_pid[p]) for p in pids if p in errors.by_pid]
+    causes = [exits[p] for p in pids if p in exits]
     head = (f"ActorDied: the {'/'.join(stages)} actor died {len(deaths)} time(s) computing a batch of {sid} "
             f"(pids {pids})")
-    why = notes[-1] if notes else (causes[-1] if causes else None)
-    message = f"{head}: {why}" if why else head
+    why = notes[-1] if notes else (causes[-1] if causes else "no exit detail recorded (the node may be gone)")
+    message = f"{head}: {why}"
     details = [message]
-    if with_logs and pids:
-        tail = log_tail(pids[-1])
+    if with_logs:
+        tail = log_tail(deaths[-1])
         if tail:
             details.append(f"last log lines of pid {pids[-1]}:\n{tail}")
     return message, "\n\n".join(details)

@@ -219,7 +219,7 @@ class RayAnnotator:
         """Annotate these shards; commit each as it completes. Failures are charged at the end of the pass to
         the shard they belong to; an execution that breaks (or a first pass in which every fresh shard failed)
         stops the run with ``ExecutionError`` and charges nobody."""
-        from toolformer.annotate.failures import ErroredBlocks, explain, inflight_deaths
+        from toolformer.annotate.failures import explain, inflight_deaths, worker_exits
 
         shards = [self.manifest.shard(s) for s in shard_ids]
         expected = shard_row_counts(shards, len(self.tools))
@@ -232,52 +232,52 @@ class RayAnnotator:
         committed: list[str] = []
         fresh = {s for s in shard_ids if not self.state.failures(s)}
         broke: BaseException | None = None
-        with ErroredBlocks() as dropped:
-            try:
-                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                    if self.lease is not None:
-                        self.lease.check()
-                    for sid, n, err in zip(*(batch.column(c).to_pylist() for c in ("shard_id", "rows", "error"))):
-                        if sid in failed or sid in settled:
-                            continue
-                        if err:
-                            failed[sid] = (err, "")
-                            continue
-                        counts[sid] += n
-                        if counts[sid] >= expected[sid]:
-                            settled.add(sid)
-                            self.submit_commit(sid, staging, inflight)
-                    committed += self.collect(inflight, failed, wait=False)
-                    if first and not committed and self._looks_systemic(failed, fresh):
-                        broke = ExecutionError(self._systemic_message(failed))
-                        break
-            except Exception as exc:  # noqa: BLE001 - the execution itself broke: no shard is to blame
-                broke = exc
-            committed += self.collect(inflight, failed, wait=True)
-            if broke is not None:
-                self.guard("cleanup", self.store.delete_dir, staging)
-                if isinstance(broke, ExecutionError):
-                    raise broke
-                from toolformer.lease import LeaseLost
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                if self.lease is not None:
+                    self.lease.check()
+                for sid, n, err in zip(*(batch.column(c).to_pylist() for c in ("shard_id", "rows", "error"))):
+                    if sid in failed or sid in settled:
+                        continue
+                    if err:
+                        failed[sid] = (err, "")
+                        continue
+                    counts[sid] += n
+                    if counts[sid] >= expected[sid]:
+                        settled.add(sid)
+                        self.submit_commit(sid, staging, inflight)
+                committed += self.collect(inflight, failed, wait=False)
+                if first and not committed and self._looks_systemic(failed, fresh):
+                    broke = ExecutionError(self._systemic_message(failed))
+                    break
+        except Exception as exc:  # noqa: BLE001 - the execution itself broke: no shard is to blame
+            broke = exc
+        committed += self.collect(inflight, failed, wait=True)
+        if broke is not None:
+            self.guard("cleanup", self.store.delete_dir, staging)
+            if isinstance(broke, ExecutionError):
+                raise broke
+            from toolformer.lease import LeaseLost
 
-                if isinstance(broke, LeaseLost):
-                    raise ExecutionError(str(broke)) from broke
-                raise ExecutionError(
-                    f"the Ray execution stopped: {type(broke).__name__}: {str(broke)[:1500]}\n"
-                    f"This is not a shard's fault, so no shard was charged: fix the cause (model path, index, "
-                    f"cluster) and run the same command again; {len(committed)} shards committed in this pass "
-                    f"are kept.") from broke
-            deaths = inflight_deaths(self.store, staging)
-            self.actor_deaths += sum(len(v) for v in deaths.values())
-            for sid in shard_ids:
-                if sid in failed or sid in settled:
-                    continue
-                if sid in deaths:
-                    failed[sid] = explain(sid, deaths[sid], dropped)
-                else:
-                    failed[sid] = (f"ShardIncomplete: the pass ended with {counts[sid]} of {expected[sid]} rows "
-                                   f"written" + (f"; Ray Data dropped blocks: {dropped.recent[-1][:800]}"
-                                                 if dropped.recent else ""), "")
+            if isinstance(broke, LeaseLost):
+                raise ExecutionError(str(broke)) from broke
+            raise ExecutionError(
+                f"the Ray execution stopped: {type(broke).__name__}: {str(broke)[:1500]}\n"
+                f"This is not a shard's fault, so no shard was charged: fix the cause (model path, index, "
+                f"cluster) and run the same command again; {len(committed)} shards committed in this pass "
+                f"are kept.") from broke
+        deaths = inflight_deaths(self.store, staging)
+        self.actor_deaths += sum(len(v) for v in deaths.values())
+        missing = [s for s in shard_ids if s not in failed and s not in settled]
+        exits = worker_exits({d["pid"] for s in missing for d in deaths.get(s, [])})
+        for sid in shard_ids:
+            if sid in failed or sid in settled:
+                continue
+            if sid in deaths:
+                failed[sid] = explain(sid, deaths[sid], exits)
+            else:
+                failed[sid] = (f"ShardIncomplete: the pass ended with {counts[sid]} of {expected[sid]} rows "
+                               f"written (a task of it failed in Ray: see the log)", "")
         self.guard("cleanup", self.store.delete_dir, staging)
         if first and not committed and self._looks_systemic(failed, fresh):
             raise ExecutionError(self._systemic_message(failed))
@@ -393,7 +393,7 @@ class RayAnnotator:
             "docs": sum(s["docs"] for s in stats), "texts": sum(s["texts"] for s in stats),
             "funnel": sum_funnels(s["funnel"] for s in stats),
             "actors": summarize(self.telemetry) if self.telemetry else None,
-            "actor_deaths_charged": self.actor_deaths,
+            "actor_deaths_in_batches": self.actor_deaths,  # each one a retry of its shard's batch
             "observability_failures": dict(self.guard.failures),
         }
         self.store.write_json(out, "stats.json")
