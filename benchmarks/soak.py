@@ -288,7 +288,36 @@ def rows(run: Path, shard: str, what: str = "annotations") -> list[dict]:
     return pq.read_table(run / what / f"{shard}.parquet").to_pylist()
 
 
-def compare(clean: Path, chaos: Path, shards: list[str], hang_text: str | None) -> dict:
+TOOLS = ("Calculator", "Calendar")  # the order a committed shard's rows follow (text, then tool)
+
+
+class Reference:
+    """The uninterrupted run's rows, shard by shard: a Ray run's committed shards (``ray``), or the single-process
+    run's files (``local``: ``annotations.parquet``, ``texts.parquet``) split by the manifest's texts."""
+
+    def __init__(self, run: Path, prepared: Path, kind: str):
+        self.run, self.kind = run, kind
+        if kind == "local":
+            self._ann = {(r["text_id"], r["tool"]): r for r in pq.read_table(run / "annotations.parquet").to_pylist()}
+            self._texts = {r["text_id"]: r for r in pq.read_table(run / "texts.parquet").to_pylist()}
+            self._ids = {s["shard_id"]: pq.read_table(prepared / s["path"], columns=["text_id"]).column("text_id")
+                         .to_pylist() for s in manifest(prepared)["shards"]}
+
+    def committed(self) -> set[str]:
+        return markers(self.run) if self.kind == "ray" else set(self._ids)
+
+    def annotations(self, sid: str) -> list[dict]:
+        if self.kind == "ray":
+            return rows(self.run, sid)
+        return [self._ann[(t, tool)] for t in self._ids[sid] for tool in TOOLS if (t, tool) in self._ann]
+
+    def texts(self, sid: str) -> list[dict]:
+        if self.kind == "ray":
+            return rows(self.run, sid, "texts")
+        return [self._texts[t] for t in self._ids[sid] if t in self._texts]
+
+
+def compare(ref: Reference, chaos: Path, shards: list[str], hang_text: str | None) -> dict:
     """Row for row over the shards committed in both: annotations (discrete fields exactly, losses within 1e-3
     nats) and texts (exactly); the hung text's Calculator row is compared apart."""
     from benchmarks.ray import same_annotations
@@ -296,18 +325,19 @@ def compare(clean: Path, chaos: Path, shards: list[str], hang_text: str | None) 
     a, b, hung = [], [], []
     texts_equal, first = True, ""
     for sid in shards:
-        for x, y in zip(rows(chaos, sid), rows(clean, sid)):
+        mine, theirs = rows(chaos, sid), ref.annotations(sid)
+        for x, y in zip(mine, theirs):
             if hang_text and x["text_id"] == hang_text and x["tool"] == "Calculator":
                 hung.append((x, y))
                 continue
             a.append(x), b.append(y)
-        if len(rows(chaos, sid)) != len(rows(clean, sid)):
-            a.append({"text_id": f"{sid}: row count differs"})
-        if rows(chaos, sid, "texts") != rows(clean, sid, "texts"):
+        if len(mine) != len(theirs):
+            a.append({"text_id": f"{sid}: {len(mine)} rows against {len(theirs)}"})
+        if rows(chaos, sid, "texts") != ref.texts(sid):
             texts_equal, first = False, first or f"{sid}: texts differ"
     same, diff = same_annotations(a, b) if a else (False, "nothing to compare")
-    out = {"shards_compared": len(shards), "annotation_rows": len(a) + len(hung), "annotations_equal": same,
-           "texts_equal": texts_equal, "first_difference": diff or first}
+    out = {"reference": ref.kind, "shards_compared": len(shards), "annotation_rows": len(a) + len(hung),
+           "annotations_equal": same, "texts_equal": texts_equal, "first_difference": diff or first}
     if hang_text:
         cands = [(x["candidates"], y["candidates"]) for x, y in hung]
         out["hung_row"] = {
@@ -391,6 +421,7 @@ class Soak:
                                                        "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")})
         os.environ.pop("RAY_ADDRESS", None)
         self.t0 = time.perf_counter()
+        self.load_start = round(os.getloadavg()[0], 1)
         self.events: list[dict] = []
         self.drivers: list[dict] = []
         self.actors: dict[str, dict] = {}  # actor id → latest state seen
@@ -453,7 +484,7 @@ class Soak:
         self.note("cluster", f"head + {len(self.cluster.workers())} workers (1 CPU each, 1 lm_slot per worker) "
                              f"on 127.0.0.1 ({self.cluster.address})")
         self.prepared = self.work / "prepared"
-        d = self.job("jobs.prepare", self.prepared, role="prepare")
+        d = self.job("jobs.prepare", self.prepared, [f"prepare.runner={self.args.prepare_runner}"], role="prepare")
         wait(d, 600)
         rec = self.prepare_record = d.record()
         if rec["rc"] != 0:
@@ -463,8 +494,11 @@ class Soak:
 
     def clean_run(self) -> None:
         self.clean = self.work / "clean"
-        shutil.copytree(self.prepared, self.clean)
-        d = self.job("jobs.annotate", self.clean, role="uninterrupted")
+        if self.args.reference == "ray":
+            shutil.copytree(self.prepared, self.clean)
+            d = self.job("jobs.annotate", self.clean, role="uninterrupted")
+        else:  # the single-process pipeline over the same inputs: no Ray, no shards, one engine
+            d = self.job("jobs.annotate", self.clean, ["annotate.runner=local"], role="uninterrupted-local")
         deadline = time.perf_counter() + self.args.timeout
         last = 0.0
         while d.proc.poll() is None and time.perf_counter() < deadline:
@@ -479,6 +513,7 @@ class Soak:
         if rec["rc"] != 0:
             raise RuntimeError(f"the uninterrupted run failed: {rec}")
         self.clean_stats = json.loads((self.clean / "stats.json").read_text())
+        self.reference = Reference(self.clean, self.prepared, self.args.reference)
 
     def choose_targets(self) -> dict:
         """Which shards the faults hit: spread over the run, each a different shard."""
@@ -501,7 +536,7 @@ class Soak:
         if "hang" in self.faults:  # a text whose Calculator calls the uninterrupted run executed
             calls = {}
             for sid in self.shard_ids:
-                for r in rows(self.clean, sid):
+                for r in self.reference.annotations(sid):
                     if r["tool"] == "Calculator" and r["n_candidates"]:
                         calls.setdefault(sid, (r["text_id"], r["n_candidates"]))
             sid = near(0.7, lambda s: s in calls)
@@ -644,6 +679,20 @@ class Soak:
                   lm_actors_on_node=sum(is_lm(x) for x in on_it))
         return node
 
+    def actor_logs(self) -> dict:
+        """What the stage actors said as they died, from the Ray session logs of every node of this cluster
+        (their stderr stays there; the driver shows it only with --verbose)."""
+        said = {"watchdog_endings": "watchdog: the lm batch ran over", "poison_exits": "fault injection: a poison batch"}
+        counts = dict.fromkeys(said, 0)
+        for path in self.ray_tmp.glob("ray/session_*/logs/worker-*.err"):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            for key, line in said.items():
+                counts[key] += text.count(line)
+        return counts
+
     # -- the report --
     def report(self) -> dict:
         a, t = self.args, self.targets
@@ -653,8 +702,8 @@ class Soak:
             next((d for d in reversed(self.drivers) if d["role"].startswith("chaos")), {})
         quarantined = quarantine(self.chaos)
         qset = {q["shard"]: q for q in quarantined}
-        both = [s for s in self.shard_ids if s in markers(self.chaos) and s in markers(self.clean)]
-        eq = compare(self.clean, self.chaos, both, (t.get("hang") or {}).get("text_id"))
+        both = [s for s in self.shard_ids if s in markers(self.chaos) and s in self.reference.committed()]
+        eq = compare(self.reference, self.chaos, both, (t.get("hang") or {}).get("text_id"))
         acct = accounting(self.chaos, self.inputs)
         lm_actors = [x for x in self.actors.values() if is_lm(x)]
         chaos_jobs = {x["job_id"] for x in self.actors.values()} - {x["job_id"] for x in self.clean_actors}
@@ -705,8 +754,10 @@ class Soak:
         if "node_remove" in self.faults:
             checks["node_removed_with_an_lm_actor"] = any(
                 e["fault"] == "node_remove" and e.get("lm_actors_on_node", 0) >= 1 for e in self.events)
+        logs = self.actor_logs()
         if t.get("stall"):
-            checks["stall_fired_and_shard_committed"] = self.stall_flag.exists() and t["stall"] in markers(self.chaos)
+            checks["stall_ended_by_watchdog_and_committed"] = self.stall_flag.exists() and \
+                logs["watchdog_endings"] >= 1 and t["stall"] in markers(self.chaos)
         if t.get("no_eligible"):
             checks["no_eligible_shards_committed"] = all(
                 s in markers(self.chaos) and all(r["status"] == "heuristic_rejected" for r in rows(self.chaos, s))
@@ -723,7 +774,7 @@ class Soak:
             "settings": {"max_failures": a.max_failures, "batch_attempts": a.batch_attempts,
                          "tool_timeout_s": 2, "lm_batch_timeout_s": a.lm_batch_timeout_s, "lease_ttl_s": 30,
                          "lease_heartbeat_s": 2},
-            "prepare_s": self.prepare_record["seconds"],
+            "prepare_s": self.prepare_record["seconds"], "prepare_runner": self.args.prepare_runner,
             "model": self.model,
             "inputs": {Path(k).name: v for k, v in self.inputs.items()},
             "shards": len(self.shard_ids), "texts": sum(s["n_texts"] for s in self.manifest["shards"]),
@@ -736,10 +787,15 @@ class Soak:
             "quarantined": quarantined,
             "equality": eq,
             "funnel_timeouts": timeouts,
+            "actor_logs": logs,
             "final_stats": {k: stats.get(k) for k in ("shards", "passes", "seconds", "docs", "texts")},
-            "wall": {"uninterrupted_s": clean_s, "soak_s": round(self.chaos_seconds, 1),
+            "wall": {"uninterrupted_run": self.args.reference, "uninterrupted_s": clean_s,
+                     "soak_s": round(self.chaos_seconds, 1),
                      "slowdown": round(self.chaos_seconds / clean_s, 2) if clean_s else None,
-                     "total_s": round(time.perf_counter() - self.t0, 1)},
+                     "total_s": round(time.perf_counter() - self.t0, 1),
+                     # the machine is shared: other work's load stretches every figure here alike
+                     "cpus": len(os.sched_getaffinity(0)), "load_avg_1min_at_start": self.load_start,
+                     "load_avg_1min_at_end": round(os.getloadavg()[0], 1)},
             "checks": checks,
             "ok": all(checks.values()),
         }
@@ -756,7 +812,9 @@ class Soak:
         finally:
             if self.cluster is not None:
                 self.cluster.shutdown()
-            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            for _ in range(3):  # a process shutting down may still write a file there
+                shutil.rmtree(self.ray_tmp, ignore_errors=True)
+                time.sleep(1)
             if not self.args.keep and not self.args.work_dir:
                 shutil.rmtree(self.work, ignore_errors=True)
 
@@ -783,6 +841,12 @@ def add_arguments(p) -> None:
     p.add_argument("--at-node-remove", type=float, default=0.3)
     p.add_argument("--at-node-add", type=float, default=0.4)
     p.add_argument("--at-driver-kill", type=float, default=0.55)
+    p.add_argument("--reference", choices=("ray", "local"), default="ray",
+                   help="the uninterrupted run: the Ray job on the same prepared shards and cluster (its wall time is "
+                        "the slowdown's base), or the single-process pipeline on the same inputs (cheaper: one "
+                        "engine, no Ray; the Ray job equals it row for row, tests/test_ray_job.py)")
+    p.add_argument("--prepare-runner", choices=("ray", "local"), default="ray",
+                   help="jobs.prepare as a Ray job on the soak's cluster, or in one loop (tiny corpora; same shards)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run before its driver is killed")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--keep", action="store_true", help="keep the work dir (a temp dir otherwise removed)")

@@ -2,7 +2,8 @@
 cluster on loopback, the real vLLM engine on a tiny random model, 30 shards of C4 text, and while the job runs an
 LM actor SIGKILLed, a second driver refused, the driver SIGKILLed and resubmitted, a poison shard, a hanging tool
 call, a corrupt shard, shards no tool may annotate and an input of malformed JSON. Nothing may be lost, the
-committed output must equal an uninterrupted run's, and only the poison and corrupt shards may be quarantined.
+committed output must equal the uninterrupted run's (here the single-process pipeline on the same inputs), and
+only the poison and corrupt shards may be quarantined.
 (Node removal and addition and the stalled LM batch run in the full soak only: each costs an engine start.)
 """
 
@@ -26,6 +27,8 @@ def test_chaos_soak_small(tmp_path):
            # one failure quarantines: the poison shard (after the driver kill) needs no second pass and its engine
            # starts; a batch is still retried once (the killed actor's)
            "--max-failures", "1", "--batch-attempts", "2",
+           # the uninterrupted run in one process (one engine, no Ray): the Ray job equals it row for row
+           "--reference", "local", "--prepare-runner", "local",
            "--work-dir", str(tmp_path / "work"), "--results", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert out.exists(), f"no JSON (rc {proc.returncode}):\n{proc.stderr[-6000:]}"
