@@ -8,13 +8,24 @@ execution, scoring) on the same model, dtype, threads and documents:
   variant of every candidate.
 ``speedup`` is against the faster naive side; both ratios are printed. Nothing is extrapolated unless
 ``--naive-sample-prompts`` is given (then only the transformers side samples that many prompts per tool and the
-output says ``"extrapolated": true``). An ablation reruns the pipeline with one saving switched off at a time;
-both call syntaxes (free, constrained) are measured on the same texts.
+output says ``"extrapolated": true``). An ablation reruns the pipeline with one saving switched off at a time.
+
+Two parts run on texts where the tools have something to do (``benchmarks/texts.py``), because the C4 documents
+give them nothing (no position under the pruning floor, no Calculator text, and the Calendar's call is a fixed
+string, so a call-syntax comparison on it measures nothing):
+- pruning (``--pruning-only`` runs it alone, a few minutes): ASDiv word problems with a worked four-digit answer,
+  the Calculator, constrained syntax, with and without pruning; the ablation's ``pruning`` entry. Checks: positions were pruned, calls were kept, and the kept calls
+  (positions, inputs, gains within 1e-3) are the same without pruning.
+- call syntax (``--syntax-only`` runs it alone; ``benchmarks/results/call_syntax.json``): free vs constrained
+  sampling, same texts, same seed, the Calculator on the worked problems and on embedded Wikipedia summaries
+  with arithmetic, WikiSearch and QA (BM25) on Wikipedia summaries; per tool: samples, closed, parsed,
+  candidates, kept, sampled tokens, kept per 1,000 sampled tokens. Checks: the same positions and as many
+  samples under both syntaxes, every closed constrained sample parses.
 
 Checks (the command exits 1 after its JSON when one fails): positions equal on every side; kept calls equal
 between the pipeline and the naive vLLM side (same engine, same seeds) and in every ablation run; at least 99 % of
 the calls sampled by both on the same engine identical; the transformers side, scoring the pipeline's own
-candidates, keeps the same ones.
+candidates, keeps the same ones; and the pruning and call-syntax checks above.
 """
 
 from __future__ import annotations
@@ -33,8 +44,19 @@ ABLATION = {  # saving → the overrides that switch it off
     "truncated_scoring": ["annotate.optimizations.truncated_scoring=false"],
     "shared_prefixes": ["annotate.optimizations.shared_prefixes=false"],
     "skip_call_only": ["annotate.optimizations.skip_call_only=false"],
-    "pruning": ["annotate.optimizations.prune=false"],
 }
+PRUNING_OFF = ["annotate.optimizations.prune=false"]  # measured on the evidence texts (``pruning_ablation``)
+# The pruning evidence: the Calculator on worked problems, constrained syntax (a few samples per position find
+# calls; pruning does not depend on the syntax), the paper's τf (0.5) and the default floor (0.5 nats).
+PRUNING_SETTINGS = ["annotate.tools=[Calculator]", "annotate.call_syntax=constrained",
+                    "annotate.per_tool.Calculator.top_k=10", "annotate.per_tool.Calculator.num_samples=4"]
+# The call-syntax comparison: (name, texts, tools, settings). The paper's τf per tool (Calculator 0.5, WikiSearch
+# and QA 1.0; counts at 0.5 / 1.0 / 2.0 are reported too), fewer positions and samples than the paper's so that it
+# runs in minutes; τs = 0 for the search tools (this model never puts 5 % on "[").
+SYNTAX_SETTINGS = ["annotate.per_tool.Calculator.top_k=5", "annotate.per_tool.Calculator.num_samples=5",
+                   "annotate.per_tool.WikiSearch.tau_s=0.0", "annotate.per_tool.WikiSearch.top_k=3",
+                   "annotate.per_tool.QA.tau_s=0.0", "annotate.per_tool.QA.top_k=3",
+                   "annotate.tool_options.WikiSearch.mode=bm25", "annotate.tool_options.QA.mode=bm25"]
 
 
 def _kept(rows: list[dict]) -> set:
@@ -71,12 +93,131 @@ def _summary(rows: list[dict]) -> dict:
     out = {}
     for tool, y in yields(f).items():
         gains = [c["gain"] for r in rows if r["tool"] == tool for c in r["candidates"] if c["kept"]]
-        out[tool] = {**y, "parsed": f[tool]["parsed"], "closed": f[tool]["closed"],
-                     "candidates": f[tool]["candidates"], "mean_kept_gain": round(sum(gains) / len(gains), 3) if gains else None}
+        out[tool] = {**y, "texts": f[tool]["texts_passed"], "positions": f[tool].get("positions", 0),
+                     "samples": f[tool].get("samples", 0), "closed": f[tool]["closed"], "parsed": f[tool]["parsed"],
+                     "candidates": f[tool]["candidates"], "executed": f[tool].get("executed", 0),
+                     **{f"kept_at_{tau}": f[tool][f"kept_calls_tau_{tau}"] for tau in (0.5, 1.0, 2.0)},
+                     "mean_kept_gain": round(sum(gains) / len(gains), 3) if gains else None}
     return out
 
 
+def _gains(rows: list[dict]) -> dict:
+    return {(r["text_id"], r["tool"], c["position"], c["input"]): c["gain"] for r in rows for c in r["candidates"]}
+
+
+def pruning_ablation(args, engine, problems: int) -> tuple[dict, dict]:
+    """The pipeline with and without pruning on texts where it removes positions and calls are kept:
+    (the ablation entry, its checks)."""
+    from benchmarks.texts import worked_problems
+    from toolformer.config import load_config
+
+    texts = worked_problems(problems)
+    base = [*PRUNING_SETTINGS, *args.overrides]
+    on, on_s, _ = _pipeline(texts, load_config(args.config, base), engine)
+    off, off_s, _ = _pipeline(texts, load_config(args.config, [*base, *PRUNING_OFF]), engine)
+    per_tool = {}
+    for tool in ("Calculator",):
+        mine = lambda rows: [r for r in rows if r["tool"] == tool and r["status"] == "annotated"]  # noqa: E731
+        per_tool[tool] = {
+            "texts": len(mine(on)), "positions": sum(r["n_positions"] for r in mine(on)),
+            "pruned_positions": sum(r["n_pruned"] for r in mine(on)),
+            "sampled_tokens": sum(r["n_sampled_tokens"] for r in mine(on)),
+            "sampled_tokens_without_pruning": sum(r["n_sampled_tokens"] for r in mine(off)),
+            "kept": len([k for k in _kept(on) if k[1] == tool]),
+        }
+    a, b = _gains(on), _gains(off)
+    common = [k for k in a if k in b and a[k] is not None and b[k] is not None]
+    gain_diff = max((abs(a[k] - b[k]) for k in common), default=0.0)
+    kept = _kept(on)
+    checks = {
+        "pruning_removed_positions": sum(v["pruned_positions"] for v in per_tool.values()) > 0,
+        "pruning_kept_calls_nonempty": bool(kept),
+        "pruning_same_positions": [r["positions"] for r in on] == [r["positions"] for r in off],
+        "pruning_kept_calls_equal": kept == _kept(off),
+        "pruning_gains_equal_within_1e-3": set(a) <= set(b) and gain_diff < 1e-3
+                                           and all((a[k] is None) == (b[k] is None) for k in a),
+    }
+    entry = {
+        "texts": f"the first {problems} ASDiv worked problems with four-digit answers (benchmarks/texts.py)",
+        "settings": PRUNING_SETTINGS, "seconds": round(off_s, 1), "seconds_with_pruning": round(on_s, 1),
+        "slower_by": round(off_s / on_s, 2) if on_s else None, "kept_equal": checks["pruning_kept_calls_equal"],
+        "tools": per_tool, "kept_calls": sorted([list(k) for k in kept]),
+        "max_gain_diff_nats": round(gain_diff, 6),
+    }
+    return entry, checks
+
+
+def syntax_sets(args, engine) -> list[tuple[str, list[dict], list[str]]]:
+    from benchmarks.texts import wikipedia, worked_problems
+
+    wiki = wikipedia(args.syntax_wiki_docs, engine.tokenizer)
+    return [
+        ("asdiv_worked_problems", worked_problems(args.syntax_problems), ["Calculator"]),
+        ("wikipedia", wiki, ["Calculator", "WikiSearch", "QA"]),
+    ]
+
+
+def syntax_comparison(args, engine) -> tuple[dict, dict]:
+    """Free vs constrained sampling on the same texts with the same seed: (the figures, their checks)."""
+    from toolformer.config import load_config
+
+    out = {}
+    checks = {"syntax_same_positions": True, "syntax_same_samples": True,
+              "syntax_every_closed_constrained_sample_parses": True}
+    for name, texts, tools in syntax_sets(args, engine):
+        runs = {}
+        for syntax in ("free", "constrained"):
+            cfg = load_config(args.config, [f"annotate.tools=[{','.join(tools)}]", *SYNTAX_SETTINGS, *args.overrides,
+                                            f"annotate.call_syntax={syntax}"])
+            rows, secs, _ = _pipeline(texts, cfg, engine)
+            runs[syntax] = (rows, secs, _summary(rows))
+        (free, free_s, fs), (con, con_s, cs) = runs["free"], runs["constrained"]
+        checks["syntax_same_positions"] &= [r["positions"] for r in free] == [r["positions"] for r in con]
+        checks["syntax_same_samples"] &= [r["n_samples"] for r in free] == [r["n_samples"] for r in con]
+        unparsed = {t: v["closed"] - v["parsed"] for t, v in cs.items() if v["closed"] != v["parsed"]}
+        checks["syntax_every_closed_constrained_sample_parses"] &= not unparsed
+        ratio = {t: (round(cs[t]["kept_per_1k_sampled_tokens"] / fs[t]["kept_per_1k_sampled_tokens"], 2)
+                     if fs[t]["kept_per_1k_sampled_tokens"] and cs[t]["kept_per_1k_sampled_tokens"] is not None else None)
+                 for t in fs}
+        out[name] = {"texts": len(texts), "tools": tools,
+                     "settings": {t: vars(cfg.tool_params(t)) for t in tools},
+                     "free": {"seconds": round(free_s, 1), "tools": fs},
+                     "constrained": {"seconds": round(con_s, 1), "tools": cs},
+                     "kept_per_1k_ratio_constrained_over_free": ratio}
+        if unparsed:  # the tool's input regex admits what the call parser rejects (e.g. "[" inside a quoted input)
+            out[name]["constrained_closed_but_unparsed"] = unparsed
+    return out, checks
+
+
+def _setup(args):
+    from toolformer.config import load_config
+    from toolformer.engine import build_engine
+
+    cfg = load_config(args.config, ["engine.backend=vllm", *args.overrides])
+    engine = build_engine(cfg)
+    engine.sequence_logprobs([engine.encode("Warm up.")], [1])  # the first request pays one-off set-up
+    return cfg, engine
+
+
+def run_part(args) -> dict:
+    """``--pruning-only`` / ``--syntax-only``: one part, on its own engine."""
+    cfg, engine = _setup(args)
+    result: dict = {"benchmark": "annotate", "part": "pruning" if args.pruning_only else "call_syntax",
+                    "engine": engine.describe(), "threads": len(os.sched_getaffinity(0)), "seed": cfg.seed}
+    try:
+        if args.pruning_only:
+            result["pruning"], checks = pruning_ablation(args, engine, args.pruning_problems)
+        else:
+            result["call_syntax"], checks = syntax_comparison(args, engine)
+    finally:
+        engine.close()
+    result.update(checks=checks, ok=all(checks.values()))
+    return result
+
+
 def run(args) -> dict:
+    if args.pruning_only or args.syntax_only:
+        return run_part(args)
     import torch
 
     from benchmarks.naive import naive_annotate, naive_score
@@ -97,22 +238,16 @@ def run(args) -> dict:
                     "tools": [t for t in cfg.annotate.tools], "engine": engine.describe(), "threads": threads,
                     "settings": {t: vars(cfg.tool_params(t)) for t in cfg.annotate.tools}}
 
-    # -- the pipeline, free call syntax (the paper's), then constrained --------------------------------------
+    # -- the pipeline ---------------------------------------------------------------------------------------
     fast, fast_s, fast_stages = _pipeline(texts, cfg, engine)
     result["fast"] = {"seconds": round(fast_s, 1), "stage_seconds": fast_stages, "peak_rss_mb": round(peak_rss_mb()),
                       "text_tokens": sum(r["n_tokens"] for r in fast if r["status"] == "annotated") // max(1, len(cfg.annotate.tools))}
     per_tool = _summary(fast)
     result["tools_free"] = per_tool
-    ccfg = load_config(args.config, [*overrides, "annotate.call_syntax=constrained"])
-    constrained, con_s, _ = _pipeline(texts, ccfg, engine)
-    con_tools = _summary(constrained)
-    result["call_syntax"] = {
-        "free": {"seconds": round(fast_s, 1), "tools": per_tool},
-        "constrained": {"seconds": round(con_s, 1), "tools": con_tools},
-        "kept_per_1k_ratio": {t: (round(con_tools[t]["kept_per_1k_sampled_tokens"] / per_tool[t]["kept_per_1k_sampled_tokens"], 2)
-                                  if per_tool[t]["kept_per_1k_sampled_tokens"] and con_tools[t]["kept_per_1k_sampled_tokens"] is not None
-                                  else None) for t in per_tool},
-    }
+    # -- call syntax, free vs constrained, where the tools have something to do -------------------------------
+    syntax_checks: dict = {}
+    if not args.skip_syntax:
+        result["call_syntax"], syntax_checks = syntax_comparison(args, engine)
 
     # -- ablation: one saving off at a time -------------------------------------------------------------------
     ablation, ablation_equal = {}, True
@@ -129,6 +264,10 @@ def run(args) -> dict:
     for saving in ABLATION if not args.skip_ablation else ():
         if saving != "prefix_caching":  # needs an engine of its own: measured after this one is closed
             ablate(saving, engine)
+    pruning_checks: dict = {}
+    if not args.skip_ablation:  # on texts where pruning has something to remove (none of the C4 positions)
+        ablation["pruning"], pruning_checks = pruning_ablation(args, engine, args.pruning_problems)
+        ablation_equal &= ablation["pruning"]["kept_equal"]
 
     # -- naive on the same vLLM engine: one request at a time ------------------------------------------------
     t0 = time.perf_counter()
@@ -185,6 +324,7 @@ def run(args) -> dict:
         "sampled_calls_identical_share_at_least_0.99": share >= 0.99,
         "kept_calls_equal_hf_scoring": hf_kept_equal,
         "kept_calls_equal_in_every_ablation_run": ablation_equal,
+        **pruning_checks, **syntax_checks,
     }
     naive_best = min(naive_v_s, naive_h_s)
     result.update({
@@ -211,4 +351,13 @@ def add_arguments(a) -> None:
     a.add_argument("--skip-ablation", action="store_true")
     a.add_argument("--naive-sample-prompts", type=int, default=0,
                    help="opt-in: run the transformers side on this many texts only and scale its time (extrapolated)")
+    a.add_argument("--pruning-only", action="store_true",
+                   help="only the pruning ablation on texts where it removes positions and calls are kept")
+    a.add_argument("--pruning-problems", type=int, default=12, help="ASDiv worked problems in the pruning ablation")
+    a.add_argument("--syntax-only", action="store_true",
+                   help="only free vs constrained call syntax (benchmarks/results/call_syntax.json)")
+    a.add_argument("--skip-syntax", action="store_true")
+    a.add_argument("--syntax-problems", type=int, default=12, help="ASDiv worked problems (Calculator)")
+    a.add_argument("--syntax-wiki-docs", type=int, default=10,
+                   help="embedded Wikipedia summaries (Calculator on those with arithmetic, WikiSearch, QA)")
     a.add_argument("overrides", nargs="*")

@@ -81,7 +81,10 @@ def phase_commit(run: str) -> dict:
     inflight: dict = {}
     for s in a.manifest.shards:
         a.submit_commit(s.shard_id, STAGING, inflight)
-    a.collect(inflight, wait=True)
+    failed: dict = {}
+    a.collect(inflight, failed, wait=True)
+    if failed:
+        raise SystemExit(f"commit: {len(failed)} shards failed, e.g. {next(iter(failed.items()))}")
     a.progress.maybe_flush(force=True)
     seconds = time.perf_counter() - t0
     counts = a.state.counts(a.manifest)

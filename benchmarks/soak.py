@@ -233,7 +233,47 @@ def ray_actors(address: str) -> list[dict]:
 
 
 def is_lm(actor: dict) -> bool:
-    return abs(float((actor.get("required_resources") or {}).get("CPU", 0)) - LM_CPUS) < 1e-6
+    """An LM actor: it asks for an ``lm_slot`` (and 0.5 CPU; the select actor asks 0.1 and no slot)."""
+    res = actor.get("required_resources") or {}
+    return bool(res.get("lm_slot")) or abs(float(res.get("CPU", 0)) - LM_CPUS) < 1e-6
+
+
+class CpuMeter:
+    """CPU-seconds of this process and every process below it (drivers, Ray's daemons and workers, the engines in
+    them), sampled every ``interval_s`` in a thread; a process keeps its last sample after it ends. On a machine
+    shared with other work, wall time stretches with their load; the CPU a run needed does not (much)."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.seen: dict[tuple[int, float], float] = {}  # (pid, start time) → CPU seconds at its last sample
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                self.seen[(p.pid, p.create_time())] = t.user + t.system  # its own, not its reaped children's
+            except psutil.Error:
+                continue
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._sample()
+            self._stop.wait(self.interval_s)
+
+    def total(self) -> float:
+        with self._lock:
+            self._sample()
+            return sum(self.seen.values())
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 # -- a run: one or more drivers on one output dir --------------------------------------------------------------
@@ -422,6 +462,7 @@ class Soak:
         os.environ.pop("RAY_ADDRESS", None)
         self.t0 = time.perf_counter()
         self.load_start = round(os.getloadavg()[0], 1)
+        self.cpu = CpuMeter()
         self.events: list[dict] = []
         self.drivers: list[dict] = []
         self.actors: dict[str, dict] = {}  # actor id → latest state seen
@@ -494,6 +535,7 @@ class Soak:
 
     def clean_run(self) -> None:
         self.clean = self.work / "clean"
+        cpu0 = self.cpu.total()
         if self.args.reference == "ray":
             shutil.copytree(self.prepared, self.clean)
             d = self.job("jobs.annotate", self.clean, role="uninterrupted")
@@ -507,6 +549,7 @@ class Soak:
                 last = time.perf_counter()
             time.sleep(0.5)
         wait(d, 1)
+        self.clean_cpu = self.cpu.total() - cpu0
         self.poll_actors()
         rec = d.record()
         self.clean_record = rec
@@ -589,7 +632,7 @@ class Soak:
         schedule = [(f, frac) for f, frac in (("second_driver", 0.0), ("actor_kill", a.at_actor_kill),
                                               ("node_remove", a.at_node_remove), ("node_add", a.at_node_add),
                                               ("driver_kill", a.at_driver_kill)) if f in self.faults]
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), self.cpu.total()
         deadline = started + a.timeout
         driver = self.job("jobs.annotate", self.chaos, extra, env, role="chaos-1")
         self.chaos_drivers = [driver]
@@ -642,6 +685,7 @@ class Soak:
         driver.proc.wait()
         time.sleep(0.1)  # the exit stamp
         self.chaos_seconds = (driver.ended or time.perf_counter()) - started
+        self.chaos_cpu = self.cpu.total() - cpu0
         self.poll_actors()
         self.drivers.append(driver.record())
         if second is not None and "second_rec" not in self.__dict__:
@@ -683,14 +727,20 @@ class Soak:
         """What the stage actors said as they died, from the Ray session logs of every node of this cluster
         (their stderr stays there; the driver shows it only with --verbose)."""
         said = {"watchdog_endings": "watchdog: the lm batch ran over", "poison_exits": "fault injection: a poison batch"}
-        counts = dict.fromkeys(said, 0)
-        for path in self.ray_tmp.glob("ray/session_*/logs/worker-*.err"):
+        counts: dict = dict.fromkeys(said, 0)
+        stalled = None
+        if getattr(self, "stall_flag", None) and self.stall_flag.exists():  # "stalled in stage lm (pid N)"
+            stalled = re.search(r"pid (\d+)", self.stall_flag.read_text())
+        # the log monitor moves a dead worker's files to logs/old/
+        for path in self.ray_tmp.glob("ray/session_*/logs/**/worker-*.err"):
             try:
                 text = path.read_text(errors="replace")
             except OSError:
                 continue
             for key, line in said.items():
                 counts[key] += text.count(line)
+            if stalled and path.name.endswith(f"-{stalled.group(1)}.err"):
+                counts["stalled_actor_last_lines"] = [x[:300] for x in text.strip().splitlines()[-3:]]
         return counts
 
     # -- the report --
@@ -793,6 +843,9 @@ class Soak:
                      "soak_s": round(self.chaos_seconds, 1),
                      "slowdown": round(self.chaos_seconds / clean_s, 2) if clean_s else None,
                      "total_s": round(time.perf_counter() - self.t0, 1),
+                     # CPU-seconds of everything the run started (drivers, Ray daemons and workers, engines)
+                     "uninterrupted_cpu_s": round(self.clean_cpu, 1), "soak_cpu_s": round(self.chaos_cpu, 1),
+                     "cpu_ratio": round(self.chaos_cpu / self.clean_cpu, 2) if self.clean_cpu else None,
                      # the machine is shared: other work's load stretches every figure here alike
                      "cpus": len(os.sched_getaffinity(0)), "load_avg_1min_at_start": self.load_start,
                      "load_avg_1min_at_end": round(os.getloadavg()[0], 1)},
@@ -810,6 +863,7 @@ class Soak:
             self.chaos_run()
             return self.report()
         finally:
+            self.cpu.stop()
             if self.cluster is not None:
                 self.cluster.shutdown()
             for _ in range(3):  # a process shutting down may still write a file there

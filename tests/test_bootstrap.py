@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~5 min of process and engine starts: `make test-slow`, and the bootstrap experiment itself
 def test_two_rounds_resume_after_a_stop(tmp_path, shared_data):
     out = tmp_path / "boot"
     flag = tmp_path / "stopped.txt"

@@ -68,7 +68,9 @@ def start_head(num_cpus: int = 2, dashboard: bool = True) -> dict:
 
 def stop_head(head: dict) -> None:
     proc = head["proc"]
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    # `ray start --block` takes ~30 s to wind down on SIGTERM; nothing of this head outlives the tests, so it gets
+    # a few seconds and then SIGKILL for its whole session (GCS, raylet, workers)
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -252,12 +254,13 @@ def _rows_by_key(rows: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tmp_path):
-    """Issue 20 items 2-4 on one run of 6 one-document shards (one run instead of several keeps the suite short).
+    """Issue 20 items 2-4 on one run of 6 one-document shards (one run instead of several keeps the suite short;
+    one failure quarantines, so the run needs one pass).
 
     First an error of the execution itself (the LM actor cannot start: a context longer than the model's) stops
     the run and charges no shard. Then, rerun with the fix, five faults at once: the LM actor killed once
     (restarted, its batch retried), a shard that fails in the reader (corrupt bytes, checksums off: retried,
-    quarantined), a poison shard (kills every LM actor that takes it: retried `batch_attempts` times a pass,
+    quarantined), a poison shard (kills every LM actor that takes it: tried `batch_attempts` times,
     quarantined with the cause), a shard whose first LM batch hangs (the watchdog ends the actor; the retry
     commits it), and a tool call that hangs (`tool_timeout`, the run goes on). Everything else equals the
     uninterrupted run, and no other shard has a failure recorded."""
@@ -265,7 +268,7 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     _job(["jobs.prepare", f"output_dir={run}", "shards.docs_per_shard=1", "prepare.runner=local"], config_file)
     manifest = json.loads((run / "manifest.json").read_text())
     assert len(manifest["shards"]) == 6
-    common = [f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED, "shards.max_failures=2",
+    common = [f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED, "shards.max_failures=1",
               "ray.batch_attempts=2", "shards.verify_checksums=false"]
     cmd = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), *common, "engine.max_model_len=100000"]
     broken = subprocess.run(cmd, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=600)
@@ -285,13 +288,13 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     assert sorted(p.stem for p in (run / "quarantine" / "annotate").glob("*.json")) == ["shard-00001", "shard-00003"]
     assert sorted(p.stem for p in (run / "failures" / "annotate").glob("*.json")) == ["shard-00001", "shard-00003"]
     poison = json.loads((run / "quarantine" / "annotate" / "shard-00003.json").read_text())
-    assert poison["attempts"] == 2 and poison["error"].startswith("ActorDied"), poison["error"]
+    assert poison["attempts"] == 1 and poison["error"].startswith("ActorDied"), poison["error"]
     assert "worker exit type" in poison["error"] and "a poison batch" in poison["traceback"], poison  # cause, log
     reader = json.loads((run / "quarantine" / "annotate" / "shard-00001.json").read_text())
-    assert reader["attempts"] == 2 and reader["traceback"]
+    assert reader["attempts"] == 1 and reader["traceback"]
     stats = json.loads((run / "stats.json").read_text())
-    # poison: 2 passes x 2 attempts; the stalled batch's actor, ended by the watchdog, once
-    assert stats["shards"]["done"] == 4 and stats["actor_deaths_in_batches"] == 5, stats
+    # poison: 2 attempts (`ray.batch_attempts`); the stalled batch's actor, ended by the watchdog, once
+    assert stats["shards"]["done"] == 4 and stats["actor_deaths_in_batches"] == 3, stats
     assert stats["funnel"][hung["tool"]]["tool_timeouts"] == hung["n_candidates"], proc.stdout[-2000:]
     _accounted(run)
     got = _rows_by_key(_annotations(run))
@@ -303,6 +306,7 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     _assert_same(list(got.values()), [want[k] for k in got])
 
 
+@pytest.mark.slow  # the small chaos soak (test_soak.py) kills and resubmits a driver and starts a second one in make test
 def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepared, config_file, reference_run, tmp_path):
     run = _copy(prepared, tmp_path / "run")
     args = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}",

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r'''
@@ -60,7 +62,7 @@ if __name__ == "__main__":
     cfg = load_config(None, tp)
     check_parallelism(cfg)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(num_cpus=3, resources={"gpu_slot": 3}, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=3, resources={"gpu_slot": 3}, include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TOOLFORMER_"))}})
     spec = bundles(cfg, cfg.ray.score)
     actor = ray.remote(num_cpus=1)(Scorer).options(**_placement_group_strategy(spec, "STRICT_PACK")).remote(tp)
@@ -72,6 +74,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow  # ~90 s of three engine processes: `make test-slow` (the placement config is checked in make test)
 def test_tp3_engine_in_a_placement_group_matches_tp1(tmp_path):
     import json
 

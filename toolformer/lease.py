@@ -9,16 +9,21 @@ dead process on the same host, or when the lease has not been renewed for ``ttl_
 A holder that finds its lease taken stops writing.
 
 Atomic create, by store:
-- local disk (and any POSIX mount): ``open(O_CREAT | O_EXCL)``; a stale lease is first renamed away
-  (``rename`` is atomic: of two drivers taking over at once, one wins and the other retries and then refuses);
-- S3: ``PutObject`` with ``If-None-Match: *`` (conditional writes, through boto3 when installed);
-- GCS: an upload with ``if_generation_match=0`` (through google-cloud-storage when installed);
+- local disk (and any POSIX mount): the record is written to a temporary file and hard-linked to
+  ``_lease.json`` (``link`` fails if the name exists, and a reader never sees a half-written lease); look, take
+  over and create happen under ``flock`` on ``_lease.json.lock`` (bounded wait), so of drivers taking over a
+  stale lease at once exactly one wins and the others find its fresh lease and refuse;
+- S3: ``PutObject`` with ``If-None-Match: *`` (conditional writes, through boto3 when installed); a stale
+  lease is replaced with ``If-Match: <its ETag>``, so of two takers only one replaces it;
+- GCS: an upload with ``if_generation_match=0`` (through google-cloud-storage when installed); a stale lease
+  is replaced with ``if_generation_match=<its generation>``;
 - any other store: write, wait, read back (not atomic: two drivers starting within a second of each other can
   both believe they hold it; the renewal then finds out and one stops). A warning says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -28,11 +33,12 @@ import sys
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Callable, Iterator
 
 from toolformer.shards import Store
 
 LEASE = "_lease.json"
+LOCK_WAIT_S = 30.0  # how long a driver waits for another one inside acquire (a few file operations)
 log = logging.getLogger(__name__)
 
 
@@ -100,14 +106,17 @@ class Lease:
         if s.local:
             path = s.path(LEASE)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as f:
+            tmp = f"{path}.{self.owner}.tmp"
+            with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # atomic, fails if the name exists; the lease appears whole
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
             return True
         scheme = s.uri.split("://", 1)[0]
         if scheme == "s3":
@@ -122,43 +131,71 @@ class Lease:
         held = self.read()
         return bool(held) and held.get("owner") == self.owner
 
-    def _remove_stale(self, held: dict) -> bool:
-        """Remove a stale lease; True if this call removed exactly that one (a racing driver may beat us)."""
-        s = self.store
-        if s.local:
-            aside = s.path(f".{LEASE}.{self.owner}.stale")
-            try:
-                os.rename(s.path(LEASE), aside)  # atomic: one of two racing drivers gets it
-            except FileNotFoundError:
-                return False
-            os.unlink(aside)
-            return True
+    def _replace_stale(self, held: dict, data: bytes) -> bool:
+        """Replace the stale lease ``held`` with ours; True if this call did (a racing driver may beat us).
+        Object stores: a conditional put on the stale object's version; other stores: read, compare, write."""
+        scheme = self.store.uri.split("://", 1)[0]
+        if scheme == "s3":
+            return _s3_create(self.store.path(LEASE), data, replace_etag=held.get("_etag"))
+        if scheme in ("gs", "gcs"):
+            return _gcs_create(self.store.path(LEASE), data, replace_generation=held.get("_generation"))
         current = self.read()
         if current is None or current.get("owner") != held.get("owner"):
             return False
-        s.delete_file(LEASE)
-        return True
+        self.store.delete_file(LEASE)
+        return self._create(data)
+
+    def _refuse(self, held: dict) -> LeaseHeld:
+        return LeaseHeld(
+            f"{self.store.uri} is being written by another driver: host {held.get('host')}, pid "
+            f"{held.get('pid')}, started {held.get('started')}, lease renewed {held.get('renewed')} "
+            f"(ttl {held.get('ttl_s')} s; command: {held.get('command')}). Wait for it to finish, stop it, or "
+            f"remove {self.store.path(LEASE)} if you are sure it is gone.")
 
     # -- acquire / renew / release -----------------------------------------------------------------------------
     def acquire(self) -> "Lease":
         data = json.dumps(self.record(), indent=2).encode()
+        if self.store.local:
+            with _flock(self.store.path(LEASE) + ".lock", LOCK_WAIT_S):
+                held = self.read()
+                if held is not None:
+                    why = self.stale(held)
+                    if why is None:
+                        raise self._refuse(held)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.store.path(LEASE))
+                    self.say(f"taking over the run's lease from host {held.get('host')} pid {held.get('pid')}: {why}")
+                if not self._create(data):  # only a driver that ignores the lock file gets here
+                    raise self._refuse(self.read() or {})
+            self._start_heartbeat()
+            return self
         for _ in range(5):  # bounded: each round either creates, refuses, or lost a race to another taker
             if self._create(data):
                 self._start_heartbeat()
                 return self
-            held = self.read()
+            held = self._read_versioned()
             if held is None:
                 continue
             why = self.stale(held)
             if why is None:
-                raise LeaseHeld(
-                    f"{self.store.uri} is being written by another driver: host {held.get('host')}, pid "
-                    f"{held.get('pid')}, started {held.get('started')}, lease renewed {held.get('renewed')} "
-                    f"(ttl {held.get('ttl_s')} s; command: {held.get('command')}). Wait for it to finish, stop it, or "
-                    f"remove {self.store.path(LEASE)} if you are sure it is gone.")
-            if self._remove_stale(held):
+                raise self._refuse(held)
+            if self._replace_stale(held, data):
                 self.say(f"taking over the run's lease from host {held.get('host')} pid {held.get('pid')}: {why}")
+                self._start_heartbeat()
+                return self
         raise LeaseHeld(f"{self.store.uri}: could not take the lease (other drivers keep racing for it)")
+
+    def _read_versioned(self) -> dict | None:
+        """The lease with its object version (``_etag`` on S3, ``_generation`` on GCS) for a conditional replace."""
+        scheme = self.store.uri.split("://", 1)[0]
+        try:
+            if scheme == "s3":
+                return _s3_read(self.store.path(LEASE))
+            if scheme in ("gs", "gcs"):
+                return _gcs_read(self.store.path(LEASE))
+        except FileNotFoundError:
+            return None
+        return self.read()
 
     def renew(self) -> None:
         held = self.read()
@@ -209,27 +246,84 @@ class Lease:
         self.release()
 
 
-def _s3_create(path: str, data: bytes) -> bool:
+@contextlib.contextmanager
+def _flock(path: str, timeout_s: float) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing, never deleted: deleting a lock file races),
+    waited for at most ``timeout_s``."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LeaseHeld(f"{path}: another driver kept the lease lock for {timeout_s:g} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _s3_create(path: str, data: bytes, replace_etag: str | None = None) -> bool:
+    """Create the object only if absent, or (``replace_etag``) replace it only if it is still that version."""
     import boto3  # S3's conditional write; pyarrow's S3 filesystem has no create-if-absent
     from botocore.exceptions import ClientError
 
     bucket, key = path.split("/", 1)
+    cond = {"IfMatch": replace_etag} if replace_etag else {"IfNoneMatch": "*"}
     try:
-        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, **cond)
         return True
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
             return False
         raise
 
 
-def _gcs_create(path: str, data: bytes) -> bool:
-    from google.api_core.exceptions import PreconditionFailed
+def _s3_read(path: str) -> dict:
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket, key = path.split("/", 1)
+    try:
+        obj = boto3.client("s3").get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise FileNotFoundError(path) from exc
+        raise
+    return _parsed(obj["Body"].read()) | {"_etag": obj["ETag"]}
+
+
+def _gcs_create(path: str, data: bytes, replace_generation: int | None = None) -> bool:
+    """Create the object only if absent, or (``replace_generation``) replace it only if it is still that one."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
     from google.cloud import storage
 
     bucket, key = path.split("/", 1)
     try:
-        storage.Client().bucket(bucket).blob(key).upload_from_string(data, if_generation_match=0)
+        storage.Client().bucket(bucket).blob(key).upload_from_string(data, if_generation_match=replace_generation or 0)
         return True
-    except PreconditionFailed:
+    except (PreconditionFailed, NotFound):
         return False
+
+
+def _gcs_read(path: str) -> dict:
+    from google.cloud import storage
+
+    bucket, key = path.split("/", 1)
+    blob = storage.Client().bucket(bucket).get_blob(key)
+    if blob is None:
+        raise FileNotFoundError(path)
+    return _parsed(blob.download_as_bytes()) | {"_generation": blob.generation}
+
+
+def _parsed(raw: bytes) -> dict:
+    try:
+        return json.loads(raw)
+    except ValueError:  # half-written by a store without atomic puts: treat as stale
+        return {"owner": None, "renewed_at": 0}
