@@ -98,3 +98,25 @@ def test_clean_field_keeps_calls_parseable():
 def test_start_token_ids(tokenizer):
     ids = start_token_ids(tokenizer)
     assert sorted(tokenizer.decode([i]) for i in ids) == [" [", "["]
+
+
+@pytest.mark.parametrize("tool", ["Calculator", "Calendar", "WikiSearch", "QA", "MT"])
+def test_every_call_the_constrained_syntax_admits_parses(tool):
+    """Constrained sampling (``annotate.call_syntax=constrained``) may only write calls the parser reads back: the
+    input pattern admits nothing the parser takes for structure ("[" or an arrow inside a quoted input did)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from toolformer.tools import tool_class
+
+    unparsed = []
+
+    @settings(max_examples=400, suppress_health_check=list(HealthCheck), deadline=None, derandomize=True)
+    @given(st.from_regex(tool_class(tool).call_regex(), fullmatch=True))
+    def check(sample: str) -> None:
+        call = parse_call("[" + sample, [tool])
+        if call is None or call.tool != tool:
+            unparsed.append(sample)
+
+    check()
+    assert not unparsed, unparsed[:5]

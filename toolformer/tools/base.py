@@ -57,8 +57,9 @@ class Tool(abc.ABC):
     # Whether the input is written in quotes inside a call: [QA("Who ...?")] but [Calculator(1 + 2)].
     quote_input: ClassVar[bool] = False
     # What a well-formed input looks like, for constrained sampling (``annotate.call_syntax=constrained``);
-    # it never admits "]", so the call cannot close early. Quoted tools take any one line of text.
-    input_regex: ClassVar[str] = '[^"\\]\\n]{1,80}'
+    # it never admits "]", so the call cannot close early. Quoted tools take one line of text without what the call
+    # parser reads as structure ("[", "]", an arrow "->" or "→", a quote), so every closed sample parses.
+    input_regex: ClassVar[str] = '[^"\\[\\]\\n>→]{1,80}'
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, **options: Any):
