@@ -84,10 +84,10 @@ class Lease:
 
     def read(self) -> dict | None:
         try:
-            return json.loads(self.store.read_bytes(LEASE))
+            return _parsed(self.store.read_bytes(LEASE))
         except FileNotFoundError:
             return None
-        except (ValueError, OSError):  # half-written by a store without atomic puts: treat as stale
+        except OSError:  # unreadable: treat as stale, as a half-written one
             return {"owner": None, "renewed_at": 0}
 
     def stale(self, held: dict) -> str | None:
