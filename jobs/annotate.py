@@ -43,7 +43,7 @@ def _run(cfg: RunConfig):
         print(f"shards: {stats['shards']}")
     else:
         raise SystemExit(f"annotate.runner must be ray or local, got {cfg.annotate.runner!r}")
-    print(format_funnel(stats["funnel"]))
+    print(format_funnel(stats["funnel"], stats.get("docs_skipped")))
     print(format_yields(stats["funnel"]))
     print(f"annotations: {cfg.output_dir}")
     return stats

@@ -96,7 +96,7 @@ def _run(cfg, args) -> None:
             "the model and builds the index")
     stats = run_annotate(cfg, log=lambda m: print(f"  {m}"))
     print("Funnel per tool (kept: calls with gain >= τf, and the texts holding them):")
-    print(format_funnel(stats["funnel"]))
+    print(format_funnel(stats["funnel"], stats.get("docs_skipped")))
     print(format_yields(stats["funnel"]))
 
     step(2, "merging the kept calls into C* (one call per position, the larger gain wins)")

@@ -54,8 +54,9 @@ def round_config(cfg: RunConfig, r: int, model: str) -> RunConfig:
     rc.train.data_dir, rc.train.out_dir = str(out), str(out / "finetune")
     rc.train.extra_data = [str(round_dir(cfg, k)) for k in range(1, r)] if b.accumulate else []
     rc.eval.tasks, rc.eval.limit, rc.eval.out_dir = list(b.eval_tasks), b.eval_limit, str(out / "eval")
-    # the round's report is about its finetuned model; its base (the previous round's model) was evaluated there
-    rc.eval.base = rc.eval.base_prompted = False
+    # the round's report is about its finetuned model; its base (the previous round's model) was evaluated there;
+    # round 1 may evaluate the base model too (bootstrap.eval_base)
+    rc.eval.base = rc.eval.base_prompted = r == 1 and b.eval_base
     return rc
 
 
@@ -101,22 +102,26 @@ class Round:
 
             prepare(cfg, log=lambda m: None)
             stats = run_ray_annotate(cfg, log=lambda m: None)
-        return {"funnel": stats["funnel"]}
+        return {"funnel": stats["funnel"], "docs_skipped": stats.get("docs_skipped") or {}}
 
     def merge(self) -> dict:
         from toolformer.cstar import run_merge
 
         return run_merge(self.cfg.output_dir, self.cfg.merge.max_per_tool, self.cfg)
 
-    def finetune(self) -> dict:
+    def finetune(self, baseline: bool = False) -> dict:
         from toolformer.train.finetune import run_finetune
 
-        return run_finetune(self.cfg, log=lambda m: None)
+        cfg = self.cfg
+        if baseline:  # the same texts, calls removed, the same recipe (train.baseline)
+            cfg = copy.deepcopy(cfg)
+            cfg.train.baseline = True
+        return run_finetune(cfg, log=lambda m: None)
 
-    def evaluate(self, checkpoint: str) -> dict:
+    def evaluate(self, checkpoint: str, baseline: str | None = None) -> dict:
         # A process of its own: vLLM's kernel registry trips over modules Ray Train leaves imported in this one.
         cmd = [sys.executable, "-m", "jobs.evaluate", "--config", str(self.dir / "config.round.yaml"),
-               f"eval.finetuned={checkpoint}"]
+               f"eval.finetuned={checkpoint}"] + ([f"eval.baseline={baseline}"] if baseline else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"evaluation of {self.dir.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -139,7 +144,11 @@ def run_bootstrap(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
             break
         ft = rnd.step("finetune", rnd.finetune)
         checkpoint = ft["checkpoints"][cfg.bootstrap.checkpoint]
-        rnd.step("evaluate", lambda: rnd.evaluate(checkpoint))
+        baseline = None
+        if r == 1 and cfg.bootstrap.baseline:
+            bl = rnd.step("baseline", lambda: rnd.finetune(baseline=True))
+            baseline = bl["checkpoints"][cfg.bootstrap.checkpoint]
+        rnd.step("evaluate", lambda: rnd.evaluate(checkpoint, baseline))
         model = checkpoint
     return write_round_report(cfg)
 

@@ -112,11 +112,13 @@ def _run_facts(run: AnnotationRun) -> dict:
         from toolformer.shards import Manifest, RunState
 
         funnel = sum_funnels(s["funnel"] for s in RunState(store, "annotate").stats())
-        sources = Manifest.load(store).inputs
+        manifest = Manifest.load(store)
+        sources, skipped = manifest.inputs, manifest.skips
     else:
         funnel = stats.get("funnel", {})
         sources = [] if corpus.get("format") == "embedded" else list(corpus.get("paths") or [])
-    return {"stats": stats, "config": config, "funnel": funnel,
+        skipped = stats.get("docs_skipped") or (stats.get("corpus") or {}).get("docs_skipped") or {}
+    return {"stats": stats, "config": config, "funnel": funnel, "docs_skipped": skipped,
             "sources": [str(s) for s in sources] or [EMBEDDED_INPUT]}
 
 
@@ -141,6 +143,10 @@ def departures(cfg: dict) -> list[str]:
     if syntax == "constrained":
         lines.append("- Call syntax: constrained (our option): calls were sampled under a pattern of well-formed "
                      "calls, so every sample parsed; the paper samples freely and drops what does not parse.")
+    elif syntax == "operands":
+        lines.append("- Call syntax: operands (our option): calls were sampled under a pattern of well-formed calls, "
+                     "and a Calculator call's operands had to be numbers the text wrote before the call; the paper "
+                     "samples freely and drops what does not parse.")
     else:
         lines.append(f"- Call syntax: {syntax}, as in the paper (calls sampled freely; samples that did not parse "
                      "were dropped).")
@@ -151,6 +157,17 @@ def departures(cfg: dict) -> list[str]:
         lines.append("- e(c, ε), the call without a result that the filter scores: `[T(x)]` (our option; the paper "
                      "writes `[T(x) -> ]`).")
     return lines
+
+
+def decontamination(corpus: dict, docs_skipped: dict) -> list[str]:
+    """What the corpus was decontaminated against, and how many documents that removed."""
+    tasks = corpus.get("decontaminate") or []
+    if not tasks:
+        return ["Not decontaminated (`corpus.decontaminate` empty): do not evaluate a model trained on this on "
+                "tasks whose inputs may be in these sources.", ""]
+    n = (docs_skipped.get("by_reason") or {}).get("contaminated", 0)
+    return [f"Decontaminated against {', '.join(tasks)}: {n} documents shared a {corpus.get('decontaminate_n', 8)}-word "
+            "n-gram with one of their inputs and were skipped (`contaminated`).", ""]
 
 
 def card_text(run_uri: str, merge: dict) -> str:
@@ -189,7 +206,8 @@ def card_text(run_uri: str, merge: dict) -> str:
         *sources_md, "",
         f"Licence of this derived dataset: **{', '.join(licences)}** (the licence of each source above; "
         "`corpus.license` sets the one of inputs of unknown origin).", "",
-        "## Funnel", "", format_funnel(facts["funnel"]) if facts["funnel"] else "(no funnel recorded)", "",
+        "## Funnel", "", *decontamination(corpus, facts["docs_skipped"]),
+        format_funnel(facts["funnel"], facts["docs_skipped"]) if facts["funnel"] else "(no funnel recorded)", "",
         format_yields(facts["funnel"]) if facts["funnel"] else "", "",
         "## C*", "",
         f"{merge.get('texts', 0)} texts, {merge.get('calls', 0)} calls: "

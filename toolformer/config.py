@@ -54,7 +54,9 @@ class EngineConfig:
 class CorpusConfig:
     # Files or globs: CCNet .json.gz/.jsonl, JSONL with `text`, Parquet. Empty = the embedded Wikipedia.
     paths: list[str] = field(default_factory=list)
-    format: str = "auto"  # auto | ccnet | jsonl | parquet | hf_disk (a save_to_disk folder) | embedded
+    # auto | ccnet | jsonl | parquet | hf_disk (a save_to_disk folder) | embedded | math (word problems: ASDiv
+    # XML, SVAMP/MAWPS JSON, JSONL question/answer, each read as "Question: …\nAnswer: N")
+    format: str = "auto"
     # Where a document's fields are in other schemas, as dotted paths: {text: body, id: uid, url: meta.link,
     # date: crawl_date}. cc_net, Dolma, FineWeb and RedPajama are recognised without it.
     fields: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +70,16 @@ class CorpusConfig:
     # Wikipedia summaries carry no crawl date; "today" means the day the corpus is read.
     embedded_date: str = "today"
     calculator_random_keep: float = 0.01  # the paper's 1% of texts with only three numbers
+    # Evaluation tasks whose inputs must not be trained on: a document sharing a word n-gram with one of their
+    # inputs is skipped, counted as `contaminated` (funnel, manifest, dataset card). Set it on every run that is
+    # evaluated on those tasks.
+    decontaminate: list[str] = field(default_factory=list)
+    # 8 words: word problems are 15-40 words, so GPT-3's 13-gram misses a problem reworded in a few places
+    # (SVAMP varies ASDiv/MAWPS problems), while 8 is past stock phrases ("how many apples does he have now").
+    decontaminate_n: int = 8
+    # Where the tasks' files are: a task's own file (like eval.task_paths), else the shared data folder.
+    decontaminate_paths: dict[str, str] = field(default_factory=dict)
+    decontaminate_data: Optional[str] = None  # None: $TOOLFORMER_SHARED_DATA or ../shared/data
     license: Optional[str] = None  # licence of inputs of unknown origin, for C*'s dataset card (known sources keep their own: the embedded corpus is cc-by-sa-3.0)
 
 
@@ -115,7 +127,8 @@ class AnnotateConfig:
     no_result_form: str = "arrow"  # arrow: [T(x) -> ]  (the paper's e(c, ε)) | bare: [T(x)]
     # free: the paper's sampling (a sample that does not parse as the tool's call is dropped) | constrained:
     # every sample is a well-formed call of the tool (a regular expression per tool: vLLM structured outputs,
-    # xgrammar in the transformers engine); what the model writes inside the call is still its own.
+    # xgrammar in the transformers engine); what the model writes inside the call is still its own. | operands:
+    # constrained, and a Calculator call's operands are numbers the text wrote before the call (a per-text grammar).
     call_syntax: str = "free"
     # Gains below min(this, the tool's τf) are neither scored in full nor sampled for (pruning); None: the lowest
     # τf the report shows (0.5), which keeps every reported figure exact. Raise it to prune more.
@@ -229,10 +242,14 @@ class EvalConfig:
         "lama_squad", "lama_google_re", "lama_trex", "asdiv", "svamp", "mawps", "webquestions", "nq", "triviaqa",
         "mlqa", "dateset", "trex_temporal_templates"])
     templama_path: Optional[str] = None  # the real TempLAMA JSONL (task "templama"); not shipped here
+    # A task's file instead of the shipped one, same format (asdiv, svamp, mawps, templama): e.g.
+    # {mawps: /data/mawps_full.json} for the full MAWPS or a split of your own.
+    task_paths: dict[str, str] = field(default_factory=dict)
     limit: Optional[int] = 200  # examples per task (a seeded sample); None: all
     data_dir: Optional[str] = None  # the evaluation files; None: $TOOLFORMER_SHARED_DATA or ../shared/data
     from_hub: bool = False  # nq, webquestions, triviaqa, mlqa_<lang> from the Hugging Face hub (needs network)
     finetuned: Optional[str] = None  # HF folder of a finetuned model: adds "finetuned (disabled)" and "+ tools"
+    baseline: Optional[str] = None  # HF folder of the model finetuned without calls (train.baseline): "baseline-finetuned"
     base: bool = True  # the base model, plain greedy (the paper's model without tools)
     base_prompted: bool = True  # the base model with tools via a few-shot tool-use prompt only
     tools: list[str] = field(default_factory=lambda: ["Calculator", "Calendar", "WikiSearch", "QA", "MT"])
@@ -254,6 +271,12 @@ class BootstrapConfig:
     checkpoint: str = "last"  # which exported checkpoint annotates the next round: last | best
     eval_tasks: list[str] = field(default_factory=lambda: ["arithmetic", "dateset"])
     eval_limit: Optional[int] = 40
+    # Round 1 also evaluates the base model (plain, and with tools via a few-shot prompt): the rows the
+    # finetuned models are compared with.
+    eval_base: bool = False
+    # The paper's control in round 1: the same texts with their calls removed (train.baseline), trained the same
+    # way, evaluated as "baseline-finetuned".
+    baseline: bool = False
 
 
 @dataclass
@@ -283,6 +306,10 @@ class RunConfig:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Defaults ← YAML file ← ``key.sub=value`` overrides; unknown keys are an error."""
+    if not OmegaConf.has_resolver("shared_data"):  # ${shared_data:} in a YAML: the evaluation/test data folder
+        from toolformer.paths import shared_data
+
+        OmegaConf.register_new_resolver("shared_data", lambda: str(shared_data()))
     schema = OmegaConf.structured(RunConfig)
     layers = [schema]
     if path:
@@ -298,7 +325,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 # Settings that take one of a few values: anything else fails at load, naming the valid ones.
 CHOICES = {
-    "annotate.call_syntax": ("free", "constrained"),
+    "annotate.call_syntax": ("free", "constrained", "operands"),
     "annotate.no_result_form": ("arrow", "bare"),
     "engine.backend": ("vllm", "hf"),
 }

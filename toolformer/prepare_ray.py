@@ -154,6 +154,13 @@ def _unique_ordinals(store: Store, n: int, pf: pq.ParquetFile) -> np.ndarray | N
 
 # ---- tasks -----------------------------------------------------------------------------------------------
 
+def _contamination_check(dc: dict):
+    """The decontamination check of a plan's settings, built once per worker process."""
+    from toolformer.corpus.decontaminate import _cached
+
+    return _cached(tuple(dc["tasks"]), dc["n"], dc.get("data"), tuple(sorted((dc.get("paths") or {}).items())))
+
+
 def scan_input(uri: str, n: int, path: str, fmt: str, settings: dict, buckets: int) -> dict:
     """Phase 1 for input ``n``: validate its records, write its documents, ids and skips, then its marker."""
     store = Store(uri)
@@ -169,12 +176,15 @@ def scan_input(uri: str, n: int, path: str, fmt: str, settings: dict, buckets: i
         for column in docs.values():
             column.clear()
 
+    dc = settings.get("decontaminate") or {}
+    contaminated = _contamination_check(dc) if dc.get("tasks") else None
     records = input_records(path, fmt, skips, embedded_lang=settings["embedded_lang"],
                             embedded_date=settings["embedded_date"])
     for record, where in records:
         try:
             doc = record_to_document(record, where, max_doc_chars=settings["max_doc_chars"],
-                                     min_text_chars=settings["min_text_chars"], fields=where_is)
+                                     min_text_chars=settings["min_text_chars"], fields=where_is,
+                                     contaminated=contaminated)
         except _Skip as skip:
             skips.add(skip.reason, where, RECORD)
         else:
@@ -387,7 +397,9 @@ class RayPrepare:
         date = dt.date.today().isoformat() if c.embedded_date == "today" else c.embedded_date
         self.settings = {"max_doc_chars": c.max_doc_chars, "min_text_chars": c.min_text_chars,
                          "fields": to_dict(self.cfg)["corpus"]["fields"] or {}, "embedded_lang": c.embedded_lang,
-                         "embedded_date": date}
+                         "embedded_date": date,
+                         "decontaminate": {"tasks": list(c.decontaminate), "n": c.decontaminate_n,
+                                           "data": c.decontaminate_data, "paths": dict(c.decontaminate_paths or {})}}
         self.buckets = min(MAX_BUCKETS, max(1, -(-len(self.inputs) // INPUTS_PER_BUCKET)))
         plan = {"version": PLAN_VERSION, "inputs": [list(i) for i in self.inputs], "settings": self.settings,
                 "buckets": self.buckets}

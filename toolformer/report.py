@@ -108,12 +108,20 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows[1:]])
 
 
-def format_funnel(f: dict[str, dict]) -> str:
+def format_funnel(f: dict[str, dict], docs_skipped: dict | None = None) -> str:
+    """The funnel per tool; with ``docs_skipped`` (a ``SkipLog.as_dict()``: the corpus's skipped records) a line
+    above it says what never became a text, per reason (``contaminated``: shares an n-gram with an evaluation input)."""
     rows = [["tool"] + [h for _, h in FUNNEL_COLUMNS] + [f"kept τf={t}" for t in REPORT_TAU_F]]
     for tool, v in f.items():
         rows.append([tool] + [str(v.get(k, 0)) for k, _ in FUNNEL_COLUMNS]
                     + [f"{v.get(f'kept_calls_tau_{t}', 0)} ({v.get(f'texts_with_calls_tau_{t}', 0)} texts)" for t in REPORT_TAU_F])
-    return _table(rows)
+    return (skipped_line(docs_skipped) + "\n\n" if docs_skipped else "") + _table(rows)
+
+
+def skipped_line(docs_skipped: dict) -> str:
+    by = docs_skipped.get("by_reason") or {}
+    parts = ", ".join(f"{reason} {n}" for reason, n in sorted(by.items())) or "none"
+    return f"Documents skipped before annotation: {parts}."
 
 
 def sum_funnels(funnels: Iterable[dict[str, dict]]) -> dict[str, dict]:

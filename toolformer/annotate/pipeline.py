@@ -108,6 +108,7 @@ def run_annotate(cfg: RunConfig, engine: Engine | None = None, log: Callable[[st
             **run_metadata(cfg, engine),
             "corpus": corpus_stats,
             "funnel": funnel(work),
+            "docs_skipped": corpus_stats["docs_skipped"],
             "seconds": {"engine_start": t_engine, **seconds, "total": time.perf_counter() - t0},
         }
         tmp = out_dir / ".stats.json.tmp"

@@ -392,6 +392,7 @@ class RayAnnotator:
             "skipped_at_start": skipped, "passes": passes, "seconds": round(time.perf_counter() - t_run, 2),
             "docs": sum(s["docs"] for s in stats), "texts": sum(s["texts"] for s in stats),
             "funnel": sum_funnels(s["funnel"] for s in stats),
+            "docs_skipped": self.manifest.skips,  # prepare's counted skips (contaminated among them)
             "actors": summarize(self.telemetry) if self.telemetry else None,
             "actor_deaths_in_batches": self.actor_deaths,  # each one a retry of its shard's batch
             "observability_failures": dict(self.guard.failures),

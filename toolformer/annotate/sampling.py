@@ -120,10 +120,9 @@ class SampleCalls(LMStage):
                 requests.append(seq[: start + pos] + [start_token(engine, texts[r], out["x_offsets"][r], pos)])
                 owners.append((r, pos, p))
         seeds = [derive_seed(self.cfg.seed, text_ids[r], tool, pos) for r, pos, _ in owners]
-        constrained = self.cfg.annotate.call_syntax == "constrained"
         samples = engine.sample(requests, n=params.num_samples, max_tokens=params.max_call_tokens, stop="]",
                                 temperature=params.temperature, seeds=seeds,
-                                regex=tool_class(tool).call_regex() if constrained else None) if requests else []
+                                regex=self._regex(tool, owners, texts, out)) if requests else []
         quote = tool_class(tool).quote_input
         for (r, pos, p), outs in zip(owners, samples):
             cands = out["candidates"][r]
@@ -148,3 +147,14 @@ class SampleCalls(LMStage):
                     loss_call_result=None, gain=None, kept=False,
                 ))
             out["n_candidates"][r] = len(cands)
+
+    def _regex(self, tool: str, owners: list[tuple], texts: list[str], out: dict) -> str | list[str] | None:
+        """What samples must match: nothing (free, the paper), the tool's call pattern (constrained), or per
+        request the pattern of a call at that place in that text (operands)."""
+        syntax, cls = self.cfg.annotate.call_syntax, tool_class(tool)
+        if syntax == "constrained":
+            return cls.call_regex()
+        if syntax == "operands":
+            return [cls.call_regex_in(texts[r][: char_start(texts[r], out["x_offsets"][r], pos)])
+                    for r, pos, _ in owners]
+        return None

@@ -13,7 +13,7 @@ import importlib.util
 import json
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlparse
 
 from toolformer.corpus.records import Document, SkipLog, _Skip, ccnet_digest, field_paths, record_to_document
@@ -163,9 +163,11 @@ def read_documents(
     embedded_lang: str = "en-us",
     embedded_date: str = "today",
     fields: dict | None = None,
+    contaminated: Callable[[str], bool] | None = None,
 ) -> Iterator[Document]:
     """Valid documents from the given files (or the embedded corpus when none); skips go to ``skips``.
-    ``fields`` maps document fields to (dotted) record paths where a corpus names them differently."""
+    ``fields`` maps document fields to (dotted) record paths where a corpus names them differently;
+    ``contaminated`` says which texts share an n-gram with evaluation inputs (skipped as ``contaminated``)."""
     skips = skips if skips is not None else SkipLog()
     paths = list(paths)
     where_is = field_paths(fields)
@@ -181,7 +183,7 @@ def read_documents(
                 return
             try:
                 doc = record_to_document(record, where, max_doc_chars=max_doc_chars, min_text_chars=min_text_chars,
-                                         fields=where_is)
+                                         fields=where_is, contaminated=contaminated)
             except _Skip as skip:
                 skips.add(skip.reason, where)
                 continue
@@ -195,11 +197,13 @@ def read_documents(
 
 
 def corpus_documents(c, skips: SkipLog) -> Iterator[Document]:
-    """The documents a ``CorpusConfig`` names, bad records counted in ``skips``."""
+    """The documents a ``CorpusConfig`` names, bad records (and contaminated ones) counted in ``skips``."""
+    from toolformer.corpus.decontaminate import Decontaminator
+
     return read_documents(
         c.paths, fmt=c.format, skips=skips, limit=c.limit, offset=c.offset, max_doc_chars=c.max_doc_chars,
         min_text_chars=c.min_text_chars, embedded_lang=c.embedded_lang, embedded_date=c.embedded_date,
-        fields=dict(c.fields or {}),
+        fields=dict(c.fields or {}), contaminated=Decontaminator.for_corpus(c),
     )
 
 
@@ -224,8 +228,25 @@ def _hf_disk_rows(path: str | Path, skips: SkipLog) -> Iterator[tuple[Any, str]]
             yield row, f"{path}{'/' + split if split else ''}:{i + 1}"
 
 
+def math_records(path: str | Path, skips: SkipLog) -> Iterator[tuple[dict, str]]:
+    """A math-word-problem file (ASDiv XML, SVAMP or MAWPS JSON, JSONL with question/answer) as documents
+    written the way the evaluation prompts read: ``Question: <problem>\nAnswer: <number>``."""
+    from toolformer.evaluation.tasks import math_file
+
+    try:
+        problems = math_file(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable file is a counted skip, not a crash
+        skips.add("unreadable_file", f"{path} ({type(exc).__name__}: {exc})")
+        return
+    for e in problems:
+        yield {"id": f"{e.task}-{e.uid}", "text": f"Question: {e.prompt}\nAnswer: {e.answers[0]}",
+               "source_dataset": e.task}, f"{path}:{e.uid}"
+
+
 def _inputs_of(path: str, fmt: str) -> list[tuple[str, str]]:
     """The inputs one configured path names: a save_to_disk folder, or its files, each with its format."""
+    if fmt == "math":
+        return [(str(f), "math") for f in expand_paths([path])]
     if fmt == "hf_disk" or (fmt == "auto" and is_hf_disk(path)):
         return [(str(path), "hf_disk")]
     return [(str(f), _format_of(f, fmt)) for f in expand_paths([path])]
@@ -250,6 +271,8 @@ def input_records(path: str, fmt: str, skips: SkipLog, *, embedded_lang: str = "
         return _hf_disk_rows(path, skips)
     if fmt == "parquet":
         return _parquet_rows(path, skips)
+    if fmt == "math":
+        return math_records(path, skips)
     return json_records(path, skips)
 
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 DATE_FIELDS = ("date_download", "date", "created")  # record fields that hold the document date
 
@@ -124,7 +124,7 @@ def _first(record: dict, paths: tuple[str, ...]) -> tuple[Any, str | None]:
 
 def record_to_document(
     record: Any, where: str, *, max_doc_chars: int = 1_000_000, min_text_chars: int = 1,
-    fields: dict[str, tuple[str, ...]] | None = None,
+    fields: dict[str, tuple[str, ...]] | None = None, contaminated: Callable[[str], bool] | None = None,
 ) -> Document:
     """Validate one record (cc_net, Dolma, FineWeb, JSONL-with-text, a Parquet or Arrow row); raise ``_Skip``
     with a reason. ``fields`` (from ``field_paths``) says where each field is."""
@@ -148,6 +148,8 @@ def record_to_document(
         raise _Skip("text_too_long")
     if len(text.strip()) < min_text_chars:
         raise _Skip("text_too_short")
+    if contaminated is not None and contaminated(text):  # shares an n-gram with an evaluation input
+        raise _Skip("contaminated")
     doc_id, _ = _first(record, f["id"])
     doc_id = str(doc_id) if doc_id not in (None, "") else ccnet_digest(text)
     url, _ = _first(record, f["url"])

@@ -119,10 +119,11 @@ class Engine(abc.ABC):
         stop: str,
         temperature: float,
         seeds: Sequence[int],
-        regex: str | None = None,
+        regex: str | Sequence[str | None] | None = None,
     ) -> list[list[Sample]]:
-        """``n`` sampled continuations per prompt, each ending at ``stop`` or after ``max_tokens``; with ``regex``,
-        every continuation is constrained to match it (structured generation)."""
+        """``n`` sampled continuations per prompt, each ending at ``stop`` or after ``max_tokens``; with ``regex``
+        (one for all prompts, or one per prompt), every continuation is constrained to match it (structured
+        generation)."""
 
     def greedy(
         self,
@@ -148,3 +149,13 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def regex_per_prompt(regex: str | Sequence[str | None] | None, n_prompts: int) -> list[str | None]:
+    """``Engine.sample``'s ``regex`` as one entry per prompt."""
+    if regex is None or isinstance(regex, str):
+        return [regex] * n_prompts
+    regexes = list(regex)
+    if len(regexes) != n_prompts:
+        raise ValueError(f"{len(regexes)} regexes for {n_prompts} prompts")
+    return regexes

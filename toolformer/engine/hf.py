@@ -144,15 +144,17 @@ class HFEngine(Engine):
     def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds, regex=None):
         # One prompt at a time with n sequences in a batch: a KV-cached generate, as a competent first
         # version would write it. vLLM's engine is the fast path.
+        from toolformer.engine.base import regex_per_prompt
+
         results = []
-        for prompt, seed in zip(prompts, seeds):
+        for prompt, seed, rx in zip(prompts, seeds, regex_per_prompt(regex, len(prompts))):
             torch.manual_seed(seed)
             ids = torch.tensor([list(prompt)], device=self.device)
             processors = None
-            if regex:
+            if rx:
                 from xgrammar.contrib.hf import LogitsProcessor
 
-                processors = [LogitsProcessor(self._grammar(regex))]  # one per generate() call
+                processors = [LogitsProcessor(self._grammar(rx))]  # one per generate() call
             gen = self.model.generate(
                 logits_processor=processors,
                 input_ids=ids,

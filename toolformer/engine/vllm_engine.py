@@ -240,17 +240,21 @@ class VLLMEngine(Engine):
     def sample(self, prompts, *, n, max_tokens, stop, temperature, seeds, regex=None):
         from vllm import SamplingParams
 
-        extra = {}
-        if regex:
+        from toolformer.engine.base import regex_per_prompt
+
+        def constraint(rx: str | None) -> dict:
+            if not rx:
+                return {}
             from vllm.sampling_params import StructuredOutputsParams
 
-            extra["structured_outputs"] = StructuredOutputsParams(regex=regex)
+            return {"structured_outputs": StructuredOutputsParams(regex=rx)}
+
         params = [
             SamplingParams(
                 n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_tokens, stop=[stop], seed=int(seed),
-                **extra,
+                **constraint(rx),
             )
-            for seed in seeds
+            for seed, rx in zip(seeds, regex_per_prompt(regex, len(prompts)))
         ]
         # Seeded requests must never have a prompt split across engine steps (the CPU build's generator then
         # fails: "CPU Generator does not use offset"): submit groups whose prompts fit one step's token budget,

@@ -22,6 +22,8 @@ def settings(cfg: RunConfig, base_path: str) -> list[Setting]:
     out = [Setting("base", base_path, "plain")] if cfg.eval.base else []
     if cfg.eval.base_prompted:
         out.append(Setting("base + tools (prompted)", base_path, "prompted"))
+    if cfg.eval.baseline:  # the paper's control: finetuned on the same texts without calls, decoded plainly
+        out.append(Setting("baseline-finetuned", cfg.eval.baseline, "plain"))
     if cfg.eval.finetuned:
         out += [Setting("finetuned (disabled)", cfg.eval.finetuned, "disabled"),
                 Setting("finetuned + tools", cfg.eval.finetuned, "tools")]
@@ -52,7 +54,7 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
             examples += load_hub_task(task, limit=e.limit, seed=cfg.seed)
         else:
             examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed, tools=e.task_tools.get(task),
-                                  templama_path=e.templama_path)
+                                  templama_path=e.templama_path, path=e.task_paths.get(task))
     log(f"{len(examples)} examples from {len(e.tasks)} tasks")
     tools = build_tools(cfg)
     decode = DecodeConfig(max_new_tokens=e.max_new_tokens, top_k=e.top_k, max_calls=e.max_calls, stop=["\n"])

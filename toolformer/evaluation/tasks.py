@@ -73,26 +73,68 @@ def lama_trex(data: Path) -> list[Example]:
 
 
 # -- math -----------------------------------------------------------------------------------------------------
-def asdiv(data: Path) -> list[Example]:
+# Each math set from one file (``eval.task_paths.<task>`` points a task at another copy, e.g. the full MAWPS).
+def asdiv_file(path: Path, task: str = "asdiv") -> list[Example]:
     """ASDiv problems with a numeric answer (units in parentheses dropped; ratios, names and yes/no skipped)."""
     out = []
-    for p in ET.parse(data / "asdiv" / "ASDiv.xml").getroot().iter("Problem"):
+    for p in ET.parse(path).getroot().iter("Problem"):
         answer = re.sub(r"\s*\(.*?\)\s*", " ", p.findtext("Answer") or "").strip()
         if not re.fullmatch(r"-?[\d,]*\.?\d+", answer):
             continue
         text = f"{(p.findtext('Body') or '').strip()} {(p.findtext('Question') or '').strip()}"
-        out.append(Example("asdiv", p.get("ID"), text, [answer.replace(",", "")], "math"))
+        out.append(Example(task, p.get("ID"), text, [answer.replace(",", "")], "math"))
     return out
 
 
+def svamp_file(path: Path, task: str = "svamp") -> list[Example]:
+    return [Example(task, str(r["ID"]), f"{r['Body'].strip()} {r['Question'].strip()}", [_num(r["Answer"])], "math")
+            for r in json.loads(Path(path).read_text())]
+
+
+def mawps_file(path: Path, task: str = "mawps") -> list[Example]:
+    return [Example(task, str(r["iIndex"]), " ".join(r["sQuestion"].split()), [_num(r["lSolutions"][0])], "math")
+            for r in json.loads(Path(path).read_text())]
+
+
+def qa_jsonl_file(path: Path, task: str) -> list[Example]:
+    """Math problems of your own: JSONL with ``question`` and ``answer`` (a number), optional ``id``."""
+    out = []
+    for i, r in enumerate(read_jsonl(path)):
+        if not isinstance(r, dict) or "question" not in r or "answer" not in r:
+            raise ValueError(f"{path}:{i + 1}: a math problem needs `question` and `answer`")
+        out.append(Example(task, str(r.get("id", i)), " ".join(str(r["question"]).split()), [_num(r["answer"])],
+                           "math"))
+    return out
+
+
+def math_file(path: str | Path, task: str | None = None) -> list[Example]:
+    """The problems of a math file, its format told by its content: ASDiv's XML, SVAMP's JSON (``Body``,
+    ``Question``, ``Answer``), MAWPS's JSON (``sQuestion``, ``lSolutions``), or JSONL with ``question``/``answer``."""
+    path = Path(path)
+    name = task or path.stem.lower()
+    if path.suffix == ".xml":
+        return asdiv_file(path, task or "asdiv")
+    if path.suffix == ".json":
+        rows = json.loads(path.read_text())
+        first = rows[0] if isinstance(rows, list) and rows else {}
+        if isinstance(first, dict) and {"Body", "Question", "Answer"} <= first.keys():
+            return svamp_file(path, task or "svamp")
+        if isinstance(first, dict) and {"sQuestion", "lSolutions"} <= first.keys():
+            return mawps_file(path, task or "mawps")
+        raise ValueError(f"{path}: not a math set this reader knows (SVAMP or MAWPS JSON)")
+    return qa_jsonl_file(path, name)
+
+
+def asdiv(data: Path) -> list[Example]:
+    return asdiv_file(data / "asdiv" / "ASDiv.xml")
+
+
 def svamp(data: Path) -> list[Example]:
-    return [Example("svamp", r["ID"], f"{r['Body'].strip()} {r['Question'].strip()}", [_num(r["Answer"])], "math")
-            for r in json.loads((data / "svamp" / "SVAMP.json").read_text())]
+    return svamp_file(data / "svamp" / "SVAMP.json")
 
 
 def mawps(data: Path) -> list[Example]:
-    return [Example("mawps", str(r["iIndex"]), " ".join(r["sQuestion"].split()), [_num(r["lSolutions"][0])], "math")
-            for r in json.loads((data / "mawps" / "mawps_dev50.json").read_text())]
+    return mawps_file(data / "mawps" / "mawps_dev50.json")
 
 
 def _num(x) -> str:
@@ -246,12 +288,30 @@ LOADERS: dict[str, Callable[[Path], list[Example]]] = {
 BUILTIN = ("dateset", "arithmetic")
 
 
+# Tasks read from one file, which ``eval.task_paths.<task>`` can replace (same format as the shipped file).
+FILE_LOADERS: dict[str, Callable[[Path], list[Example]]] = {
+    "asdiv": asdiv_file, "svamp": svamp_file, "mawps": lambda p: math_file(p, "mawps"),
+    "templama": templama,
+}
+
+
 def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0,
-              tools: Sequence[str] | None = None, templama_path: str | Path | None = None) -> list[Example]:
-    """A task's examples (a seeded sample of ``limit``); ``tools`` replaces the paper's tool subset."""
+              tools: Sequence[str] | None = None, templama_path: str | Path | None = None,
+              path: str | Path | None = None) -> list[Example]:
+    """A task's examples (a seeded sample of ``limit``); ``tools`` replaces the paper's tool subset; ``path``
+    reads the task from that file instead of the shipped one (tasks in ``FILE_LOADERS``)."""
     if name not in LOADERS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(LOADERS)}")
-    examples = templama(Path(templama_path)) if name == "templama" and templama_path else LOADERS[name](Path(data))
+    if name == "templama" and templama_path and not path:
+        path = templama_path
+    if path:
+        if name not in FILE_LOADERS:
+            raise ValueError(f"task {name!r} takes no path (tasks read from a file: {', '.join(FILE_LOADERS)})")
+        if name != "templama" and not Path(path).exists():  # templama names the setting in its own error
+            raise FileNotFoundError(f"the file given for task {name!r} does not exist: {path}")
+        examples = FILE_LOADERS[name](Path(path))
+    else:
+        examples = LOADERS[name](Path(data))
     if tools is not None:
         for e in examples:
             e.tools = tuple(tools)

@@ -80,6 +80,12 @@ class Tool(abc.ABC):
         arg = f'"{cls.input_regex}"' if cls.quote_input else cls.input_regex
         return re.escape(cls.name) + r"\(" + arg + r"\)\]"
 
+    @classmethod
+    def call_regex_in(cls, before: str) -> str:
+        """The pattern of a call placed after ``before`` (``annotate.call_syntax=operands``): tools whose inputs
+        are drawn from the text narrow it there (the Calculator's operands); by default ``call_regex()``."""
+        return cls.call_regex()
+
     def run(self, request: ToolRequest) -> str | None:
         """One call: a string, or None for input the tool rejects."""
         raise NotImplementedError

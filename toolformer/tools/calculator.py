@@ -38,6 +38,26 @@ _OP = r" ?[+\-*/] ?"
 _TERM = rf"(?:{_NUM}|\({_NUM}(?:{_OP}{_NUM}){{0,2}}\))"
 CONSTRAINED_INPUT = rf"{_TERM}(?:{_OP}{_TERM}){{1,3}}"
 
+# ``call_syntax=operands``: the operands are numbers the text has written before the call (a per-text grammar).
+# A word problem's calculation combines its own numbers; a sampled expression over invented numbers is what
+# made free and constrained samples miss (issue 21: `33 - 21` before 22). Two or three operands, one level of
+# parentheses: one- and two-step problems.
+_TEXT_NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])")
+MAX_OPERANDS = 16
+
+
+def text_operands(before: str, limit: int = MAX_OPERANDS) -> list[str]:
+    """The distinct numbers written in ``before``, in order, thousands separators dropped (the last ``limit``)."""
+    seen = dict.fromkeys(m.group(0).replace(",", "") for m in _TEXT_NUMBER.finditer(before))
+    return list(seen)[-limit:]
+
+
+def operands_input_regex(operands: list[str]) -> str:
+    alt = "|".join(re.escape(n) for n in sorted(operands, key=lambda n: (-len(n), n)))
+    num = f"(?:{alt})"
+    term = rf"(?:{num}|\({num}(?:{_OP}{num}){{1,2}}\))"
+    return rf"{term}(?:{_OP}{term}){{1,2}}"
+
 
 class _Invalid(Exception):
     pass
@@ -181,6 +201,14 @@ class Calculator(Tool):
         texts with three numbers (deterministic per text)."""
         rule = calculator_rule(text.text, text.text_id, corpus_cfg.calculator_random_keep, seed)
         return Selection(rule is not None, rule or "no_arithmetic")
+
+    @classmethod
+    def call_regex_in(cls, before: str) -> str:
+        """A call over the numbers written before it; the general pattern where the text has none."""
+        operands = text_operands(before)
+        if not operands:
+            return cls.call_regex()
+        return re.escape(cls.name) + r"\(" + operands_input_regex(operands) + r"\)\]"
 
     def run(self, request: ToolRequest) -> str | None:
         return calculate(request.input, skip_noops=self.options.skip_noops)
