@@ -206,7 +206,9 @@ def round_summary(rdir: Path) -> dict:
     if not paths:
         return out
     steps = rdir / "steps"
-    funnel = json.loads((steps / "annotate.json").read_text())["funnel"] if (steps / "annotate.json").exists() else {}
+    annotated = json.loads((steps / "annotate.json").read_text()) if (steps / "annotate.json").exists() else {}
+    funnel = annotated.get("funnel") or {}
+    out["docs_skipped"] = (annotated.get("docs_skipped") or {}).get("by_reason") or {}
     y = yields(funnel)
     totals = _tool_totals(store, paths)
     for tool in sorted(totals):

@@ -309,7 +309,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if not OmegaConf.has_resolver("shared_data"):  # ${shared_data:} in a YAML: the evaluation/test data folder
         from toolformer.paths import shared_data
 
-        OmegaConf.register_new_resolver("shared_data", lambda: str(shared_data()))
+        def _shared_data() -> str:
+            return str(shared_data())
+
+        OmegaConf.register_resolver("shared_data", _shared_data)
     schema = OmegaConf.structured(RunConfig)
     layers = [schema]
     if path:
