@@ -222,6 +222,7 @@ def round_summary(rdir: Path) -> dict:
             "kept_per_1k_sampled_tokens": (y.get(tool) or {}).get("kept_per_1k_sampled_tokens"),
             "mean_kept_gain": round(t["gain_sum"] / t["gain_n"], 3) if t["gain_n"] else None,
         }
+    out["chain"], out["generations"] = call_chain(rdir / "eval" / "generations.jsonl")
     results = rdir / "eval" / "results.json"
     if results.exists():
         for setting in json.loads(results.read_text()):
@@ -231,6 +232,49 @@ def round_summary(rdir: Path) -> dict:
                     "accuracy": v["accuracy"], "ci95": _wilson(k, v["n"]), "n": v["n"],
                     "call_share": round(sum(v["call_share"].values()), 1)}
     return out
+
+
+def _number(x) -> float | None:
+    try:
+        return float(str(x).replace(",", ""))
+    except (TypeError, ValueError):
+        return None
+
+
+def call_chain(path: Path, n_examples: int = 10) -> tuple[dict, list[dict]]:
+    """Where tool use breaks, per task and setting that may call: examples where decoding started a call
+    (``[`` among the top k), where what followed was a well-formed call that returned a result, where that result
+    was the gold answer, and where the answer was right; with ten "finetuned + tools" generations (half right,
+    half wrong where there are enough) to read."""
+    chain: dict = {}
+    pool: dict[bool, list[dict]] = {True: [], False: []}
+    if not path.exists():
+        return chain, []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            calls = row.get("calls") or []
+            if row["setting"] not in ("finetuned + tools", "base + tools (prompted)"):
+                continue
+            c = chain.setdefault(row["task"], {}).setdefault(row["setting"], {
+                "n": 0, "started_a_call": 0, "well_formed_with_result": 0, "result_is_gold": 0, "correct": 0,
+                "correct_after_a_call": 0})
+            gold = [_number(a) for a in row.get("answers") or []]
+            ok = [x for x in calls if x.get("ok")]
+            c["n"] += 1
+            c["started_a_call"] += bool(calls)
+            c["well_formed_with_result"] += bool(ok)
+            c["result_is_gold"] += any(_number(x.get("result")) in gold for x in ok if _number(x.get("result")) is not None)
+            c["correct"] += bool(row.get("correct"))
+            c["correct_after_a_call"] += bool(row.get("correct")) and bool(ok)
+            if row["setting"] == "finetuned + tools":
+                pool[bool(row.get("correct"))].append(row)
+    half = n_examples // 2
+    right, wrong = pool[True][:half], pool[False][:half]
+    fill = (pool[True][half:] + pool[False][half:])[: n_examples - len(right) - len(wrong)]
+    picked = [{k: r.get(k) for k in ("task", "uid", "answers", "generation", "calls", "correct")}
+              for r in right + wrong + fill]
+    return chain, picked
 
 
 def write_round_report(cfg: RunConfig) -> dict:
@@ -249,6 +293,27 @@ def write_round_report(cfg: RunConfig) -> dict:
             for name, v in settings.items():
                 lines.append(f"| {r['round']} | {task} | {name} | {v['accuracy']} ({v['ci95'][0]}–{v['ci95'][1]}) | "
                              f"{v['call_share']} |")
+    skipped = [f"{r['round']}: " + (", ".join(f"{k} {v}" for k, v in sorted(r.get("docs_skipped", {}).items())) or "none")
+               for r in rounds]
+    lines += ["", "Documents skipped before annotation (contaminated: shares an n-gram with an evaluation input): "
+              + "; ".join(skipped) + "."]
+    lines += ["", "Where tool use breaks (examples, of n): a call started (`[` among the top k), a well-formed call "
+              "that returned a result, that result the gold answer, the answer right.", "",
+              "| round | task | setting | n | call started | well-formed + result | result = gold | correct | "
+              "correct after a call |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        for task, settings in (r.get("chain") or {}).items():
+            for name, c in settings.items():
+                lines.append(f"| {r['round']} | {task} | {name} | {c['n']} | {c['started_a_call']} | "
+                             f"{c['well_formed_with_result']} | {c['result_is_gold']} | {c['correct']} | "
+                             f"{c['correct_after_a_call']} |")
+    for r in rounds:
+        if r.get("generations"):
+            lines += ["", f"Generations of the finetuned model with tools, {r['round']} (right, then wrong):", ""]
+            for g in r["generations"]:
+                mark = "right" if g["correct"] else "wrong"
+                lines.append(f"- {g['task']} {g['uid']} ({mark}; gold {', '.join(map(str, g['answers']))}): "
+                             f"`{' '.join(str(g['generation']).split())}`")
     text = "\n".join(lines) + "\n"
     (root / "rounds.md").write_text(text)
     (root / "rounds.json").write_text(json.dumps(rounds, indent=2))
