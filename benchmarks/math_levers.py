@@ -1,12 +1,14 @@
 """``python -m jobs.bench math_levers``: what each lever does to the Calculator's kept calls on the math corpus.
 
-The first ``--problems`` problems of ``jobs/configs/math_corpus.yaml``'s corpus (decontaminated, as the experiment
-reads them), the base model in the experiment's dtype, the same seed, one engine. Levers, one at a time from the
+``--problems`` problems of ``jobs/configs/math_corpus.yaml``'s corpus from ``--offset`` (decontaminated, as the
+experiment reads them; by default problems 601-680, the experiment's round-2 slice, never trained on in round 1), the base model in the experiment's dtype, the same seed, one engine. Levers, one at a time from the
 experiment's setting (operands syntax, k = 5 positions, m = 5 samples):
 - call syntax: ``free`` (the paper) / ``constrained`` (a well-formed call) / ``operands`` (and the operands are
   numbers the text wrote before the call);
 - more positions (k = 10) and more samples (m = 10): more samples where a call can matter.
-(Round 2, annotated by the round-1 model, is the experiment's own lever: ``runs/math_corpus/rounds.md``.)
+- the annotator: the same problems, operands syntax, annotated by the experiment's round-1 finetuned model
+  (``--round-model``; by default ``runs/math_corpus``'s round-1 checkpoint when that run exists). The experiment's
+  round 2 annotates a fresh slice (harder problems), so its own figures mix the model's change with the slice's.
 
 Per setting: sampled tokens, parse rate, kept calls at τf = 0.5 and per 1,000 sampled tokens, and where the chain
 breaks at the answer (``Answer: N``): in how many problems the answer position was among the k chosen, a sampled
@@ -76,7 +78,7 @@ def run(args) -> dict:
     from toolformer.config import load_config
     from toolformer.engine import build_engine
 
-    base = [f"corpus.limit={args.problems}", *args.overrides]
+    base = [f"corpus.limit={args.problems}", f"corpus.offset={args.offset}", *args.overrides]
     cfg = load_config(args.config, base)
     engine = build_engine(cfg)
     engine.sequence_logprobs([engine.encode("Warm up.")], [1])
@@ -84,6 +86,7 @@ def run(args) -> dict:
         texts, corpus = load_texts(cfg, engine.tokenizer)
         by_id = {t["text_id"]: t["text"] for t in texts}
         result: dict = {"benchmark": "math_levers", "config": str(args.config), "problems": corpus["docs_read"],
+                        "offset": args.offset,
                         "docs_skipped": corpus["docs_skipped"]["by_reason"], "engine": engine.describe(),
                         "threads": len(os.sched_getaffinity(0)), "seed": cfg.seed, "levers": {}}
         checks = {"same_positions_every_syntax": True, "every_closed_constrained_sample_parses": True,
@@ -104,6 +107,17 @@ def run(args) -> dict:
             if name.startswith("operands"):
                 checks["operands_calls_use_the_texts_numbers"] &= _operands_ok(rows, by_id)
         checks["same_positions_every_syntax"] = positions["free"] == positions["constrained"] == positions["operands"]
+        round_model = args.round_model or _round1_checkpoint()
+        if round_model:
+            engine.close()
+            engine = build_engine(load_config(args.config, [*base, f"model.name_or_path={round_model}"]))
+            rcfg = load_config(args.config, [*base, f"model.name_or_path={round_model}"])
+            rows, secs, _ = _pipeline(texts, rcfg, engine)
+            summary = _summary(rows).get("Calculator", {})
+            result["levers"]["operands_round1_model"] = {
+                "settings": {"call_syntax": rcfg.annotate.call_syntax, "model": round_model},
+                "seconds": round(secs, 1), **summary, "at_the_answer": _answer_view(rows, by_id)}
+            checks["operands_calls_use_the_texts_numbers"] &= _operands_ok(rows, by_id)
         free = result["levers"]["free"].get("kept_per_1k_sampled_tokens")
         result["kept_per_1k_over_free"] = {
             n: (round(v["kept_per_1k_sampled_tokens"] / free, 2) if free else None) for n, v in result["levers"].items()}
@@ -113,7 +127,18 @@ def run(args) -> dict:
     return result
 
 
+def _round1_checkpoint() -> str | None:
+    import json
+
+    marker = REPO / "runs" / "math_corpus" / "rounds" / "r1" / "steps" / "finetune.json"
+    return json.loads(marker.read_text())["checkpoints"]["last"] if marker.exists() else None
+
+
 def add_arguments(a) -> None:
     a.add_argument("--config", default=str(REPO / "jobs" / "configs" / "math_corpus.yaml"))
-    a.add_argument("--problems", type=int, default=80, help="the first problems of the experiment's corpus")
+    a.add_argument("--problems", type=int, default=80, help="problems of the experiment's corpus")
+    # 600: the experiment's round-2 slice, which the round-1 model (one of the levers) was not trained on
+    a.add_argument("--offset", type=int, default=600, help="problems passed over first")
+    a.add_argument("--round-model", default=None,
+                   help="a finetuned model annotating the same problems (default: the experiment's round-1 checkpoint)")
     a.add_argument("overrides", nargs="*")

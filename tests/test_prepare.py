@@ -104,6 +104,25 @@ def test_ray_prepare_equals_one_loop(corpus, tmp_path):
     _assert_same(tmp_path / "embedded", [], **embedded)  # one input: the packaged Wikipedia summaries
 
 
+def test_ray_prepare_reads_math_problems_and_decontaminates_like_one_loop(tmp_path):
+    """The math format and decontamination in the Ray tasks: the same shards and the same `contaminated` count."""
+    problems = [{"question": q, "answer": a} for q, a in [
+        ("Ann has 3 red pens and buys 7 blue pens at the shop. How many pens does Ann have now?", 10),
+        ("A farmer plants 12 rows of corn with 9 plants in each row. How many corn plants are there?", 108),
+        ("Leo saved 45 dollars and spent 18 dollars on a kite. How much money does Leo have left?", 27),
+        ("There are 64 chairs shared equally by 8 tables in the hall. How many chairs stand at each table?", 8),
+        ("A train travels 150 miles on Monday and 95 miles on Tuesday. How far did the train go in all?", 245),
+        ("Mia baked 36 cookies and her brother ate 11 of them after dinner. How many cookies remain?", 25)]]
+    corpus = tmp_path / "problems.jsonl"
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    evalset = tmp_path / "mawps.json"  # two of the problems are evaluation items
+    evalset.write_text(json.dumps([{"iIndex": i, "sQuestion": problems[i]["question"], "lSolutions": [0]}
+                                   for i in (1, 4)]))
+    got = _assert_same(tmp_path / "m", [str(corpus)], **{"corpus.format": "math", "corpus.decontaminate": "[mawps]",
+                                                          "corpus.decontaminate_paths.mawps": str(evalset)})["manifest"]
+    assert got.n_docs == 4 and got.skips["by_reason"] == {"contaminated": 2}
+
+
 def test_jobs_prepare_runs_ray_on_shared_webtext(shared_data, tmp_path):
     """The job's default path on the shared web text, read by path (its licence and csv files are bad lines)."""
     from jobs.prepare import main

@@ -223,6 +223,7 @@ def round_summary(rdir: Path) -> dict:
             "mean_kept_gain": round(t["gain_sum"] / t["gain_n"], 3) if t["gain_n"] else None,
         }
     out["chain"], out["generations"] = call_chain(rdir / "eval" / "generations.jsonl")
+    out["paired"] = paired(rdir / "eval" / "generations.jsonl")
     results = rdir / "eval" / "results.json"
     if results.exists():
         for setting in json.loads(results.read_text()):
@@ -277,6 +278,41 @@ def call_chain(path: Path, n_examples: int = 10) -> tuple[dict, list[dict]]:
     return chain, picked
 
 
+def _mcnemar_p(a: int, b: int) -> float:
+    """Exact two-sided McNemar p-value: a and b are the discordant pairs (right in one setting only)."""
+    n = a + b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(a, b) + 1)) / 2 ** n
+    return round(min(1.0, 2 * tail), 4)
+
+
+def paired(path: Path, against: str = "finetuned + tools") -> dict:
+    """Per task, ``against`` vs every other setting on the same items: items right only with ``against``, right
+    only with the other, and the exact McNemar p-value (paired, so sharper than comparing two intervals)."""
+    if not path.exists():
+        return {}
+    right: dict = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            right.setdefault(row["task"], {}).setdefault(row["setting"], {})[row["uid"]] = bool(row.get("correct"))
+    out: dict = {}
+    for task, settings in right.items():
+        mine = settings.get(against)
+        if mine is None:
+            continue
+        for name, other in settings.items():
+            if name == against:
+                continue
+            common = mine.keys() & other.keys()
+            a = sum(mine[u] and not other[u] for u in common)
+            b = sum(other[u] and not mine[u] for u in common)
+            out.setdefault(task, {})[name] = {"n": len(common), "only_" + against: a, "only_other": b,
+                                              "mcnemar_p": _mcnemar_p(a, b)}
+    return out
+
+
 def write_round_report(cfg: RunConfig) -> dict:
     root = Path(cfg.output_dir)
     rounds = [round_summary(d) for d in sorted((root / "rounds").glob("r*"), key=lambda p: int(p.name[1:]))]
@@ -307,6 +343,13 @@ def write_round_report(cfg: RunConfig) -> dict:
                 lines.append(f"| {r['round']} | {task} | {name} | {c['n']} | {c['started_a_call']} | "
                              f"{c['well_formed_with_result']} | {c['result_is_gold']} | {c['correct']} | "
                              f"{c['correct_after_a_call']} |")
+    lines += ["", "Paired, on the same items: right with `finetuned + tools` only / right with the other setting only, "
+              "exact McNemar p.", "", "| round | task | vs | n | tools only | other only | p |", "|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        for task, others in (r.get("paired") or {}).items():
+            for name, v in others.items():
+                lines.append(f"| {r['round']} | {task} | {name} | {v['n']} | {v['only_finetuned + tools']} | "
+                             f"{v['only_other']} | {v['mcnemar_p']} |")
     for r in rounds:
         if r.get("generations"):
             lines += ["", f"Generations of the finetuned model with tools, {r['round']} (right, then wrong):", ""]
