@@ -19,8 +19,10 @@ only numbers written before it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from pathlib import Path
 
 from benchmarks.annotate import _pipeline, _summary
 from benchmarks.harness import REPO
@@ -124,12 +126,13 @@ def run(args) -> dict:
     finally:
         engine.close()
     result.update(checks=checks, ok=all(checks.values()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
 def _round1_checkpoint() -> str | None:
-    import json
-
     marker = REPO / "runs" / "math_corpus" / "rounds" / "r1" / "steps" / "finetune.json"
     return json.loads(marker.read_text())["checkpoints"]["last"] if marker.exists() else None
 
@@ -141,4 +144,6 @@ def add_arguments(a) -> None:
     a.add_argument("--offset", type=int, default=600, help="problems passed over first")
     a.add_argument("--round-model", default=None,
                    help="a finetuned model annotating the same problems (default: the experiment's round-1 checkpoint)")
+    a.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "math_levers.json"),
+                   help="where the JSON is written too ('' for nowhere)")
     a.add_argument("overrides", nargs="*")

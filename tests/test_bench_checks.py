@@ -78,7 +78,10 @@ def test_tools_checks_fail_a_broken_component():
 
 
 def test_each_benchmark_writes_its_json_under_benchmarks_results_by_default():
-    for module, name in ((eval_bench, "eval"), (train_bench, "train"), (tools_bench, "tools")):
+    from benchmarks import math_levers
+
+    for module, name in ((eval_bench, "eval"), (train_bench, "train"), (tools_bench, "tools"),
+                         (math_levers, "math_levers")):
         parser = argparse.ArgumentParser()
         module.add_arguments(parser)
         assert parser.parse_args([]).out == str(REPO / "benchmarks" / "results" / f"{name}.json")
