@@ -173,6 +173,32 @@ def test_task_path_option_reads_that_file(tmp_path, shared_data):
         load_task("mawps", shared_data, path=tmp_path / "nope.json")
 
 
+# -- the stored experiment ----------------------------------------------------------------------------------------
+STORED = REPO / "benchmarks" / "results" / "math_corpus"
+
+
+def test_the_readme_reports_the_stored_run():
+    """The experiment's figures in the README are the stored run's: its round report's accuracy rows appear there
+    verbatim, and the report's derived figures (where tool use breaks, paired comparisons) recompute from the
+    stored generations."""
+    from toolformer.bootstrap import call_chain, paired
+
+    report = (STORED / "rounds.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in report.splitlines() if re.match(r"\| r\d+ \| (mawps|arithmetic) \| ", line)]
+    assert len(rows) >= 7  # round 1: five settings per task; round 2: two
+    missing = [line for line in rows if line not in readme]
+    assert not missing, missing
+    for r in json.loads((STORED / "rounds.json").read_text()):
+        generations = STORED / r["round"] / "eval" / "generations.jsonl"
+        assert call_chain(generations) == (r["chain"], r["generations"])
+        assert paired(generations) == r["paired"]
+        results = json.loads((STORED / r["round"] / "eval" / "results.json").read_text())
+        for setting in results:
+            for task, v in setting["tasks"].items():
+                assert r["eval"][task][setting["setting"]["name"]]["accuracy"] == v["accuracy"]
+
+
 # -- a tiny end-to-end round --------------------------------------------------------------------------------------
 def test_tiny_round_end_to_end(tmp_path):
     """One round of the math experiment on five problems (one of them contaminated), a 1-step finetune and its
