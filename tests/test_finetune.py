@@ -107,6 +107,7 @@ def test_loss_falls_on_the_training_set(finetuned, merged_run, model_path):
     assert finetuned["summary"]["best_dev_ppl"] > 1.0
 
 
+@pytest.mark.slow  # 34 s: make test's tiny math round loads a finetuned checkpoint in the vLLM engine and decodes with it
 def test_checkpoint_is_evaluated_in_the_vllm_engine(finetuned, merged_run, model_path):
     """The exported folder loads in the vLLM engine as it is: its perplexity on the training texts, computed
     by the engine, is below the base model's, and it generates."""
