@@ -100,3 +100,22 @@ def test_round_summary_reads_committed_parts_only(tmp_path):
     Store(local).write_table(to_table(committed[:1], ANNOTATIONS), "annotations.parquet")
     assert round_summary(local)["tools"]["Calculator"]["positions"] == 2
     assert round_summary(tmp_path / "empty")["tools"] == {}
+
+
+def test_a_rerun_with_other_settings_does_not_reuse_finished_steps(tmp_path):
+    """A step's marker records the settings it was done with: the same command skips it, a changed config that the
+    step depends on stops with a clear error instead of mixing two configs; an unrelated change does not."""
+    from toolformer.bootstrap import Round
+    from toolformer.config import load_config
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "corpus.limit=3"])
+    calls = []
+    Round(cfg, log=lambda m: None).step("annotate", lambda: calls.append(1) or {"funnel": {}})
+    Round(cfg, log=lambda m: None).step("annotate", lambda: calls.append(2) or {"funnel": {}})
+    assert calls == [1]
+    other_eval = load_config(None, [f"output_dir={tmp_path}", "corpus.limit=3", "eval.max_new_tokens=7"])
+    Round(other_eval, log=lambda m: None).step("annotate", lambda: calls.append(3) or {})  # eval does not matter here
+    assert calls == [1]
+    changed = load_config(None, [f"output_dir={tmp_path}", "corpus.limit=3", "corpus.decontaminate=[arithmetic]"])
+    with pytest.raises(RuntimeError, match="done with other settings"):
+        Round(changed, log=lambda m: None).step("annotate", lambda: {})

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from toolformer.config import RunConfig, to_dict
+from toolformer.config import RunConfig, config_hash, to_dict
 from toolformer.faults import fault_point
 from toolformer.report import yields
 from toolformer.shards import Manifest, RunState, Store
@@ -79,14 +79,33 @@ class Round:
         tmp.replace(self.dir / "steps" / f"{step}.json")
         return info
 
+    def settings(self, step: str) -> str:
+        """A hash of what a step's output depends on: the annotation settings (``config_hash``) and, for the steps
+        that read them, the finetuning or evaluation settings."""
+        import hashlib
+
+        data = {"run": config_hash(self.cfg)}
+        full = to_dict(self.cfg)
+        if step in ("finetune", "baseline"):
+            data["train"] = full["train"]
+        if step == "evaluate":
+            data["eval"] = full["eval"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def step(self, name: str, fn: Callable[[], dict]) -> dict:
         info = self.done(name)
         if info is not None:
+            done_with = info.get("settings")
+            if done_with is not None and done_with != self.settings(name):  # a rerun must not mix two configs
+                raise RuntimeError(f"{self.dir}/{name} was done with other settings ({done_with}; now "
+                                   f"{self.settings(name)}): use another output_dir, or delete "
+                                   f"{self.dir / 'steps' / (name + '.json')} and what follows it to redo it")
             self.log(f"  {self.dir.name}/{name}: done earlier, skipped")
             return info
         self.log(f"  {self.dir.name}/{name} ...")
         start = time.perf_counter()
-        info = self.mark(name, {**fn(), "seconds": round(time.perf_counter() - start, 1)})
+        info = self.mark(name, {**fn(), "seconds": round(time.perf_counter() - start, 1),
+                                "settings": self.settings(name)})
         fault_point("bootstrap_step", step=f"{self.dir.name}/{name}")
         return info
 
