@@ -111,9 +111,9 @@ def run(args) -> dict:
         checks["same_positions_every_syntax"] = positions["free"] == positions["constrained"] == positions["operands"]
         round_model = args.round_model or _round1_checkpoint()
         if round_model:
-            engine.close()
-            engine = build_engine(load_config(args.config, [*base, f"model.name_or_path={round_model}"]))
             rcfg = load_config(args.config, [*base, f"model.name_or_path={round_model}"])
+            engine.close()
+            engine = build_engine(rcfg)
             rows, secs, _ = _pipeline(texts, rcfg, engine)
             summary = _summary(rows).get("Calculator", {})
             result["levers"]["operands_round1_model"] = {
