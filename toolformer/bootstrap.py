@@ -341,7 +341,7 @@ def write_round_report(cfg: RunConfig) -> dict:
         for tool, t in r["tools"].items():
             lines.append(f"| {r['round']} | {tool} | {t['positions']} ({t['positions_above_tau_s']}) | "
                          f"{t['p_start_median']} / {t['p_start_p90']} | {t['sampled']} | {t['parsed']} | {t['kept']} | "
-                         f"{t['kept_per_1k_sampled_tokens']} | {t['mean_kept_gain']} |")
+                         f"{t['kept_per_1k_sampled_tokens']} | {'–' if t['mean_kept_gain'] is None else t['mean_kept_gain']} |")
     lines += ["", "| round | task | setting | accuracy % (95 % CI) | examples with a call % |", "|---|---|---|---|---|"]
     for r in rounds:
         for task, settings in r["eval"].items():
@@ -367,8 +367,9 @@ def write_round_report(cfg: RunConfig) -> dict:
     for r in rounds:
         for task, others in (r.get("paired") or {}).items():
             for name, v in others.items():
+                p = v["mcnemar_p"]
                 lines.append(f"| {r['round']} | {task} | {name} | {v['n']} | {v['only_finetuned + tools']} | "
-                             f"{v['only_other']} | {v['mcnemar_p']} |")
+                             f"{v['only_other']} | {'< 0.0001' if p < 1e-4 else p} |")
     for r in rounds:
         if r.get("generations"):
             lines += ["", f"Generations of the finetuned model with tools, {r['round']} (right, then wrong):", ""]
