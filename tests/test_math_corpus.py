@@ -181,7 +181,7 @@ def test_the_readme_reports_the_stored_run():
     """The experiment's figures in the README are the stored run's: its round report's accuracy rows appear there
     verbatim, and the report's derived figures (where tool use breaks, paired comparisons) recompute from the
     stored generations."""
-    from toolformer.bootstrap import call_chain, paired
+    from toolformer.bootstrap import call_chain, generation_rows, paired
 
     report = (STORED / "rounds.md").read_text()
     readme = (REPO / "README.md").read_text()
@@ -190,7 +190,7 @@ def test_the_readme_reports_the_stored_run():
     missing = [line for line in rows if line not in readme]
     assert not missing, missing
     for r in json.loads((STORED / "rounds.json").read_text()):
-        generations = STORED / r["round"] / "eval" / "generations.jsonl"
+        generations = generation_rows(STORED / r["round"] / "eval" / "generations.jsonl")
         assert call_chain(generations) == (r["chain"], r["generations"])
         assert paired(generations) == r["paired"]
         results = json.loads((STORED / r["round"] / "eval" / "results.json").read_text())

@@ -241,8 +241,9 @@ def round_summary(rdir: Path) -> dict:
             "kept_per_1k_sampled_tokens": (y.get(tool) or {}).get("kept_per_1k_sampled_tokens"),
             "mean_kept_gain": round(t["gain_sum"] / t["gain_n"], 3) if t["gain_n"] else None,
         }
-    out["chain"], out["generations"] = call_chain(rdir / "eval" / "generations.jsonl")
-    out["paired"] = paired(rdir / "eval" / "generations.jsonl")
+    rows = generation_rows(rdir / "eval" / "generations.jsonl")
+    out["chain"], out["generations"] = call_chain(rows)
+    out["paired"] = paired(rows)
     results = rdir / "eval" / "results.json"
     if results.exists():
         for setting in json.loads(results.read_text()):
@@ -261,34 +262,38 @@ def _number(x) -> float | None:
         return None
 
 
-def call_chain(path: Path, n_examples: int = 10) -> tuple[dict, list[dict]]:
+def generation_rows(path: Path) -> list[dict]:
+    """The evaluation's ``generations.jsonl`` (a row per setting and item), or none where it was not written."""
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def call_chain(rows: list[dict], n_examples: int = 10) -> tuple[dict, list[dict]]:
     """Where tool use breaks, per task and setting that may call: examples where decoding started a call
     (``[`` among the top k), where what followed was a well-formed call that returned a result, where that result
     was the gold answer, and where the answer was right; with ten "finetuned + tools" generations (half right,
     half wrong where there are enough) to read."""
     chain: dict = {}
     pool: dict[bool, list[dict]] = {True: [], False: []}
-    if not path.exists():
-        return chain, []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            calls = row.get("calls") or []
-            if row["setting"] not in ("finetuned + tools", "base + tools (prompted)"):
-                continue
-            c = chain.setdefault(row["task"], {}).setdefault(row["setting"], {
-                "n": 0, "started_a_call": 0, "well_formed_with_result": 0, "result_is_gold": 0, "correct": 0,
-                "correct_after_a_call": 0})
-            gold = [_number(a) for a in row.get("answers") or []]
-            ok = [x for x in calls if x.get("ok")]
-            c["n"] += 1
-            c["started_a_call"] += bool(calls)
-            c["well_formed_with_result"] += bool(ok)
-            c["result_is_gold"] += any(_number(x.get("result")) in gold for x in ok if _number(x.get("result")) is not None)
-            c["correct"] += bool(row.get("correct"))
-            c["correct_after_a_call"] += bool(row.get("correct")) and bool(ok)
-            if row["setting"] == "finetuned + tools":
-                pool[bool(row.get("correct"))].append(row)
+    for row in rows:
+        calls = row.get("calls") or []
+        if row["setting"] not in ("finetuned + tools", "base + tools (prompted)"):
+            continue
+        c = chain.setdefault(row["task"], {}).setdefault(row["setting"], {
+            "n": 0, "started_a_call": 0, "well_formed_with_result": 0, "result_is_gold": 0, "correct": 0,
+            "correct_after_a_call": 0})
+        gold = [_number(a) for a in row.get("answers") or []]
+        ok = [x for x in calls if x.get("ok")]
+        c["n"] += 1
+        c["started_a_call"] += bool(calls)
+        c["well_formed_with_result"] += bool(ok)
+        c["result_is_gold"] += any(_number(x.get("result")) in gold for x in ok if _number(x.get("result")) is not None)
+        c["correct"] += bool(row.get("correct"))
+        c["correct_after_a_call"] += bool(row.get("correct")) and bool(ok)
+        if row["setting"] == "finetuned + tools":
+            pool[bool(row.get("correct"))].append(row)
     half = n_examples // 2
     right, wrong = pool[True][:half], pool[False][:half]
     fill = (pool[True][half:] + pool[False][half:])[: n_examples - len(right) - len(wrong)]
@@ -306,16 +311,12 @@ def _mcnemar_p(a: int, b: int) -> float:
     return round(min(1.0, 2 * tail), 4)
 
 
-def paired(path: Path, against: str = "finetuned + tools") -> dict:
+def paired(rows: list[dict], against: str = "finetuned + tools") -> dict:
     """Per task, ``against`` vs every other setting on the same items: items right only with ``against``, right
     only with the other, and the exact McNemar p-value (paired, so sharper than comparing two intervals)."""
-    if not path.exists():
-        return {}
     right: dict = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            right.setdefault(row["task"], {}).setdefault(row["setting"], {})[row["uid"]] = bool(row.get("correct"))
+    for row in rows:
+        right.setdefault(row["task"], {}).setdefault(row["setting"], {})[row["uid"]] = bool(row.get("correct"))
     out: dict = {}
     for task, settings in right.items():
         mine = settings.get(against)

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from toolformer.config import RunConfig, config_hash, to_dict
 from toolformer.corpus.chunking import texts_of
+from toolformer.corpus.decontaminate import check_for
 from toolformer.corpus.readers import corpus_inputs, input_records
 from toolformer.corpus.records import Document, SkipLog, _Skip, field_paths, record_to_document
 from toolformer.schemas import SHARD, to_table
@@ -154,13 +155,6 @@ def _unique_ordinals(store: Store, n: int, pf: pq.ParquetFile) -> np.ndarray | N
 
 # ---- tasks -----------------------------------------------------------------------------------------------
 
-def _contamination_check(dc: dict):
-    """The decontamination check of a plan's settings, built once per worker process."""
-    from toolformer.corpus.decontaminate import _cached
-
-    return _cached(tuple(dc["tasks"]), dc["n"], dc.get("data"), tuple(sorted((dc.get("paths") or {}).items())))
-
-
 def scan_input(uri: str, n: int, path: str, fmt: str, settings: dict, buckets: int) -> dict:
     """Phase 1 for input ``n``: validate its records, write its documents, ids and skips, then its marker."""
     store = Store(uri)
@@ -177,7 +171,7 @@ def scan_input(uri: str, n: int, path: str, fmt: str, settings: dict, buckets: i
             column.clear()
 
     dc = settings.get("decontaminate") or {}
-    contaminated = _contamination_check(dc) if dc.get("tasks") else None
+    contaminated = check_for(dc.get("tasks"), dc.get("n", 8), dc.get("data"), dc.get("paths"))
     records = input_records(path, fmt, skips, embedded_lang=settings["embedded_lang"],
                             embedded_date=settings["embedded_date"])
     for record, where in records:

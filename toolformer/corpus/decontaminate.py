@@ -63,11 +63,18 @@ class Decontaminator:
 
     @staticmethod
     def for_corpus(corpus) -> "Decontaminator | None":
-        """The check a ``CorpusConfig`` asks for (cached per process: readers build it once)."""
-        if not corpus.decontaminate:
-            return None
-        return _cached(tuple(corpus.decontaminate), corpus.decontaminate_n, corpus.decontaminate_data,
-                       tuple(sorted((corpus.decontaminate_paths or {}).items())))
+        """The check a ``CorpusConfig`` asks for."""
+        return check_for(corpus.decontaminate, corpus.decontaminate_n, corpus.decontaminate_data,
+                         corpus.decontaminate_paths)
+
+
+def check_for(tasks: Sequence[str] | None, n: int = 8, data_dir: str | None = None,
+              paths: dict[str, str] | None = None) -> Decontaminator | None:
+    """The check against ``tasks`` (None when there are none), built once per process: every reader of a run
+    (the one-loop prepare, the Ray prepare's tasks, the local runner) asks with the same settings."""
+    if not tasks:
+        return None
+    return _cached(tuple(tasks), n, data_dir, tuple(sorted((paths or {}).items())))
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,6 +8,7 @@ off for the QA sets; the evaluate job's config can change them.
 from __future__ import annotations
 
 import csv
+import functools
 import datetime as dt
 import json
 import random
@@ -288,9 +289,10 @@ LOADERS: dict[str, Callable[[Path], list[Example]]] = {
 BUILTIN = ("dateset", "arithmetic")
 
 
-# Tasks read from one file, which ``eval.task_paths.<task>`` can replace (same format as the shipped file).
+# Tasks read from one file, which ``eval.task_paths.<task>`` can replace: a math task any math file (its format
+# told by its content), TempLAMA its JSONL.
 FILE_LOADERS: dict[str, Callable[[Path], list[Example]]] = {
-    "asdiv": asdiv_file, "svamp": svamp_file, "mawps": lambda p: math_file(p, "mawps"),
+    **{task: functools.partial(math_file, task=task) for task in ("asdiv", "svamp", "mawps")},
     "templama": templama,
 }
 
