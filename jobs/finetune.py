@@ -9,7 +9,8 @@ Reads ``<train.data_dir or output_dir>/cstar.parquet``, packs it to ``train.seq_
 ``train.num_workers`` Ray Train workers (``train.use_gpu=true`` on a GPU cluster; gloo + DeepSpeed on CPU
 here), evaluates dev perplexity every ``train.eval_every`` steps and writes the best and the last checkpoint
 as Hugging Face folders under ``<out_dir>/<name>-toolformer/`` (``best/``, ``last/``, ``finetune.json``).
-Re-running the same command after a crash resumes from the last checkpoint.
+Re-running the same command after a crash resumes from the last checkpoint; once a run has finished, its
+DeepSpeed state (``<out_dir>/ray_train``) is removed unless ``train.keep_train_state=true``.
 """
 
 from __future__ import annotations

@@ -84,6 +84,16 @@ def test_resume_after_crash_continues_from_the_checkpoint_step(finetuned):
     assert final["resumed_from"] == 2 and final["steps_this_attempt"] == 2, final  # steps 3-4 only, not from zero
 
 
+def test_a_finished_run_keeps_its_exports_not_its_deepspeed_state(finetuned):
+    """The DeepSpeed state (2.6 GB a checkpoint here) only served to resume; best/ and last/ stay, and last/ is
+    hard links to best/ when the last checkpoint is the best."""
+    summary, out = finetuned["summary"], finetuned["out"]
+    assert summary["train_state"] is None and not (out / "ray_train").exists()
+    best, last = (Path(summary["checkpoints"][k]) / "model.safetensors" for k in ("best", "last"))
+    same = summary["best_dev_ppl"] == summary["final"]["dev_ppl"]
+    assert (best.stat().st_ino == last.stat().st_ino) == same, (summary["best_dev_ppl"], summary["final"])
+
+
 def _mean_loss(model_path: str, merged_run: Path) -> float:
     import pyarrow.parquet as pq
     import torch

@@ -254,6 +254,23 @@ def _rows_by_key(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return {(r["text_id"], r["tool"]): r for r in rows}
 
 
+def test_an_error_of_the_execution_charges_no_shard(ray_head, config_file, tmp_path):
+    """An error of the execution itself (the LM actor cannot start: a context longer than the model's) stops the
+    run with a clear message and charges no shard: nothing is counted as a failure, quarantined or committed.
+    (The shard faults themselves run in test_soak.py here and all at once in the next, slow, test.)"""
+    run = tmp_path / "run"
+    _job(["jobs.prepare", f"output_dir={run}", "shards.docs_per_shard=1", "prepare.runner=local", "corpus.limit=2"],
+         config_file)
+    cmd = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}",
+           f"ray.address={ray_head['address']}", *FUSED, "engine.max_model_len=100000"]
+    broken = subprocess.run(cmd, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=600)
+    assert broken.returncode != 0 and "no shard was charged" in broken.stdout + broken.stderr, broken.stdout[-3000:]
+    assert not (run / "failures").exists() and not (run / "quarantine").exists() and not (run / "markers").exists()
+
+
+# make test: the small chaos soak (actor kill, poison, hanging tool call, corrupt shard) and the test above; the
+# stalled LM batch's watchdog runs here and in the full soak (`python -m jobs.bench soak`)
+@pytest.mark.slow
 def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tmp_path):
     """Issue 20 items 2-4 on one run of 6 one-document shards (one run instead of several keeps the suite short;
     one failure quarantines, so the run needs one pass).

@@ -232,6 +232,9 @@ class TrainConfig:
     use_gpu: bool = False
     max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
     keep_checkpoints: int = 2  # the best by dev perplexity are kept
+    # DeepSpeed's state (weights, fp32 master copy and Adam moments: ~5x the model) serves only to resume an
+    # unfinished run; once best/ and last/ are exported a finished run drops it unless this is set.
+    keep_train_state: bool = False
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import shutil
 import time
@@ -76,6 +78,24 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
     return train, dev_ds, figures
 
 
+def _export(best, last, target: Path) -> dict[str, str]:
+    """best/ and last/ as Hugging Face folders; when the last checkpoint is the best, last/ is hard links to
+    best/'s files (no second copy of the weights on disk)."""
+    exported: dict[str, str] = {}
+    for label, ckpt in (("best", best), ("last", last)):
+        if ckpt is None:
+            continue
+        dest = target / label
+        shutil.rmtree(dest, ignore_errors=True)
+        if label == "last" and "best" in exported and best is not None and ckpt.path == best.path:
+            shutil.copytree(exported["best"], dest, copy_function=os.link)
+        else:
+            with ckpt.as_directory() as d:
+                shutil.copytree(Path(d) / "model", dest)
+        exported[label] = str(dest)
+    return exported
+
+
 def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -114,18 +134,16 @@ def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     if result.error:
         raise result.error
     best = min(result.best_checkpoints, key=lambda cm: cm[1].get("dev_ppl", float("inf")), default=(result.checkpoint, result.metrics))
-    exported = {}
-    for label, ckpt in (("best", best[0]), ("last", result.checkpoint)):
-        if ckpt is None:
-            continue
-        target = out_dir / name / label
-        shutil.rmtree(target, ignore_errors=True)
-        with ckpt.as_directory() as d:
-            shutil.copytree(Path(d) / "model", target)
-        exported[label] = str(target)
+    exported = _export(best[0], result.checkpoint, out_dir / name)
+    storage = out_dir / "ray_train" / name
+    if not t.keep_train_state:
+        shutil.rmtree(storage, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            storage.parent.rmdir()  # only when no other run's state is there
     summary = {
         "name": name, "baseline": t.baseline, "model": model_path, **figures,
         "final": result.metrics, "best_dev_ppl": best[1].get("dev_ppl"), "checkpoints": exported,
+        "train_state": str(storage) if t.keep_train_state else None,
         "seconds": round(seconds, 1), "config": to_dict(cfg)["train"],
     }
     (out_dir / name).mkdir(parents=True, exist_ok=True)
