@@ -86,3 +86,23 @@ def test_each_benchmark_writes_its_json_under_benchmarks_results_by_default():
         module.add_arguments(parser)
         assert parser.parse_args([]).out == str(REPO / "benchmarks" / "results" / f"{name}.json")
         assert parser.parse_args(["--out", ""]).out == ""
+
+
+def _suite_line(path) -> tuple[int, str]:
+    """(passed, 'M min S s') from a stored pytest run's summary line."""
+    import re
+
+    m = re.search(r"(\d+) passed, \d+ deselected in [\d.]+s \((\d+):(\d+):(\d+)\)", path.read_text())
+    assert m, f"no pytest summary line in {path}"
+    passed, h, mins, secs = (int(g) for g in m.groups())
+    return passed, f"{h * 60 + mins} min {secs} s"
+
+
+def test_readme_suite_figures_are_the_stored_runs():
+    """The README's figures for `make test` and `make test-slow` are those of the stored runs' summary lines."""
+    readme = " ".join((REPO / "README.md").read_text().split())
+    results = REPO / "benchmarks" / "results"
+    passed, took = _suite_line(results / "make_test.txt")
+    assert f"{passed} passed in {took}" in readme, (passed, took)
+    passed, took = _suite_line(results / "make_test_slow.txt")
+    assert f"{passed} passed in {took}" in readme, (passed, took)
