@@ -87,7 +87,7 @@ def _export(best, last, target: Path) -> dict[str, str]:
             continue
         dest = target / label
         shutil.rmtree(dest, ignore_errors=True)
-        if label == "last" and "best" in exported and best is not None and ckpt.path == best.path:
+        if label == "last" and "best" in exported and ckpt.path == best.path:
             shutil.copytree(exported["best"], dest, copy_function=os.link)
         else:
             with ckpt.as_directory() as d:
@@ -136,10 +136,6 @@ def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     best = min(result.best_checkpoints, key=lambda cm: cm[1].get("dev_ppl", float("inf")), default=(result.checkpoint, result.metrics))
     exported = _export(best[0], result.checkpoint, out_dir / name)
     storage = out_dir / "ray_train" / name
-    if not t.keep_train_state:
-        shutil.rmtree(storage, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            storage.parent.rmdir()  # only when no other run's state is there
     summary = {
         "name": name, "baseline": t.baseline, "model": model_path, **figures,
         "final": result.metrics, "best_dev_ppl": best[1].get("dev_ppl"), "checkpoints": exported,
@@ -148,4 +144,8 @@ def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     }
     (out_dir / name).mkdir(parents=True, exist_ok=True)
     (out_dir / name / "finetune.json").write_text(json.dumps(summary, indent=2, default=str))
+    if not t.keep_train_state:  # after the summary: a run stopped in between has its exports and says so
+        shutil.rmtree(storage, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            storage.parent.rmdir()  # only when no other run's state is there
     return summary
