@@ -94,6 +94,10 @@ def _used_paths(command: str, cwd: str) -> list[tuple[str, str]]:
         return p if p.startswith(("/", "~")) else str(PurePosixPath(cwd) / p)
 
     for words in _segments(command):
+        if words[0] == "cd" and len(words) == 2:  # `cd DIR && python -m ...`: the next commands run in DIR
+            used.append(("path", absolute(words[1])))
+            cwd = absolute(words[1])
+            continue
         for i, w in enumerate(words):
             nxt = words[i + 1] if i + 1 < len(words) else None
             if w in ("-r", "--requirement", "-c", "--constraint") and nxt:
@@ -104,8 +108,8 @@ def _used_paths(command: str, cwd: str) -> list[tuple[str, str]]:
                 used.append(("project", absolute(nxt)))
             elif w == "-m" and nxt and i > 0 and re.match(r"python[\d.]*$", PurePosixPath(words[i - 1]).name):
                 top = nxt.split(".")[0]
-                if top in ("jobs", "toolformer", "benchmarks"):
-                    used.append(("module", nxt))
+                if top in ("jobs", "toolformer", "benchmarks"):  # the module's file, where the command runs
+                    used.append(("module", f"{cwd}/{nxt.replace('.', '/')}"))
             elif w == "--config" and nxt:
                 used.append(("config", absolute(nxt)))
             elif w.startswith("--config=") and not w.startswith("--config=~/ray_bootstrap"):
@@ -122,8 +126,7 @@ def _check_paths(commands: list[str], cwd: str, mounts: list[tuple[str, str]], w
     for cmd in commands:
         for kind, path in _used_paths(cmd, cwd):
             if kind == "module":
-                rel = path.replace(".", "/")
-                node_paths = [f"{cwd}/{rel}.py", f"{cwd}/{rel}/__main__.py"]
+                node_paths = [f"{path}.py", f"{path}/__main__.py"]
             elif kind == "project":  # an install of this project: its pyproject.toml and packages are there
                 for part in ("pyproject.toml", "toolformer", "jobs"):
                     found = _resolve(f"{path}/{part}", mounts)

@@ -230,6 +230,13 @@ class TrainConfig:
     deepspeed_config: str = "jobs/configs/ds_zero3.yaml"  # or ds_zero2.yaml
     num_workers: int = 2
     use_gpu: bool = False
+    # The plan check before any pool starts (toolformer/plan.py, issue 27): the pools' smallest sizes must fit
+    # the nodes the cluster has or its autoscaler may add. error: a plan that cannot fit stops the run at once
+    # (instead of waiting forever for actors); warn: say so and start anyway; off: no check.
+    plan_check: str = "error"
+    # The cluster's own file (ray_cluster.yaml, cluster/raycluster.yaml or cluster/rayjob.yaml): the node types
+    # and max workers the plan check counts on when the running cluster does not tell what its autoscaler may add.
+    cluster_file: Optional[str] = None
     max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
     keep_checkpoints: int = 2  # the best by dev perplexity are kept
     # DeepSpeed's state (weights, fp32 master copy and Adam moments: ~5x the model) serves only to resume an

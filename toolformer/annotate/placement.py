@@ -60,6 +60,16 @@ def bundles(cfg: RunConfig, pool: StageResources) -> list[dict[str, float]]:
     return [dict(bundle) for _ in range(world_size(cfg))]
 
 
+def actor_bundles(cfg: RunConfig, pool: StageResources) -> list[dict[str, float]]:
+    """The placement group one actor of a parallel engine reserves: ``bundles``, the first also holding the actor's
+    own memory reservation (``ray.<pool>.memory_gb``). Ray creates an actor in a group only when one bundle holds
+    its whole request (its CPUs and its memory): without the memory in a bundle the actor could not be created."""
+    out = bundles(cfg, pool)
+    if pool.memory_gb:
+        out[0]["memory"] = pool.memory_gb * 1024**3  # the same figure as the actor's `memory` (distributed.GIB)
+    return out
+
+
 def _placement_group_strategy(bundle_list: list[dict[str, float]], strategy: str) -> dict[str, Any]:
     """Called by Ray Data once per actor it starts: a fresh placement group for that actor."""
     import ray
@@ -74,4 +84,5 @@ def lm_pool_args(cfg: RunConfig, pool: StageResources) -> dict[str, Any]:
     if world_size(cfg) == 1:
         return {}
     return {"num_gpus": None, "resources": None,
-            "ray_remote_args_fn": partial(_placement_group_strategy, bundles(cfg, pool), cfg.engine.placement_strategy)}
+            "ray_remote_args_fn": partial(_placement_group_strategy, actor_bundles(cfg, pool),
+                                          cfg.engine.placement_strategy)}
