@@ -200,6 +200,13 @@ class RayConfig:
     lm: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, memory_gb=3.5))
     io_num_cpus: float = 0.25  # read, stage-write and commit tasks: I/O bound
     io_memory_gb: float = 0.5  # per read/write/commit task: one shard's rows at most
+    # The plan check before any pool starts (toolformer/plan.py, issue 27): the pools' smallest sizes must fit
+    # the nodes the cluster has or its autoscaler may add. error: a plan that cannot fit stops the run at once
+    # (instead of waiting forever for actors); warn: say so and start anyway; off: no check.
+    plan_check: str = "error"
+    # The cluster's own file (ray_cluster.yaml, cluster/raycluster.yaml or cluster/rayjob.yaml): the node types
+    # and max workers the plan check counts on when the running cluster does not tell what its autoscaler may add.
+    cluster_file: Optional[str] = None
     # Bounded retries (Ray's defaults retry a batch that kills its actor forever and the job hangs): a batch
     # that kills its actor (OOM, segfault, CUDA error, the LM watchdog) this many times fails its shards,
     # which then take the shard retry path (shards.max_failures, quarantine with the cause).
@@ -230,13 +237,6 @@ class TrainConfig:
     deepspeed_config: str = "jobs/configs/ds_zero3.yaml"  # or ds_zero2.yaml
     num_workers: int = 2
     use_gpu: bool = False
-    # The plan check before any pool starts (toolformer/plan.py, issue 27): the pools' smallest sizes must fit
-    # the nodes the cluster has or its autoscaler may add. error: a plan that cannot fit stops the run at once
-    # (instead of waiting forever for actors); warn: say so and start anyway; off: no check.
-    plan_check: str = "error"
-    # The cluster's own file (ray_cluster.yaml, cluster/raycluster.yaml or cluster/rayjob.yaml): the node types
-    # and max workers the plan check counts on when the running cluster does not tell what its autoscaler may add.
-    cluster_file: Optional[str] = None
     max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
     keep_checkpoints: int = 2  # the best by dev perplexity are kept
     # DeepSpeed's state (weights, fp32 master copy and Adam moments: ~5x the model) serves only to resume an
