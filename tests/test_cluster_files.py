@@ -475,7 +475,8 @@ def _undefined(docs: list[dict], defined_docs: list[dict]) -> list[str]:
             for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
                 for m in c.get("volumeMounts") or []:
                     if m["name"] not in volumes:
-                        problems.append(f"{where}/{c['name']}: mounts volume {m['name']!r}, which the pod does not define")
+                        problems.append(f"{where}/{c['name']}: mounts volume {m['name']!r}, which the pod "
+                                        "does not define")
             for kind, names in _references(pod).items():
                 for name, optional in names:
                     if not optional and (kind, name) not in defined:

@@ -231,7 +231,8 @@ def test_the_gcs_cluster_config_is_read(monkeypatch):
     unlimited.resources["CPU"] = 16
     monkeypatch.setattr(ray._private.state.state, "get_cluster_config", lambda: config)
     s = _from_gcs()
-    assert [(t.name, t.max_count, t.resources.get("GPU")) for t in s.node_types] == [("gpu", 6, 4.0), ("cpu", None, None)]
+    got = [(t.name, t.max_count, t.resources.get("GPU")) for t in s.node_types]
+    assert got == [("gpu", 6, 4.0), ("cpu", None, None)]
     assert s.may_add("GPU") == 24 and s.may_add("CPU") == float("inf")
     monkeypatch.setattr(ray._private.state.state, "get_cluster_config", lambda: None)
     assert _from_gcs() is None
@@ -330,3 +331,61 @@ def test_a_real_ray_refuses_two_lm_actors_on_one_lm_worker_at_once(private_ray, 
     opts = _placement_group_strategy(bundles, "STRICT_PACK")
     probe = Probe.options(num_cpus=0.25, memory=0.25 * GIB, **opts).remote()
     assert private_ray.get(probe.ping.remote(), timeout=60) == "ok"
+
+
+def test_a_real_ray_with_what_the_autoscaler_may_add(private_ray, monkeypatch, tmp_path):
+    """The same one-`lm_worker` Ray joined as a cluster: told nothing about an autoscaler, the refusal says so;
+    with the autoscaler's node types (ray.cluster_file, the launcher's bootstrap config on the head, or the
+    RayCluster object read with the pod's service account) the nodes it may add count and 2 actors fit."""
+    import yaml
+
+    from toolformer import plan
+    from toolformer.plan import check_plan_or_exit, live_supply
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # as a driver that joined a cluster sees it
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/ray_bootstrap_config.yaml
+    monkeypatch.delenv("RAY_CLUSTER_NAME", raising=False)
+    cfg_args = ["ray.sample.num_cpus=0.3", "ray.sample.memory_gb=0.5", "ray.sample.resources={lm_worker: 1}",
+                "ray.sample.actors=2"]
+    with pytest.raises(SystemExit) as exc:
+        check_plan_or_exit(load_config(None, cfg_args), log=lambda _: None)
+    assert "note: the cluster did not tell what its autoscaler may add" in str(exc.value)
+
+    group = {"groupName": "lm", "replicas": 0, "minReplicas": 0, "maxReplicas": 3,
+             "rayStartParams": {"num-cpus": "2", "resources": '"{\\"lm_worker\\": 1}"'},
+             "template": {"spec": {"containers": [{"name": "ray-worker", "image": "x",
+                                                   "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}}]}}}
+    cr = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "t", "namespace": "ns"},
+          "spec": {"enableInTreeAutoscaling": True,
+                   "headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [
+                       {"name": "ray-head", "image": "x", "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}}]}}},
+                   "workerGroupSpecs": [group]}}
+    manifest = tmp_path / "raycluster.yaml"
+    manifest.write_text(yaml.safe_dump(cr))
+    out = check_plan_or_exit(load_config(None, cfg_args + [f"ray.cluster_file={manifest}"]), log=lambda _: None)
+    assert out["fits"] and out["nodes_used"] == {"head": 1, "lm": 1}
+
+    # The launcher's autoscaling config on the head node.
+    (tmp_path / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump({
+        "max_workers": 4, "head_node_type": "head",
+        "available_node_types": {"head": {"resources": {"CPU": 2}, "node_config": {}},
+                                 "lm": {"resources": {"CPU": 2, "memory": 8 * GIB, "lm_worker": 1},
+                                        "min_workers": 0, "max_workers": 2, "node_config": {}}}}))
+    supply = live_supply(load_config(None, cfg_args))
+    assert supply.source.endswith("ray_bootstrap_config.yaml") and supply.may_add("lm_worker") == 2
+    (tmp_path / "ray_bootstrap_config.yaml").unlink()
+
+    # KubeRay: RAY_CLUSTER_NAME and the pod's service account; the RayCluster object through Ray's own client.
+    from ray.autoscaler._private.kuberay import node_provider
+
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("t")
+    (sa / "namespace").write_text("ns")
+    monkeypatch.setattr(plan, "_SERVICE_ACCOUNT", sa)
+    monkeypatch.setenv("RAY_CLUSTER_NAME", "t")
+    asked = []
+    monkeypatch.setattr(node_provider.KubernetesHttpApiClient, "get", lambda self, path: asked.append(path) or cr)
+    supply = live_supply(load_config(None, cfg_args))
+    assert asked == ["rayclusters/t"] and supply.source.startswith("the running cluster and RayCluster ns/t")
+    assert supply.may_add("lm_worker") == 3 and not supply.notes

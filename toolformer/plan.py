@@ -26,7 +26,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -228,7 +228,8 @@ def assess(demands: list[PoolDemand], supply: Supply) -> Assessment:
             elif d.strategy == "PACK":
                 what = "one bundle of an actor's placement group"
             short = _shortfall(unit, usable)
-            problems.append(f"{d.key}: {what} asks {_fmt(unit)}, which no node holds: {short} - {_advice(d, unit)}")
+            problems.append(f"{d.key}: {what} asks {_fmt(unit)}, which no node holds: {short} - "
+                            f"{_advice(d, unit, usable)}")
 
     # 3. Totals of each resource, every pool at its smallest size plus one I/O task; one problem per set of pools.
     if not broken:
@@ -260,7 +261,8 @@ def assess(demands: list[PoolDemand], supply: Supply) -> Assessment:
                 text = (f"{' and '.join(d.key for d in asking)} {'asks' if one else 'ask'} {_fmt(own)} "
                         f"({'; '.join(each(d) for d in asking)})")
                 if with_io:
-                    text += f", {_fmt(total)} with one I/O task ({_fmt({k: with_io[0].per_actor.get(k, 0) for k in resources})})"
+                    task = _fmt({k: with_io[0].per_actor.get(k, 0.0) for k in resources})
+                    text += f", {_fmt(total)} with one I/O task ({task})"
             else:
                 text = f"one I/O task asks {_fmt(total)}"
             problems.append(f"{text}, the cluster has {has} and may add {add_text} - "
@@ -420,24 +422,26 @@ def _shortfall(unit: Mapping[str, float], types: list[NodeType]) -> str:
     return "; ".join(parts) + f" (nodes: {kinds})"
 
 
-def _advice(d: PoolDemand, unit: Mapping[str, float]) -> str:
+def _advice(d: PoolDemand, unit: Mapping[str, float], types: list[NodeType]) -> str:
     if d.pool == "io":
         return "lower ray.io_num_cpus / ray.io_memory_gb"
+    short = [k for k, v in unit.items() if max((t.resources.get(k, 0.0) for t in types), default=0.0) + EPS < v]
     tips = []
-    if d.strategy:
+    if d.strategy and "GPU" in short:
         tips.append("use nodes with as many GPUs as the engine spans, or lower engine.tensor_parallel_size / "
                     "pipeline_parallel_size (engine.placement_strategy=PACK lets pipeline stages span nodes)")
-    if "memory" in unit:
-        tips.append(f"lower {d.key}.memory_gb")
-    tips.append(f"lower {d.key}.num_cpus / num_gpus / resources, or add a node type that holds it")
+    for k, key in (("GPU", "num_gpus"), ("CPU", "num_cpus"), ("memory", "memory_gb")):
+        if k in short and not (k == "GPU" and d.strategy):
+            tips.append(f"lower {d.key}.{key}")
+    tips.append("or add a node type that holds it" if tips
+                else f"lower what {d.key} asks, or add a node type that holds it")
     return "; ".join(tips)
 
 
 def _advice_total(resources: list[str], pools: list[PoolDemand]) -> str:
     keys = " / ".join(f"{d.key}.actors" for d in pools if d.pool != "io")
     per = sorted({{"GPU": "num_gpus", "CPU": "num_cpus", "memory": "memory_gb"}.get(k, "resources") for k in resources})
-    what = " and ".join(k if k not in ("CPU", "GPU", "memory") else {"GPU": "GPUs", "CPU": "CPUs", "memory": "memory"}[k]
-                        for k in resources)
+    what = " and ".join({"GPU": "GPUs", "CPU": "CPUs"}.get(k, k) for k in resources)
     return (f"lower {keys or 'ray.io_num_cpus / ray.io_memory_gb'} (or each actor's {' / '.join(per)}), or let the "
             f"cluster add nodes with more {what} (a node type's max_workers / maxReplicas)")
 
@@ -633,11 +637,14 @@ def _from_launcher_head() -> Optional[Supply]:
     return supply
 
 
+_SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")  # what every pod has mounted
+
+
 def _from_kuberay() -> Optional[Supply]:
     """The RayCluster object on KubeRay (RAY_CLUSTER_NAME is set in every pod KubeRay makes; the head pod's
     service account reads its own RayCluster when the in-tree autoscaler is on)."""
     name = os.environ.get("RAY_CLUSTER_NAME")
-    sa = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+    sa = _SERVICE_ACCOUNT
     if not name or not (sa / "token").is_file():
         return None
     from ray.autoscaler._private.kuberay.node_provider import KubernetesHttpApiClient
@@ -722,8 +729,10 @@ def live_supply(cfg: Optional[RunConfig] = None) -> Supply:
     autoscaled = declared is not None
     supply = merge_live(nodes, declared, [])
     if not autoscaled and _autoscaler_may_run(cfg):
-        notes.append("the cluster did not tell what its autoscaler may add, so only the nodes up now count: set "
-                     "ray.cluster_file to its launcher YAML or KubeRay manifest (or ray.plan_check=warn)")
+        dead = sum(1 for n in nodes if not n.get("Alive", True))
+        notes.append("the cluster did not tell what its autoscaler may add, so only the nodes up now count"
+                     + (f" ({dead} node{'s' * (dead != 1)} of it died and count as gone)" if dead else "")
+                     + ": set ray.cluster_file to its launcher YAML or KubeRay manifest (or ray.plan_check=warn)")
     supply.notes = notes + supply.notes
     return supply
 
@@ -793,8 +802,3 @@ def check_plan_or_exit(cfg: RunConfig, log: Callable[[str], None] = print) -> di
         used = ", ".join(f"{k} x{v}" for k, v in report.nodes_used.items())
         log(f"plan: the pools' smallest sizes fit ({used or 'the nodes up now'})")
     return report.to_dict()
-
-
-def report_json(report: Assessment) -> str:
-    return json.dumps(report.to_dict(), indent=2, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__")
-                      else str(o))
