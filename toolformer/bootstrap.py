@@ -54,6 +54,10 @@ def round_config(cfg: RunConfig, r: int, model: str) -> RunConfig:
     rc.train.data_dir, rc.train.out_dir = str(out), str(out / "finetune")
     rc.train.extra_data = [str(round_dir(cfg, k)) for k in range(1, r)] if b.accumulate else []
     rc.eval.tasks, rc.eval.limit, rc.eval.out_dir = list(b.eval_tasks), b.eval_limit, str(out / "eval")
+    # the corpus is decontaminated against every set this run evaluates, read where the evaluation reads it
+    from toolformer.corpus.decontaminate import derive_decontamination
+
+    derive_decontamination(rc, b.eval_tasks)
     # the round's report is about its finetuned model; its base (the previous round's model) was evaluated there;
     # round 1 may evaluate the base model too (bootstrap.eval_base)
     rc.eval.base = rc.eval.base_prompted = r == 1 and b.eval_base
@@ -111,16 +115,20 @@ class Round:
 
     def annotate(self) -> dict:
         cfg = self.cfg
+        from toolformer.corpus.accounting import account_sources
+
+        sources = account_sources(cfg.corpus, log=self.log)  # every configured source accounted for (the card)
+        tmp = self.dir / ".corpus_sources.json.tmp"
+        tmp.write_text(json.dumps(sources, indent=2))
+        tmp.replace(self.dir / "corpus_sources.json")
         if cfg.annotate.runner == "local":
             from toolformer.annotate.pipeline import run_annotate
 
             stats = run_annotate(cfg, log=lambda m: None)
         else:
-            from toolformer.annotate.ray_job import run_ray_annotate
-            from toolformer.prepare import prepare
+            from toolformer.annotate.ray_job import annotate_on_ray
 
-            prepare(cfg, log=lambda m: None)
-            stats = run_ray_annotate(cfg, log=lambda m: None)
+            stats = annotate_on_ray(cfg, log=lambda m: None)
         return {"funnel": stats["funnel"], "docs_skipped": stats.get("docs_skipped") or {}}
 
     def merge(self) -> dict:
@@ -137,10 +145,10 @@ class Round:
             cfg.train.baseline = True
         return run_finetune(cfg, log=lambda m: None)
 
-    def evaluate(self, checkpoint: str, baseline: str | None = None) -> dict:
+    def evaluate(self, checkpoint: str | None, baseline: str | None = None) -> dict:
         # A process of its own: vLLM's kernel registry trips over modules Ray Train leaves imported in this one.
-        cmd = [sys.executable, "-m", "jobs.evaluate", "--config", str(self.dir / "config.round.yaml"),
-               f"eval.finetuned={checkpoint}"] + ([f"eval.baseline={baseline}"] if baseline else [])
+        cmd = [sys.executable, "-m", "jobs.evaluate", "--config", str(self.dir / "config.round.yaml")]
+        cmd += ([f"eval.finetuned={checkpoint}"] if checkpoint else []) + ([f"eval.baseline={baseline}"] if baseline else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"evaluation of {self.dir.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -164,7 +172,7 @@ def run_bootstrap(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         ft = rnd.step("finetune", rnd.finetune)
         checkpoint = ft["checkpoints"][cfg.bootstrap.checkpoint]
         baseline = None
-        if r == 1 and cfg.bootstrap.baseline:
+        if cfg.bootstrap.baseline:  # the matched control, every round (its texts: this round's C*)
             bl = rnd.step("baseline", lambda: rnd.finetune(baseline=True))
             baseline = bl["checkpoints"][cfg.bootstrap.checkpoint]
         rnd.step("evaluate", lambda: rnd.evaluate(checkpoint, baseline))

@@ -118,8 +118,9 @@ def _run_facts(run: AnnotationRun) -> dict:
         funnel = stats.get("funnel", {})
         sources = [] if corpus.get("format") == "embedded" else list(corpus.get("paths") or [])
         skipped = stats.get("docs_skipped") or (stats.get("corpus") or {}).get("docs_skipped") or {}
+    accounted = store.read_json("corpus_sources.json") if store.exists("corpus_sources.json") else None
     return {"stats": stats, "config": config, "funnel": funnel, "docs_skipped": skipped,
-            "sources": [str(s) for s in sources] or [EMBEDDED_INPUT]}
+            "sources": [str(s) for s in sources] or [EMBEDDED_INPUT], "accounted": accounted}
 
 
 def departures(cfg: dict) -> list[str]:
@@ -157,6 +158,13 @@ def departures(cfg: dict) -> list[str]:
         lines.append("- e(c, ε), the call without a result that the filter scores: `[T(x)]` (our option; the paper "
                      "writes `[T(x) -> ]`).")
     return lines
+
+
+def account_lines(facts: dict | None) -> list[str]:
+    """Every configured source accounted for (``corpus_sources.json``, written by bootstrap rounds)."""
+    from toolformer.corpus.accounting import card_lines
+
+    return card_lines(facts)
 
 
 def decontamination(corpus: dict, docs_skipped: dict) -> list[str]:
@@ -206,6 +214,7 @@ def card_text(run_uri: str, merge: dict) -> str:
         *sources_md, "",
         f"Licence of this derived dataset: **{', '.join(licences)}** (the licence of each source above; "
         "`corpus.license` sets the one of inputs of unknown origin).", "",
+        *account_lines(facts.get("accounted")),
         "## Funnel", "", *decontamination(corpus, facts["docs_skipped"]),
         format_funnel(facts["funnel"], facts["docs_skipped"]) if facts["funnel"] else "(no funnel recorded)", "",
         format_yields(facts["funnel"]) if facts["funnel"] else "", "",

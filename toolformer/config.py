@@ -80,6 +80,17 @@ class CorpusConfig:
     # Where the tasks' files are: a task's own file (like eval.task_paths), else the shared data folder.
     decontaminate_paths: dict[str, str] = field(default_factory=dict)
     decontaminate_data: Optional[str] = None  # None: $TOOLFORMER_SHARED_DATA or ../shared/data
+    # Items, by their ids in a file, whose inputs the check covers instead of the task's whole file (task -> ids
+    # file): like eval.task_ids, so a held-out fold is decontaminated against, not the whole set.
+    decontaminate_ids: dict[str, str] = field(default_factory=dict)
+    # A dataset's own n-fold split (a folder of fold<k>.txt files listing problem ids, e.g. ASDiv's
+    # nfolds/asdiv-w): with holdout_fold set, only the other folds' problems are read (math format); the held-out
+    # fold is counted as `held_out_fold` and is what the evaluation reads (eval.task_ids).
+    folds: Optional[str] = None
+    holdout_fold: Optional[int] = None
+    # A configured source that yields no kept text is a warning and a line in the card; true makes it an error
+    # (a corpus.limit that never reaches a listed file, a path that holds nothing usable).
+    require_every_source: bool = False
     license: Optional[str] = None  # licence of inputs of unknown origin, for C*'s dataset card (known sources keep their own: the embedded corpus is cc-by-sa-3.0)
 
 
@@ -144,6 +155,13 @@ class AnnotateConfig:
     # tool_timeout_s_per_tool: {QA: 120}.
     tool_timeout_s: float = 30.0
     tool_timeout_s_per_tool: dict[str, float] = field(default_factory=dict)
+    # A cleaner C* (issue 28), both off by default (the paper's method): positions only at word/number
+    # boundaries, so a call never splits a number or a word ("70[Calculator(19 * 37) -> 703] 3" cannot happen)...
+    boundary_positions: bool = False
+    # ... and a Calculator call is kept only when its result agrees with the next number the text gives after the
+    # call (within the tool's 2-decimal rounding); a contradicted call is dropped at the merge, counted as
+    # `result_check` in merge.json and the card. A text with no number after the call is not contradicted.
+    result_check: bool = False
 
 
 @dataclass
@@ -242,6 +260,14 @@ class TrainConfig:
     # DeepSpeed's state (weights, fp32 master copy and Adam moments: ~5x the model) serves only to resume an
     # unfinished run; once best/ and last/ are exported a finished run drops it unless this is set.
     keep_train_state: bool = False
+    # Train for this many epochs of the training texts instead of max_steps (steps = ceil(epochs x sequences /
+    # effective_batch)): a matched control (same texts without calls, shorter) then sees its data as often as the
+    # model with calls sees its own. Checkpoints at every epoch end (eval_every is ignored).
+    epochs: Optional[float] = None
+    # > 0: the dev set is this share of C*'s texts (seeded, at most dev_size, never trained on), each model on
+    # its own version of them (the control: calls removed); the best checkpoint is the lowest dev perplexity. The
+    # same text ids for the model and its control, so both choose by the same rule on the training data.
+    dev_split: float = 0.0
 
 
 @dataclass
@@ -269,6 +295,18 @@ class EvalConfig:
     max_new_tokens: int = 32
     max_calls: int = 1
     out_dir: Optional[str] = None  # None: <output_dir>/eval
+    # Per task, a file listing the item ids to evaluate (one per line, e.g. ASDiv's held-out fold): the task is
+    # those items only. The corpus is decontaminated against the same items (bootstrap derives it).
+    task_ids: dict[str, str] = field(default_factory=dict)
+    disabled: bool = True  # evaluate "finetuned (disabled)" too (the start of a call at probability 0)
+    # When not to call: per model that may call, the share of generations that write a Calculator call on
+    # held-out text with no arithmetic (webtext: C4 passages the Calculator heuristic rejects; lama: T-REx
+    # clozes). [] = not measured.
+    false_call_sets: list[str] = field(default_factory=list)
+    false_call_n: int = 200  # prompts per set (a seeded sample)
+    # Language kept: perplexity of every evaluated model on this many held-out C4 documents (none of them a
+    # false-call prompt), their first 256 tokens; 0 = not measured.
+    perplexity_texts: int = 0
 
 
 @dataclass
@@ -287,6 +325,12 @@ class BootstrapConfig:
     # The paper's control in round 1: the same texts with their calls removed (train.baseline), trained the same
     # way, evaluated as "baseline-finetuned".
     baseline: bool = False
+    # The whole experiment again per seed (annotation sampling and finetuning): seed s writes
+    # <output_dir>/seed<s>/ (jobs.math_experiment); plain jobs.bootstrap uses the run's own seed.
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # Annotate options measured off against on, one at a time, in round 1 on the same seeds (e.g.
+    # [boundary_positions, result_check]): each trains and evaluates a model whose C* was made without it.
+    ablations: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from toolformer.merge import BEST, augment, best_gains, kept_candidates, top_per_tool
+from toolformer.merge import BEST, augment, best_gains, kept_candidates, result_check, top_per_tool
 from toolformer.runs import AnnotationRun, RunPart
 from toolformer.shards import Store
 
@@ -33,15 +33,23 @@ def part_name(part: RunPart) -> str:
     return f"part-{part.index:05d}.parquet"
 
 
-def _kept(store: Store, part: RunPart) -> pa.Table:
+def _kept(store: Store, part: RunPart, check: bool = False) -> pa.Table:
+    """The part's kept candidates with a result; with ``check`` (``annotate.result_check``) without the
+    Calculator calls whose result the text then contradicts."""
     table = pq.read_table(store.path(part.annotations), filesystem=store.fs,
                           columns=["text_id", "tool", "candidates"], filters=[("n_kept", ">", 0)])
-    return kept_candidates(table)
+    kept = kept_candidates(table)
+    if check and kept.num_rows:
+        ids = sorted(set(kept.column("text_id").to_pylist()))
+        texts = pq.read_table(store.path(part.texts), filesystem=store.fs, columns=["text_id", "text"],
+                              filters=[("text_id", "in", ids)])
+        kept = result_check(kept, dict(zip(texts.column("text_id").to_pylist(), texts.column("text").to_pylist())))
+    return kept
 
 
-def part_top(run_uri: str, part: RunPart, k: int) -> pa.Table:
+def part_top(run_uri: str, part: RunPart, k: int, check: bool = False) -> pa.Table:
     """The part's top ``k`` texts per tool by best kept gain."""
-    return top_per_tool(best_gains(_kept(Store(run_uri), part)), k)
+    return top_per_tool(best_gains(_kept(Store(run_uri), part, check)), k)
 
 
 def reduce_top(k: int, *tables: pa.Table) -> pa.Table:
@@ -66,12 +74,13 @@ def _rejections(store: Store, part: RunPart) -> dict[str, Counter]:
     return out
 
 
-def write_part(run_uri: str, part: RunPart, allowed: pa.Table) -> dict:
+def write_part(run_uri: str, part: RunPart, allowed: pa.Table, check: bool = False) -> dict:
     """Join the part's allowed kept calls with its texts, write its C* file; counts for merge.json (per tool:
     calls, texts, the largest number of calls in one text, calls removed by each rule) and an 8-byte hash per
     C* text's original (duplicates are counted over the whole C*, which the cap bounds)."""
     store = Store(run_uri)
-    kept = _kept(store, part)
+    unchecked = _kept(store, part)
+    kept = _kept(store, part, True) if check else unchecked
     ids = sorted(set(kept.column("text_id").to_pylist()))
     rows = None
     if ids:
@@ -86,6 +95,8 @@ def write_part(run_uri: str, part: RunPart, allowed: pa.Table) -> dict:
     allowed_per_tool = Counter(allowed_calls.column("tool").to_pylist())
     out = {"part": None, "texts": 0, "calls_per_tool": {}, "texts_per_tool": {}, "max_calls_per_text": {},
            "removed": {"max_per_tool_cap": dict(kept_per_tool - allowed_per_tool),
+                       **({"result_check": dict(Counter(unchecked.column("tool").to_pylist()) - kept_per_tool)}
+                          if check else {}),
                        "mt_post_filter": dict(removed["mt_post_filter"]), "no_op": dict(removed["no_op"])},
            "hashes": []}
     if rows is None or rows.num_rows == 0:
@@ -128,6 +139,7 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
     parts = run.parts()
     store = run.store
     parallel = run.sharded if parallel is None else parallel
+    check = bool(getattr(getattr(cfg, "annotate", None), "result_check", False))
     opts: dict[str, Any] = {}
     if parallel:
         import ray
@@ -144,14 +156,14 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
     if parallel:
         # Top-k per part, then a tree of reduce tasks: only object refs (never rows) pass through the driver.
         remote_top = ray.remote(part_top).options(**opts)
-        level = [remote_top.remote(store.uri, p, max_per_tool) for p in parts]
+        level = [remote_top.remote(store.uri, p, max_per_tool, check) for p in parts]
         remote_reduce = ray.remote(reduce_top).options(**opts)
         while len(level) > 1:
             level = [remote_reduce.remote(max_per_tool, *level[i : i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
         allowed = level[0]  # an object ref, handed to every write task as it is
     else:
-        allowed = reduce_top(max_per_tool, *[part_top(store.uri, p, max_per_tool) for p in parts])
-    written = pmap(write_part, [(store.uri, p, allowed) for p in parts], **opts)
+        allowed = reduce_top(max_per_tool, *[part_top(store.uri, p, max_per_tool, check) for p in parts])
+    written = pmap(write_part, [(store.uri, p, allowed, check) for p in parts], **opts)
     per_tool: Counter = Counter()
     texts_per_tool: Counter = Counter()
     most: Counter = Counter()
@@ -175,6 +187,7 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
     summary = {"cstar": store.path(CSTAR_DIR), "parts": [w["part"] for w in written if w["part"]],
                "texts": sum(w["texts"] for w in written), "calls": sum(per_tool.values()),
                "calls_per_tool": dict(sorted(per_tool.items())), "max_per_tool": max_per_tool, "checks": checks,
+               "result_check": check,
                **run.info(), "seconds": round(time.perf_counter() - t0, 2)}
     from toolformer.card import write_card
 

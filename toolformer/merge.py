@@ -8,6 +8,8 @@ smaller text id). ``cstar.py`` runs these steps over a whole run with Ray tasks.
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -35,6 +37,63 @@ def kept_candidates(annotations: pa.Table, losses: bool = False) -> pa.Table:
         for name in ("loss_none", "loss_call_only", "loss_call_result"):
             table = table.append_column(name, flat.field(name).filter(mask))
     return table
+
+
+# A number as a text writes it: digits with optional thousands separators and decimals (not part of a word).
+_TEXT_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])|(?<![\w\d])-?\.\d+")
+
+
+def next_number(text: str, at: int) -> float | None:
+    """The first number the text gives from ``text[at]`` on (None when there is none)."""
+    m = _TEXT_NUMBER.search(text[at:])  # the text as it reads from there: "70|3" gives 3
+    if m is None:
+        return None
+    try:
+        return float(m.group(0).replace(",", ""))
+    except ValueError:
+        return None
+
+
+def numbers_agree(result: float, written: float) -> bool:
+    """Equal at the Calculator's precision (it rounds to 2 decimals): 0.625 written agrees with 0.62 or 0.63."""
+    return abs(result - written) <= 0.005 + 1e-9 * max(1.0, abs(written))
+
+
+def result_agrees(text: str, at: int, result: str | None) -> bool | None:
+    """Whether a Calculator result inserted before ``text[at]`` agrees with the next number the text gives:
+    True / False, or None when there is nothing to compare (no number follows, or the result is not a number).
+    "Answer: 70[Calculator(19 * 37) -> 703] 3" disagrees (the text then gives 3)."""
+    try:
+        value = float(str(result).replace(",", ""))
+    except (TypeError, ValueError):
+        return None
+    written = next_number(text, at)
+    return None if written is None else numbers_agree(value, written)
+
+
+def result_check(kept: pa.Table, texts: dict[str, str], tools: tuple[str, ...] = ("Calculator",)) -> pa.Table:
+    """Kept candidates of ``tools`` whose result the text contradicts (``result_agrees`` is False) removed;
+    ``texts`` maps text_id to the original text the candidates' ``char_start`` points into."""
+    if kept.num_rows == 0:
+        return kept
+    ok = [not (tool in tools and result_agrees(texts.get(tid, ""), cs, res) is False)
+          for tid, tool, cs, res in zip(*(kept.column(c).to_pylist() for c in ("text_id", "tool", "char_start", "result")))]
+    return kept.filter(pa.array(ok, pa.bool_()))
+
+
+def copy_errors(text: str, calls: list[dict], tools: tuple[str, ...] = ("Calculator",)) -> tuple[int, int]:
+    """(calls compared, calls whose result disagrees with the next number after the call) in a C* text: the
+    copy-error rate's counts (a call with no number after it is not compared)."""
+    compared = wrong = 0
+    for c in calls or []:
+        if c.get("tool") not in tools or c.get("char_end") is None:
+            continue
+        agrees = result_agrees(text, int(c["char_end"]), c.get("result"))
+        if agrees is None:
+            continue
+        compared += 1
+        wrong += not agrees
+    return compared, wrong
 
 
 def best_gains(kept: pa.Table) -> pa.Table:

@@ -13,6 +13,30 @@ import numpy as np
 
 from toolformer.engine.base import Engine, StartProbs
 
+_NUMBER_JOINERS = ".,"  # "1,200" and "3.5" are one number: a call between their parts would split it
+
+
+def is_boundary(text: str, at: int) -> bool:
+    """Whether a call inserted before ``text[at]`` sits between words or numbers, never inside one: not
+    between two letters or digits (``70|3``, ``app|les``), nor around a decimal point or thousands separator
+    that joins digits (``3|.5``, ``3.|5``, ``1,|200``)."""
+    if at <= 0 or at >= len(text):
+        return True
+    before, here = text[at - 1], text[at]
+    if before.isalnum() and here.isalnum():
+        return False
+    if here in _NUMBER_JOINERS and before.isdigit() and text[at + 1 : at + 2].isdigit():
+        return False
+    if before in _NUMBER_JOINERS and here.isdigit() and text[at - 2 : at - 1].isdigit():
+        return False
+    return True
+
+
+def boundary_mask(text: str, char_starts: Sequence[int]) -> np.ndarray:
+    """Per text token, whether a call before it would sit at a boundary (``char_starts[j]``: where the
+    call would be inserted before token j, its leading space skipped)."""
+    return np.array([is_boundary(text, int(c)) for c in char_starts], dtype=bool)
+
 
 def _bar(lower: np.ndarray, tau_s: float, k: int) -> float:
     """A value every selected position must exceed: τs, or the k-th best certain lower bound."""
@@ -41,13 +65,27 @@ def select_positions(
     k: int,
     top_logprobs: int | None = None,
     bounds: bool = True,
+    allowed: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[list[list[tuple[int, float]]], dict]:
     """Selected (text index, p_start) per sequence, and counters of how much exact work was needed.
 
     ``seqs[b] = P(x) + x`` and ``starts[b] = len(P(x))``; text index j means the call goes before x[j].
-    ``top_logprobs`` caps how many log-probs per position an engine may use for its bounds.
+    ``top_logprobs`` caps how many log-probs per position an engine may use for its bounds. ``allowed[b]`` (a
+    boolean per text position, e.g. ``boundary_mask``) rules positions out before selection: the k best are then
+    chosen among the allowed ones.
     """
     probs = engine.start_probs(seqs, starts, top_logprobs)
+    n_ruled_out = 0
+    if allowed is not None:
+        for p, ok in zip(probs, allowed):
+            if ok is None:
+                continue
+            ok = np.asarray(ok, dtype=bool)[: len(p.lower)]
+            off = np.flatnonzero(~ok)
+            n_ruled_out += len(off)
+            p.lower, p.upper = np.array(p.lower, dtype=float), np.array(p.upper, dtype=float)
+            p.lower[off] = -1.0  # below any τs (τs >= 0), and exact: never computed, never chosen
+            p.upper[off] = -1.0
     # Without bounds (the benchmark's ablation), every position not already exact is computed exactly.
     todo = [needs_exact(p, tau_s, k) if bounds else np.flatnonzero(~p.exact) for p in probs]
     prefixes = [list(seq[: start + j]) for seq, start, idx in zip(seqs, starts, todo) for j in idx]
@@ -62,5 +100,6 @@ def select_positions(
         "positions_scanned": int(sum(len(p.lower) for p in probs)),
         "positions_exact_from_topk": int(sum(p.exact.sum() for p in probs)),
         "positions_refined": int(sum(len(i) for i in todo)),
+        "positions_ruled_out": int(n_ruled_out),
     }
     return out, stats

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from toolformer.annotate.filtering import weighted_loss
 from toolformer.annotate.lm import LMStage, score_floor, status_is
-from toolformer.annotate.positions import select_positions
+from toolformer.annotate.positions import boundary_mask, select_positions
 from toolformer.arrow import on_subset, set_columns
 from toolformer.calls import NoResultForm, linearize, parse_call
 from toolformer.engine import Engine
@@ -104,8 +104,13 @@ class SampleCalls(LMStage):
         if not live:
             return
         bounds = self.cfg.annotate.optimizations.position_bounds
+        allowed = None
+        if getattr(self.cfg.annotate, "boundary_positions", False):  # a call never splits a word or a number
+            allowed = [boundary_mask(texts[r], [char_start(texts[r], out["x_offsets"][r], j)
+                                                for j in range(len(out["x_ids"][r]))]) for r in live]
         chosen, _ = select_positions(engine, seqs, starts, params.tau_s, params.top_k,
-                                     self.cfg.engine.top_logprobs if bounds else None, bounds=bounds)
+                                     self.cfg.engine.top_logprobs if bounds else None, bounds=bounds,
+                                     allowed=allowed)
         floor = score_floor(self.cfg, tool)
         requests, owners = [], []
         for r, seq, start, picks in zip(live, seqs, starts, chosen):

@@ -164,17 +164,21 @@ def read_documents(
     embedded_date: str = "today",
     fields: dict | None = None,
     contaminated: Callable[[str], bool] | None = None,
+    folds: str | None = None,
+    holdout_fold: int | None = None,
 ) -> Iterator[Document]:
     """Valid documents from the given files (or the embedded corpus when none); skips go to ``skips``.
     ``fields`` maps document fields to (dotted) record paths where a corpus names them differently;
-    ``contaminated`` says which texts share an n-gram with evaluation inputs (skipped as ``contaminated``)."""
+    ``contaminated`` says which texts share an n-gram with evaluation inputs (skipped as ``contaminated``);
+    ``folds`` and ``holdout_fold`` keep the training folds of a math set's own split (``corpus.folds``)."""
     skips = skips if skips is not None else SkipLog()
     paths = list(paths)
     where_is = field_paths(fields)
     if fmt == "embedded" or not paths:
         sources: Iterable[Iterator[tuple[Any, str]]] = [embedded_ccnet_records(embedded_lang, embedded_date)]
     else:
-        sources = (_records(p, fmt, skips) for p in paths)
+        split = fold_split(folds, holdout_fold)
+        sources = (_records(p, fmt, skips, split) for p in paths)
     seen: set[str] = set()
     emitted = 0
     for source in sources:
@@ -196,6 +200,17 @@ def read_documents(
                 yield doc
 
 
+def fold_split(folds: str | None, holdout: int | None) -> tuple[set[str], set[str]] | None:
+    """(training ids, held-out ids) when a fold split is configured (both set), else None."""
+    if folds is None and holdout is None:
+        return None
+    if folds is None or holdout is None:
+        raise ValueError("corpus.folds and corpus.holdout_fold go together (a fold split needs both)")
+    from toolformer.evaluation.tasks import fold_ids
+
+    return fold_ids(folds, holdout)
+
+
 def corpus_documents(c, skips: SkipLog) -> Iterator[Document]:
     """The documents a ``CorpusConfig`` names, bad records (and contaminated ones) counted in ``skips``."""
     from toolformer.corpus.decontaminate import Decontaminator
@@ -204,6 +219,7 @@ def corpus_documents(c, skips: SkipLog) -> Iterator[Document]:
         c.paths, fmt=c.format, skips=skips, limit=c.limit, offset=c.offset, max_doc_chars=c.max_doc_chars,
         min_text_chars=c.min_text_chars, embedded_lang=c.embedded_lang, embedded_date=c.embedded_date,
         fields=dict(c.fields or {}), contaminated=Decontaminator.for_corpus(c),
+        folds=getattr(c, "folds", None), holdout_fold=getattr(c, "holdout_fold", None),
     )
 
 
@@ -228,9 +244,12 @@ def _hf_disk_rows(path: str | Path, skips: SkipLog) -> Iterator[tuple[Any, str]]
             yield row, f"{path}{'/' + split if split else ''}:{i + 1}"
 
 
-def math_records(path: str | Path, skips: SkipLog) -> Iterator[tuple[dict, str]]:
+def math_records(path: str | Path, skips: SkipLog,
+                 split: tuple[set[str], set[str]] | None = None) -> Iterator[tuple[dict, str]]:
     """A math-word-problem file (ASDiv XML, SVAMP or MAWPS JSON, JSONL with question/answer) as documents
-    written the way the evaluation prompts read: ``Question: <problem>\nAnswer: <number>``."""
+    written the way the evaluation prompts read: ``Question: <problem>\nAnswer: <number>``. With a fold split
+    (training ids, held-out ids), only training problems are read; the others are counted (``held_out_fold``,
+    ``not_in_folds``)."""
     from toolformer.evaluation.tasks import math_file
 
     try:
@@ -238,7 +257,17 @@ def math_records(path: str | Path, skips: SkipLog) -> Iterator[tuple[dict, str]]
     except (OSError, ValueError, KeyError, TypeError) as exc:  # an unreadable file is a counted skip, not a crash
         skips.add("unreadable_file", f"{path} ({type(exc).__name__}: {exc})")
         return
+    if str(path).endswith(".xml"):  # ASDiv: problems without a numeric answer are not read, but counted
+        import xml.etree.ElementTree as ET
+
+        numeric = {e.uid for e in problems}
+        for p in ET.parse(path).getroot().iter("Problem"):
+            if p.get("ID") not in numeric:
+                skips.add("non_numeric_answer", f"{path}:{p.get('ID')}")
     for e in problems:
+        if split is not None and e.uid not in split[0]:
+            skips.add("held_out_fold" if e.uid in split[1] else "not_in_folds", f"{path}:{e.uid}")
+            continue
         yield {"id": f"{e.task}-{e.uid}", "text": f"Question: {e.prompt}\nAnswer: {e.answers[0]}",
                "source_dataset": e.task}, f"{path}:{e.uid}"
 
@@ -263,7 +292,8 @@ def corpus_inputs(paths: Iterable[str] = (), fmt: str = "auto") -> list[tuple[st
 
 
 def input_records(path: str, fmt: str, skips: SkipLog, *, embedded_lang: str = "en-us",
-                  embedded_date: str = "today") -> Iterator[tuple[Any, str]]:
+                  embedded_date: str = "today", split: tuple[set[str], set[str]] | None = None,
+                  ) -> Iterator[tuple[Any, str]]:
     """(record, place) of every record of one input from ``corpus_inputs``; unreadable lines go to ``skips``."""
     if fmt == "embedded":
         return embedded_ccnet_records(embedded_lang, embedded_date)
@@ -272,11 +302,14 @@ def input_records(path: str, fmt: str, skips: SkipLog, *, embedded_lang: str = "
     if fmt == "parquet":
         return _parquet_rows(path, skips)
     if fmt == "math":
-        return math_records(path, skips)
+        return math_records(path, skips, split)
+    if split is not None:
+        raise ValueError(f"corpus.folds applies to math files (corpus.format: math), not to {path} ({fmt})")
     return json_records(path, skips)
 
 
-def _records(path: str, fmt: str, skips: SkipLog) -> Iterator[tuple[Any, str]]:
+def _records(path: str, fmt: str, skips: SkipLog,
+             split: tuple[set[str], set[str]] | None = None) -> Iterator[tuple[Any, str]]:
     """Every record under one configured path: a save_to_disk folder, or its files by format."""
     for entry, entry_fmt in _inputs_of(path, fmt):
-        yield from input_records(entry, entry_fmt, skips)
+        yield from input_records(entry, entry_fmt, skips, split=split)

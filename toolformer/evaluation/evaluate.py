@@ -25,8 +25,9 @@ def settings(cfg: RunConfig, base_path: str) -> list[Setting]:
     if cfg.eval.baseline:  # the paper's control: finetuned on the same texts without calls, decoded plainly
         out.append(Setting("baseline-finetuned", cfg.eval.baseline, "plain"))
     if cfg.eval.finetuned:
-        out += [Setting("finetuned (disabled)", cfg.eval.finetuned, "disabled"),
-                Setting("finetuned + tools", cfg.eval.finetuned, "tools")]
+        if cfg.eval.disabled:
+            out.append(Setting("finetuned (disabled)", cfg.eval.finetuned, "disabled"))
+        out.append(Setting("finetuned + tools", cfg.eval.finetuned, "tools"))
     if not out:
         raise ValueError("nothing to evaluate: eval.base and eval.base_prompted are false and eval.finetuned is unset")
     return out
@@ -54,12 +55,18 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
             examples += load_hub_task(task, limit=e.limit, seed=cfg.seed)
         else:
             examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed, tools=e.task_tools.get(task),
-                                  templama_path=e.templama_path, path=e.task_paths.get(task))
+                                  templama_path=e.templama_path, path=e.task_paths.get(task),
+                                  ids=e.task_ids.get(task))
     log(f"{len(examples)} examples from {len(e.tasks)} tasks")
     tools = build_tools(cfg)
     decode = DecodeConfig(max_new_tokens=e.max_new_tokens, top_k=e.top_k, max_calls=e.max_calls, stop=["\n"])
     base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
-    results, engines = [], {}
+    from toolformer.evaluation import language
+
+    false_call = {s: language.false_call_examples(data_dir(cfg), s, e.false_call_n, cfg.seed)
+                  for s in e.false_call_sets}
+    ppl_texts = language.perplexity_texts(data_dir(cfg), e.perplexity_texts) if e.perplexity_texts else []
+    results, engines, ppl = [], {}, {}
     for setting in settings(cfg, base):
         if setting.model not in engines:
             for old in engines.values():
@@ -68,6 +75,19 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         r = evaluate_setting(engines[setting.model], tools, setting, examples, decode)
         log(f"  {setting.name}: {r['examples_per_s']} examples/s; " +
             ", ".join(f"{t} {v['accuracy']}" for t, v in sorted(r["tasks"].items())))
+        if false_call and setting.mode in ("tools", "prompted"):  # models that may call: do they when they should not?
+            fc_decode = DecodeConfig(max_new_tokens=e.max_new_tokens, top_k=e.top_k, max_calls=e.max_calls)
+            r["false_call"] = {}
+            for name, prompts in false_call.items():
+                fc = evaluate_setting(engines[setting.model], tools, setting, prompts, fc_decode)
+                r["rows"] += fc["rows"]
+                r["false_call"][name] = language.false_call_rate(fc["rows"])
+            log(f"  {setting.name}: false calls " + ", ".join(
+                f"{k} {v['calculator_call_share']}%" for k, v in r["false_call"].items()))
+        if ppl_texts:
+            if setting.model not in ppl:
+                ppl[setting.model] = language.perplexity(engines[setting.model], ppl_texts)
+            r["perplexity"] = ppl[setting.model]
         results.append(r)
     for engine in engines.values():
         engine.close()

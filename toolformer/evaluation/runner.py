@@ -27,8 +27,8 @@ class Setting:
 
 
 def format_prompt(e: Example) -> str:
-    if e.kind in ("lama", "temporal") and e.task != "dateset":
-        return e.prompt  # a cloze: the model continues the sentence
+    if (e.kind in ("lama", "temporal") and e.task != "dateset") or e.kind == "text":
+        return e.prompt  # a cloze or a passage (false-call prompts): the model continues it
     if e.kind == "mlqa":
         context, question = e.prompt.rsplit("\n", 1)
         return f"{context}\nQuestion: {question}\nAnswer:"

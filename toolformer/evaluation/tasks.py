@@ -297,11 +297,38 @@ FILE_LOADERS: dict[str, Callable[[Path], list[Example]]] = {
 }
 
 
+def read_ids(path: str | Path) -> list[str]:
+    """Item ids listed one per line (a fold file such as ASDiv's ``nfolds/asdiv-w/fold0.txt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ids file not found: {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def fold_ids(folds: str | Path, holdout: int) -> tuple[set[str], set[str]]:
+    """(training ids, held-out ids) of a dataset's own n-fold split: every ``fold<k>.txt`` in ``folds``; fold
+    ``holdout`` is held out, the others train."""
+    files = sorted(Path(folds).glob("fold*.txt"), key=lambda f: int(re.sub(r"\D", "", f.stem) or 0))
+    if not files:
+        raise FileNotFoundError(f"no fold<k>.txt files in {folds}")
+    names = [f.stem for f in files]
+    if f"fold{holdout}" not in names:
+        raise ValueError(f"corpus.holdout_fold={holdout}: {folds} has {', '.join(names)}")
+    train: set[str] = set()
+    held: set[str] = set()
+    for f in files:
+        (held if f.stem == f"fold{holdout}" else train).update(read_ids(f))
+    if train & held:
+        raise ValueError(f"{folds}: {len(train & held)} ids are in the held-out fold and in another fold")
+    return train, held
+
+
 def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0,
               tools: Sequence[str] | None = None, templama_path: str | Path | None = None,
-              path: str | Path | None = None) -> list[Example]:
+              path: str | Path | None = None, ids: str | Path | None = None) -> list[Example]:
     """A task's examples (a seeded sample of ``limit``); ``tools`` replaces the paper's tool subset; ``path``
-    reads the task from that file instead of the shipped one (tasks in ``FILE_LOADERS``)."""
+    reads the task from that file instead of the shipped one (tasks in ``FILE_LOADERS``); ``ids`` (a file, one
+    id per line) keeps only those items (e.g. a held-out fold), an id the task lacks being an error."""
     if name not in LOADERS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(LOADERS)}")
     if name == "templama" and templama_path and not path:
@@ -314,6 +341,15 @@ def load_task(name: str, data: Path, limit: int | None = None, seed: int = 0,
         examples = FILE_LOADERS[name](Path(path))
     else:
         examples = LOADERS[name](Path(data))
+    if ids:
+        wanted = read_ids(ids)
+        have = {e.uid for e in examples}
+        missing = [i for i in wanted if i not in have]
+        if len(missing) == len(wanted):
+            raise ValueError(f"task {name!r}: none of the {len(wanted)} ids in {ids} is an item of the task")
+        keep = set(wanted)
+        # ids the task skips (e.g. ASDiv problems without a numeric answer) are not evaluated
+        examples = [e for e in examples if e.uid in keep]
     if tools is not None:
         for e in examples:
             e.tools = tuple(tools)

@@ -112,6 +112,37 @@ class TokenizePack:
         return cols
 
 
+def strip_calls(text: str, calls: Sequence[dict] | None) -> str:
+    """A C* text with its inserted calls taken out again: the original text (``merge.insert_calls`` puts
+    ``call + " "`` where the call follows a space or opens the text, the call alone otherwise)."""
+    out = text
+    for c in sorted(calls or [], key=lambda c: -int(c["char_start"])):
+        start, end = int(c["char_start"]), int(c["char_end"])
+        if (start == 0 or out[start - 1].isspace()) and out[end : end + 1] == " ":
+            end += 1
+        out = out[:start] + out[end:]
+    return out
+
+
+class WithoutCalls:
+    """Ray Data UDF for the matched control: C* rows → the same texts with their calls taken out
+    (``strip_calls``), rows of every run alike (bootstrap's accumulated C* included)."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = [strip_calls(t, c) for t, c in zip(batch.column("text").to_pylist(), batch.column("calls").to_pylist())]
+        return pa.table({"text_id": batch.column("text_id"), "text": pa.array(texts, pa.string())})
+
+
+def dev_split_ids(text_ids: Sequence[str], share: float, cap: int, seed: int = 0) -> list[str]:
+    """The C* texts held out as the dev set: a seeded ``share`` of them (at least 1 when there are 2 or more,
+    at most ``cap``), the same for a model and its control (chosen from the sorted ids, not the file order)."""
+    ids = sorted(set(text_ids))
+    if share <= 0 or len(ids) < 2:
+        return []
+    k = min(cap, max(1, round(share * len(ids))), len(ids) - 1)
+    return sorted(random.Random(f"dev:{seed}").sample(ids, k))
+
+
 class Originals:
     """Ray Data UDF for the baseline ("GPT-J + CC"): C* rows → the same texts without their calls, read from
     each row's annotation shard (only the texts C* holds)."""

@@ -27,7 +27,7 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
 
     from toolformer.cstar import cstar_files
     from toolformer.runs import AnnotationRun
-    from toolformer.train.data import Originals, TokenizePack, dev_texts
+    from toolformer.train.data import Originals, TokenizePack, WithoutCalls, dev_split_ids, dev_texts, strip_calls
 
     t = cfg.train
     data_dir = t.data_dir or cfg.output_dir
@@ -35,9 +35,21 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
     is_run = AnnotationRun(data_dir).store.exists("merge.json")
     cstar = ray.data.read_parquet(files, columns=["text_id", "shard_id", "text", "calls"])
 
-    dev = dev_texts(data_dir, t.dev_size, cfg.seed) if is_run else []
     held: list[str] = []
-    if not dev:  # every text of the run has a call: hold a tenth of C*'s first part out for dev
+    if t.dev_split > 0:  # a share of C* itself, each model on its own version (the control: calls removed)
+        import pyarrow.parquet as pq
+
+        ids = [i for f in files for i in pq.read_table(f, columns=["text_id"]).column("text_id").to_pylist()]
+        held = dev_split_ids(ids, t.dev_split, t.dev_size, cfg.seed)
+        dev, held_set = [], set(held)
+        for f in files:
+            tab = pq.read_table(f, columns=["text_id", "text", "calls"])
+            for tid, text, calls in zip(*(tab.column(c).to_pylist() for c in ("text_id", "text", "calls"))):
+                if tid in held_set:
+                    dev.append(strip_calls(text, calls) if t.baseline else text)
+    else:
+        dev = dev_texts(data_dir, t.dev_size, cfg.seed) if is_run else []
+    if not dev and not held:  # every text of the run has a call: hold a tenth of C*'s first part out for dev
         import pyarrow.parquet as pq
 
         first = pq.read_table(files[0], columns=["text_id", "text"]) if files else None
@@ -46,7 +58,10 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
             pick = rng.sample(range(first.num_rows), max(1, first.num_rows // 10))
             held = [first.column("text_id")[i].as_py() for i in pick]
             dev = [first.column("text")[i].as_py() for i in pick]
-    if t.baseline:
+    if t.baseline and t.dev_split > 0:  # calls taken out of every C* row (accumulated rounds too)
+        cstar = cstar.map_batches(WithoutCalls, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
+                                  num_cpus=0.25)
+    elif t.baseline:
         if not is_run:
             raise SystemExit("train.baseline needs the annotation run (train.data_dir = the run directory)")
         cstar = cstar.map_batches(Originals, fn_constructor_args=(data_dir,), batch_format="pyarrow",
@@ -72,10 +87,18 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
     # these datasets would wait for a CPU forever.
     train, dev_ds = train.materialize(), dev_ds.materialize()
     figures = {"train_texts": cstar.count() - len(held), "train_sequences": max(n_train, per_step),
-               "train_tokens_per_epoch": n_tokens, "dev_texts": len(dev)}
+               "train_tokens_per_epoch": n_tokens, "dev_texts": len(dev), "dev_from": "cstar" if t.dev_split > 0 else "plain"}
     log(f"{figures['train_texts']} texts → {n_train} sequences of {t.seq_len} ({n_tokens} tokens); dev: {len(dev)} "
         f"plain texts → {n_dev} sequences; {'baseline (no calls)' if t.baseline else 'C*'} from {len(files)} files")
     return train, dev_ds, figures
+
+
+def epoch_steps(sequences: int, effective_batch: int, epochs: float) -> tuple[int, int]:
+    """(optimizer steps for ``epochs`` passes over ``sequences``, steps per epoch): a checkpoint per epoch."""
+    import math
+
+    per_epoch = max(1, math.ceil(sequences / max(1, effective_batch)))
+    return max(1, math.ceil(epochs * sequences / max(1, effective_batch))), per_epoch
 
 
 def _export(best, last, target: Path) -> dict[str, str]:
@@ -115,6 +138,11 @@ def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         "deepspeed_config": str(Path(t.deepspeed_config).resolve()),
         **{k: getattr(t, k) for k in ("effective_batch", "micro_batch", "lr", "warmup_ratio", "max_steps", "eval_every")},
     }
+    if t.epochs:  # steps from epochs: a model and its control see their own texts equally often
+        config["max_steps"], config["eval_every"] = epoch_steps(figures["train_sequences"], t.effective_batch, t.epochs)
+        figures.update(epochs=t.epochs, steps=config["max_steps"], steps_per_epoch=config["eval_every"])
+        log(f"{t.epochs} epochs of {figures['train_sequences']} sequences: {config['max_steps']} steps, a checkpoint "
+            f"every {config['eval_every']}")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,

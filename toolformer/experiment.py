@@ -1,0 +1,220 @@
+"""The math experiment of issue 28 (docs/math.md): seeds x settings x rounds of annotate → merge → finetune →
+evaluate, resumable, most important results first.
+
+    <output_dir>/seed<s>/default/rounds/r1/    round 1 with the configured C* options, its matched control
+    <output_dir>/seed<s>/default/rounds/r2/    round 2 (annotated by r1's model, fresh problems), its control
+    <output_dir>/seed<s>/no_<option>/rounds/r1/  the same seed with one C* option off (bootstrap.ablations)
+    <output_dir>/base/                         the base model, plain and prompted with tools (seed-free)
+
+A *unit* is one (seed, setting, round) or the base evaluation; each runs in a process of its own (vLLM and Ray
+Train in one process for hours are not worth the risk) and its steps write markers (``bootstrap.Round``), so a
+rerun of the same command skips what is done, also inside a unit. Units run in this order: round 1 of every
+seed with its control (the base model after the first seed), then the ablations, then round 2; a failed unit is
+logged and the run goes on with the units that do not need it. After every unit the report is rewritten
+(``toolformer.math_report``).
+
+The matched control of round r trains on round r's C* texts with the calls taken out, for the same number of
+epochs, from the control of round r-1 (round 1: the base model); the model with calls trains from the model of
+round r-1. Both choose their checkpoint on the same dev split of C* (train.dev_split).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from toolformer.bootstrap import Round, round_config, round_dir
+from toolformer.config import RunConfig
+
+# C* options that change only the merge: a setting with one of them off reuses the default setting's annotation
+MERGE_ONLY = ("result_check",)
+DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Unit:
+    seed: int | None  # None: the base model's evaluation
+    setting: str  # default | no_<option> | base
+    round: int
+
+    @property
+    def name(self) -> str:
+        return "base" if self.seed is None else f"seed{self.seed}/{self.setting}/r{self.round}"
+
+    @staticmethod
+    def parse(name: str) -> "Unit":
+        if name == "base":
+            return Unit(None, "base", 1)
+        seed, setting, r = name.split("/")
+        return Unit(int(seed.removeprefix("seed")), setting, int(r.removeprefix("r")))
+
+
+def plan(cfg: RunConfig) -> list[Unit]:
+    """The units in the order they run: what matters most first."""
+    b = cfg.bootstrap
+    units: list[Unit] = []
+    for k, s in enumerate(b.seeds):
+        units.append(Unit(s, DEFAULT, 1))
+        if k == 0 and b.eval_base:
+            units.append(Unit(None, "base", 1))
+    units += [Unit(s, f"no_{opt}", 1) for s in b.seeds for opt in b.ablations]
+    units += [Unit(s, DEFAULT, r) for r in range(2, b.rounds + 1) for s in b.seeds]
+    return units
+
+
+def setting_config(cfg: RunConfig, seed: int, setting: str) -> RunConfig:
+    """The experiment's config for one seed and setting: its own folder, the seed, an option off."""
+    sc = copy.deepcopy(cfg)
+    sc.seed = seed
+    sc.name = f"{cfg.name}-s{seed}-{setting}"
+    sc.output_dir = str(Path(cfg.output_dir) / f"seed{seed}" / setting)
+    if setting != DEFAULT:
+        option = setting.removeprefix("no_")
+        if not hasattr(sc.annotate, option):
+            raise ValueError(f"bootstrap.ablations: {option!r} is not an annotate option")
+        setattr(sc.annotate, option, False)
+    return sc
+
+
+def _best(rdir: Path, step: str) -> str:
+    info = json.loads((rdir / "steps" / f"{step}.json").read_text())
+    return info["checkpoints"].get("best") or info["checkpoints"]["last"]
+
+
+def _reuse_annotation(src: Path, rnd: Round) -> dict:
+    """A merge-only setting annotates nothing: the default setting's annotation files, copied (hard links)."""
+    info = json.loads((src / "steps" / "annotate.json").read_text())
+    for name in ("texts.parquet", "annotations.parquet", "stats.json", "corpus_sources.json", "report.md"):
+        if (src / name).exists():
+            dest = rnd.dir / name
+            dest.unlink(missing_ok=True)
+            try:
+                dest.hardlink_to(src / name)
+            except OSError:
+                shutil.copy2(src / name, dest)
+    return {"funnel": info["funnel"], "docs_skipped": info.get("docs_skipped") or {}, "reused_from": str(src)}
+
+
+def run_unit(cfg: RunConfig, unit: Unit, log: Callable[[str], None] = print) -> None:
+    """One unit's steps, each skipped when done (call it in a process of its own: ``python -m
+    jobs.math_experiment --unit NAME``)."""
+    from toolformer.models import resolve_model
+
+    base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
+    if unit.seed is None:  # the base model, plain and prompted: a round-1 config of the first seed
+        bc = setting_config(cfg, cfg.bootstrap.seeds[0], DEFAULT)
+        rc = round_config(bc, 1, base)
+        rc.output_dir = str(Path(cfg.output_dir) / "base")
+        rc.eval.out_dir = str(Path(rc.output_dir) / "eval")
+        rc.eval.base = rc.eval.base_prompted = True
+        rnd = Round(rc, log)
+        rnd.step("evaluate", lambda: rnd.evaluate(None))
+        return
+    sc = setting_config(cfg, unit.seed, unit.setting)
+    r = unit.round
+    prev = round_dir(sc, r - 1) if r > 1 else None
+    model = _best(prev, "finetune") if prev else base
+    rc = round_config(sc, r, model)
+    rc.eval.base = rc.eval.base_prompted = False
+    control = unit.setting == DEFAULT and cfg.bootstrap.baseline
+    rnd = Round(rc, log)
+    option = unit.setting.removeprefix("no_")
+    if unit.setting != DEFAULT and option in MERGE_ONLY:
+        src = round_dir(setting_config(cfg, unit.seed, DEFAULT), r)
+        if not (src / "steps" / "annotate.json").exists():
+            raise RuntimeError(f"{unit.name} reuses {src}'s annotation, which is not done")
+        rnd.step("annotate", lambda: _reuse_annotation(src, rnd))
+    else:
+        rnd.step("annotate", rnd.annotate)
+    merged = rnd.step("merge", rnd.merge)
+    if not merged["texts"]:
+        raise RuntimeError(f"{unit.name}: no call survived filtering; nothing to finetune on")
+    ft = rnd.step("finetune", rnd.finetune)
+    checkpoint = ft["checkpoints"].get("best") or ft["checkpoints"]["last"]
+    baseline = None
+    if control:
+        start = _best(prev, "baseline") if prev else base  # the control continues its own previous round
+
+        def finetune_control() -> dict:
+            from toolformer.train.finetune import run_finetune
+
+            c = copy.deepcopy(rc)
+            c.train.baseline = True
+            c.model.name_or_path = start
+            return run_finetune(c, log=lambda m: None)
+
+        bl = rnd.step("baseline", finetune_control)
+        baseline = bl["checkpoints"].get("best") or bl["checkpoints"]["last"]
+    rnd.step("evaluate", lambda: rnd.evaluate(checkpoint, baseline))
+
+
+def needs(unit: Unit) -> list[str]:
+    """Units that must be done before this one."""
+    if unit.seed is None:
+        return []
+    out = []
+    if unit.round > 1:
+        out.append(Unit(unit.seed, unit.setting, unit.round - 1).name)
+    if unit.setting != DEFAULT and unit.setting.removeprefix("no_") in MERGE_ONLY:
+        out.append(Unit(unit.seed, DEFAULT, unit.round).name)
+    return out
+
+
+def unit_done(cfg: RunConfig, unit: Unit) -> bool:
+    root = Path(cfg.output_dir)
+    d = root / "base" if unit.seed is None else root / f"seed{unit.seed}" / unit.setting / "rounds" / f"r{unit.round}"
+    return (d / "steps" / "evaluate.json").exists()
+
+
+def run_experiment(cfg: RunConfig, config_path: str, overrides: list[str], log: Callable[[str], None] = print,
+                   report: Callable[[], None] | None = None) -> dict:
+    """Every unit in order, each in a child process; the report after each. Returns {unit: done | failed | skipped}."""
+    root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    status: dict[str, str] = {}
+    t_start = time.time()
+    for unit in plan(cfg):
+        if unit_done(cfg, unit):
+            status[unit.name] = "done"
+            log(f"{unit.name}: done earlier")
+            continue
+        blocked = [n for n in needs(unit) if status.get(n) != "done"]
+        if blocked:
+            status[unit.name] = "skipped"
+            log(f"{unit.name}: skipped (needs {', '.join(blocked)})")
+            continue
+        log(f"{unit.name}: starting ({time.strftime('%H:%M:%S')})")
+        t0 = time.time()
+        logf = root / "logs" / (unit.name.replace("/", "_") + ".log")
+        logf.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "jobs.math_experiment", "--unit", unit.name]
+        cmd += (["--config", config_path] if config_path else []) + list(overrides)
+        with open(logf, "a") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+        minutes = (time.time() - t0) / 60
+        status[unit.name] = "done" if proc.returncode == 0 and unit_done(cfg, unit) else "failed"
+        log(f"{unit.name}: {status[unit.name]} after {minutes:.1f} min (log {logf})")
+        _append_timeline(root, unit.name, status[unit.name], t0, time.time())
+        if report is not None:
+            try:
+                report()
+            except Exception:  # noqa: BLE001 - the report must never stop the experiment
+                log("report failed:\n" + traceback.format_exc())
+    log(f"experiment finished in {(time.time() - t_start) / 60:.1f} min: " +
+        ", ".join(f"{k} {v}" for k, v in status.items()))
+    return status
+
+
+def _append_timeline(root: Path, name: str, status: str, t0: float, t1: float) -> None:
+    """One line per unit run (start, end, status): how long the experiment took, from the run itself."""
+    with open(root / "timeline.jsonl", "a") as f:
+        f.write(json.dumps({"unit": name, "status": status, "start": round(t0, 1), "end": round(t1, 1),
+                            "minutes": round((t1 - t0) / 60, 2)}) + "\n")
