@@ -37,6 +37,8 @@ def fetch_index(source: str, dest: str) -> dict:
         return {"source": "", "dest": dest, "copied": False}
     import pyarrow.fs as pafs
 
+    if "://" not in source:
+        source = os.path.abspath(source)
     os.makedirs(dest, exist_ok=True)
     marker = os.path.join(dest, FETCHED)
     if os.path.exists(marker):

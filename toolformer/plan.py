@@ -237,13 +237,13 @@ def assess(demands: list[PoolDemand], supply: Supply) -> Assessment:
         for d in pools + io:
             for k, v in (d.totals if d.pool != "io" else d.per_actor).items():
                 need.setdefault(k, []).append((d, v))
-        short: dict[tuple, list[str]] = {}
+        lacking: dict[tuple, list[str]] = {}  # the pools asking, and the resources they lack together
         for k, parts in need.items():
             total = sum(v for _, v in parts)
             if total <= supply.has(k) + supply.may_add(k) + EPS:
                 continue
-            short.setdefault(tuple(d.key for d, v in parts if v > 0), []).append(k)
-        for keys, resources in short.items():
+            lacking.setdefault(tuple(d.key for d, v in parts if v > 0), []).append(k)
+        for keys, resources in lacking.items():
             asking = [d for d in pools if d.key in keys]
             with_io = [d for d in io if d.key in keys]
             one = len(asking) == 1
