@@ -70,19 +70,18 @@ def start_workers(cfg) -> float:
 
 
 def phase_commit(run: str) -> dict:
-    """Commit every staged shard through the job's own commit path (``RayAnnotator.submit_commit``)."""
-    from toolformer.annotate.ray_job import Progress, RayAnnotator
+    """Commit every staged shard through the job's own commit path (``passes.Commits``)."""
+    from toolformer.annotate.passes import Commits
+    from toolformer.annotate.ray_job import RayAnnotator
 
     cfg = _config(run)
     startup = start_workers(cfg)
     a = RayAnnotator(cfg, log=lambda _: None)
-    a.progress = Progress(a)
     t0 = time.perf_counter()
-    inflight: dict = {}
+    commits = Commits(a, STAGING)
     for s in a.manifest.shards:
-        a.submit_commit(s.shard_id, STAGING, inflight)
-    failed: dict = {}
-    a.collect(inflight, failed, wait=True)
+        commits.submit(s.shard_id)
+    _, failed = commits.collect(wait=True)
     if failed:
         raise SystemExit(f"commit: {len(failed)} shards failed, e.g. {next(iter(failed.items()))}")
     a.progress.maybe_flush(force=True)

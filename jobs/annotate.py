@@ -5,7 +5,8 @@
 
 On a cluster:  ray job submit --working-dir . -- python -m jobs.annotate --config jobs/configs/cluster.yaml ...
 
-Shards the corpus first (jobs.prepare) if ``<output_dir>/manifest.json`` is missing, then streams every pending
+Shards the corpus first (the Ray preparer of jobs.prepare, under the same lease) if ``<output_dir>/manifest.json``
+is missing, then streams every pending
 shard through one Ray Data execution (actor pools and engines start once), committing each shard as soon as it
 is whole; re-running the same command resumes where it stopped. Per shard: ``texts/``, ``annotations/``,
 ``stats/annotate/``, ``markers/annotate/``; ``progress/`` summaries and ``stats.json`` for the run.
@@ -35,11 +36,9 @@ def _run(cfg: RunConfig):
 
         stats = run_annotate(cfg)
     elif cfg.annotate.runner == "ray":
-        from toolformer.annotate.ray_job import run_ray_annotate
-        from toolformer.prepare import prepare
+        from toolformer.annotate.ray_job import annotate_on_ray
 
-        prepare(cfg)
-        stats = run_ray_annotate(cfg)
+        stats = annotate_on_ray(cfg)  # prepares with Ray tasks first when the run has no manifest
         print(f"shards: {stats['shards']}")
     else:
         raise SystemExit(f"annotate.runner must be ray or local, got {cfg.annotate.runner!r}")

@@ -359,7 +359,7 @@ def test_checksum_mismatch_is_quarantined_at_once(prepared, config_file, tmp_pat
     import pyarrow as pa
 
     from toolformer.annotate.distributed import FATAL, read_shards
-    from toolformer.annotate.ray_job import Progress, RayAnnotator
+    from toolformer.annotate.ray_job import RayAnnotator
     from toolformer.config import load_config
 
     run = _copy(prepared, tmp_path / "run")
@@ -372,7 +372,6 @@ def test_checksum_mismatch_is_quarantined_at_once(prepared, config_file, tmp_pat
     assert out.num_rows == 1 + sum(s["n_texts"] for s in manifest["shards"][:2])
     cfg = load_config(config_file, [f"output_dir={run}"])
     annotator = RayAnnotator(cfg, log=lambda _: None)
-    annotator.progress = Progress(annotator)
     annotator.charge("shard-00002", errors["shard-00002"])
     assert annotator.state.quarantined() == {"shard-00002"}
     assert "checksum mismatch" in json.loads((run / "quarantine" / "annotate" / "shard-00002.json").read_text())["error"]

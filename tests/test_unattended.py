@@ -137,12 +137,12 @@ def test_zero_counts_and_failing_metrics_never_raise():
     """Ray's Counter.inc(0) raises `value must be >0`: a shard with nothing to count crashed whole runs."""
     import ray
 
-    from toolformer.annotate.ray_job import Guard, _Metrics
+    from toolformer.annotate.observe import Guard, Metrics
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
-        m = _Metrics()
+        m = Metrics()
         m.record({"docs": 0, "texts": 0, "text_tokens": 0,
                   "funnel": {"Calculator": {"candidates": 0, "kept_at_tool_tau_f": 0}}})
         m.record({"docs": 2, "texts": 3, "text_tokens": 90, "funnel": {"Calculator": {"candidates": 4}}})

@@ -155,6 +155,15 @@ class AnnotateConfig:
     # tool_timeout_s_per_tool: {QA: 120}.
     tool_timeout_s: float = 30.0
     tool_timeout_s_per_tool: dict[str, float] = field(default_factory=dict)
+    # Tools run in worker processes that a timeout really ends (SIGKILL, then a fresh worker): this many per tool
+    # and per actor, each holding the tool's index/model (its RSS); 0 runs every tool in the actor's process.
+    tool_workers: int = 1
+    # Cheap pure tools that stay in the actor's process (a call past its timeout is abandoned, not ended).
+    tool_in_process: list[str] = field(default_factory=lambda: ["Calendar"])
+    # A tool worker's set-up (loading its index or model) that takes longer is an error of the execution.
+    tool_setup_timeout_s: float = 600.0
+    # Tool worker replacements in a row, with no call answered in between, before the batch fails (ToolsWedged).
+    tool_max_restarts: int = 8
     # A cleaner C* (issue 28), both off by default (the paper's method): positions only at word/number
     # boundaries, so a call never splits a number or a word ("70[Calculator(19 * 37) -> 703] 3" cannot happen)...
     boundary_positions: bool = False
@@ -182,6 +191,9 @@ class ShardsConfig:
     # refuses while it is fresh and takes it over once it has not been renewed for `lease_ttl_s`.
     lease_ttl_s: float = 120.0
     lease_heartbeat_s: float = 15.0
+    # A driver that could not renew its lease for lease_ttl_s minus this stops writing, before another may take
+    # over (None: the larger of two heartbeats and a quarter of the TTL).
+    lease_margin_s: Optional[float] = None
 
 
 @dataclass
@@ -233,6 +245,14 @@ class RayConfig:
     # An LM batch still computing after this many seconds is stuck (a hung engine): the watchdog ends its
     # actor, and the batch is retried as a killed one. Size it well above a real batch's time.
     lm_batch_timeout_s: float = 900.0
+    # The driver stops waiting when no row reaches it, no commit lands and no actor reports for this long: it cuts
+    # the pass, charges the shards its actors hold and resumes the rest with fresh actors (or stops, naming the
+    # pools, when nothing was in flight). None: 2 x lm_batch_timeout_s (an engine call that long is ended by the
+    # watchdog first; a big model's first start also counts as silence, so keep it above that).
+    progress_timeout_s: Optional[float] = None
+    # Shards that failed are retried apart from healthy ones, this many per pass (1: each alone, so a poison
+    # shard can take down no other).
+    retry_pass_shards: int = 1
 
 
 @dataclass
@@ -409,7 +429,10 @@ def config_hash(cfg: RunConfig) -> str:
     data.get("annotate", {}).pop("runner", None)
     data.get("annotate", {}).pop("tool_timeout_s", None)
     data.get("annotate", {}).pop("tool_timeout_s_per_tool", None)
-    for key in ("max_failures", "progress_every_shards", "progress_every_s", "lease_ttl_s", "lease_heartbeat_s"):
+    for key in ("tool_workers", "tool_in_process", "tool_setup_timeout_s", "tool_max_restarts"):  # where tools run
+        data.get("annotate", {}).pop(key, None)
+    for key in ("max_failures", "progress_every_shards", "progress_every_s", "lease_ttl_s", "lease_heartbeat_s",
+                "lease_margin_s"):
         data.get("shards", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

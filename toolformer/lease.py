@@ -1,24 +1,23 @@
-"""One driver per run: a lease file in the run directory, created atomically and renewed by a heartbeat.
+"""One driver per run: a fenced lease in the run directory, renewed by a heartbeat.
 
     with Lease(store, ttl_s=120, heartbeat_s=15, log=print) as lease:   # raises LeaseHeld if another driver holds it
-        ...                                                               # lease.check() raises LeaseLost if taken
+        lease.check()                                                     # raises LeaseLost: stop writing
+        with lease.fence().hold(): ...                                    # a write only the holder's epoch may make
 
-``_lease.json`` names the holder (host, pid, start time, the command) and when it was last renewed. A second
-driver refuses with that information while the lease is fresh; it takes the lease over when the holder is a
-dead process on the same host, or when the lease has not been renewed for ``ttl_s`` (a driver on a lost node).
-A holder that finds its lease taken stops writing.
+``_lease.json`` names the holder (a random owner token, host, pid, start time, the command), its **epoch** (one
+more than the lease it replaced: ``_lease.epoch`` keeps the count across releases) and when it was last renewed.
 
-Atomic create, by store:
-- local disk (and any POSIX mount): the record is written to a temporary file and hard-linked to
-  ``_lease.json`` (``link`` fails if the name exists, and a reader never sees a half-written lease); look, take
-  over and create happen under ``flock`` on ``_lease.json.lock`` (bounded wait), so of drivers taking over a
-  stale lease at once exactly one wins and the others find its fresh lease and refuse;
-- S3: ``PutObject`` with ``If-None-Match: *`` (conditional writes, through boto3 when installed); a stale
-  lease is replaced with ``If-Match: <its ETag>``, so of two takers only one replaces it;
-- GCS: an upload with ``if_generation_match=0`` (through google-cloud-storage when installed); a stale lease
-  is replaced with ``if_generation_match=<its generation>``;
-- any other store: write, wait, read back (not atomic: two drivers starting within a second of each other can
-  both believe they hold it; the renewal then finds out and one stops). A warning says so.
+- A second driver refuses while the lease is fresh. It takes the lease over when the holder is a dead process on
+  the same host, or when the lease has not been renewed for ``ttl_s`` (a driver on a lost node, a paused one). A
+  holder on another host is never judged by its pid.
+- Create, renew, take-over and release are compare-and-swap on the holder's token (``conditional.py``): a driver
+  never renews or deletes a lease it no longer holds.
+- A driver that has not renewed for ``ttl_s - margin_s`` stops writing (``check`` raises ``LeaseLost``) before
+  anyone may take over: the deadline is read from the monotonic clock, so a driver frozen past its TTL (SIGSTOP,
+  a long GC pause, a suspended VM) finds out at its next check, before its next write.
+- Every commit carries the lease's owner and epoch (``Fence``): the store refuses it when the run's lease is no
+  longer that one. On a local or POSIX disk the check and the write happen under the lease's lock, so a takeover
+  cannot slip between them; on object stores the check immediately precedes the write.
 """
 
 from __future__ import annotations
@@ -33,12 +32,15 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from toolformer.conditional import LockTimeout, conditional
 from toolformer.shards import Store
 
 LEASE = "_lease.json"
-LOCK_WAIT_S = 30.0  # how long a driver waits for another one inside acquire (a few file operations)
+EPOCH = "_lease.epoch"
+STORE_DOWN_ENV = "TOOLFORMER_FAULT_LEASE_STORE_DOWN"  # test hook: while this file exists, renewals fail
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,11 @@ class LeaseHeld(SystemExit):
 
 
 class LeaseLost(RuntimeError):
-    """This driver's lease was taken over (it was not renewed in time): stop writing."""
+    """This driver no longer holds the run (taken over, or not renewed in time): stop writing."""
+
+
+class StaleLease(RuntimeError):
+    """A write fenced by a lease that is no longer the run's: refused."""
 
 
 def _iso(t: float) -> str:
@@ -64,31 +70,58 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Fence:
+    """What a write must still match to land: the run's lease owner and epoch. Picklable (commit tasks get one)."""
+
+    uri: str
+    owner: str
+    epoch: int
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Run the block only while the run's lease is this one (under the lease's lock on a local disk)."""
+        cas = conditional(Store(self.uri))
+        with cas.exclusive(LEASE):
+            held = cas.read(LEASE)
+            if held is None or held.get("owner") != self.owner or held.get("epoch") != self.epoch:
+                now = "no lease" if held is None else (
+                    f"epoch {held.get('epoch')} held by host {held.get('host')} pid {held.get('pid')}")
+                raise StaleLease(f"{self.uri}: a write of lease epoch {self.epoch} refused: the run's lease is now "
+                                 f"{now}")
+            yield
+
+
 class Lease:
     def __init__(self, store: Store, ttl_s: float = 120.0, heartbeat_s: float = 15.0,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, margin_s: float | None = None):
         self.store, self.ttl_s, self.heartbeat_s, self.say = store, ttl_s, max(0.05, heartbeat_s), log
+        # Stop writing this long before a taker may come: a few heartbeats, or a quarter of the TTL.
+        default = max(2 * self.heartbeat_s, 0.25 * ttl_s)
+        self.margin_s = min(margin_s if margin_s is not None else default, 0.9 * ttl_s)
+        self.cas = conditional(store)
         self.owner = uuid.uuid4().hex
         self.started = time.time()
+        self.epoch = 0
         self.lost: str | None = None
         self.renewals = 0
+        self._renewed = time.monotonic()
+        self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- the record -----------------------------------------------------------------------------------------
     def record(self) -> dict:
         now = time.time()
-        return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
+        return {"owner": self.owner, "epoch": self.epoch, "host": socket.gethostname(), "pid": os.getpid(),
                 "started": _iso(self.started), "renewed_at": now, "renewed": _iso(now), "ttl_s": self.ttl_s,
                 "command": " ".join(sys.argv)[:500]}
 
+    def _data(self) -> bytes:
+        return json.dumps(self.record(), indent=2).encode()
+
     def read(self) -> dict | None:
-        try:
-            return _parsed(self.store.read_bytes(LEASE))
-        except FileNotFoundError:
-            return None
-        except OSError:  # unreadable: treat as stale, as a half-written one
-            return {"owner": None, "renewed_at": 0}
+        return self.cas.read(LEASE)
 
     def stale(self, held: dict) -> str | None:
         """Why a lease held by someone else may be taken over (None: it is live)."""
@@ -99,52 +132,6 @@ class Lease:
             return f"it was last renewed {age:.0f} s ago (ttl {held.get('ttl_s') or self.ttl_s:g} s)"
         return None
 
-    # -- atomic create ----------------------------------------------------------------------------------------
-    def _create(self, data: bytes) -> bool:
-        """Write the lease only if there is none; True when this call created it."""
-        s = self.store
-        if s.local:
-            path = s.path(LEASE)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{self.owner}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # atomic, fails if the name exists; the lease appears whole
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(tmp)
-            return True
-        scheme = s.uri.split("://", 1)[0]
-        if scheme == "s3":
-            return _s3_create(s.path(LEASE), data)
-        if scheme in ("gs", "gcs"):
-            return _gcs_create(s.path(LEASE), data)
-        log.warning("%s: this store has no atomic create; the lease is written and read back instead", s.uri)
-        if s.exists(LEASE):
-            return False
-        s.write_bytes(data, LEASE)
-        time.sleep(1.0)
-        held = self.read()
-        return bool(held) and held.get("owner") == self.owner
-
-    def _replace_stale(self, held: dict, data: bytes) -> bool:
-        """Replace the stale lease ``held`` with ours; True if this call did (a racing driver may beat us).
-        Object stores: a conditional put on the stale object's version; other stores: read, compare, write."""
-        scheme = self.store.uri.split("://", 1)[0]
-        if scheme == "s3":
-            return _s3_create(self.store.path(LEASE), data, replace_etag=held.get("_etag"))
-        if scheme in ("gs", "gcs"):
-            return _gcs_create(self.store.path(LEASE), data, replace_generation=held.get("_generation"))
-        current = self.read()
-        if current is None or current.get("owner") != held.get("owner"):
-            return False
-        self.store.delete_file(LEASE)
-        return self._create(data)
-
     def _refuse(self, held: dict) -> LeaseHeld:
         return LeaseHeld(
             f"{self.store.uri} is being written by another driver: host {held.get('host')}, pid "
@@ -152,70 +139,65 @@ class Lease:
             f"(ttl {held.get('ttl_s')} s; command: {held.get('command')}). Wait for it to finish, stop it, or "
             f"remove {self.store.path(LEASE)} if you are sure it is gone.")
 
+    def _last_epoch(self) -> int:
+        try:
+            return int(self.store.read_bytes(EPOCH).decode().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
     # -- acquire / renew / release -----------------------------------------------------------------------------
     def acquire(self) -> "Lease":
-        data = json.dumps(self.record(), indent=2).encode()
-        if self.store.local:
-            with _flock(self.store.path(LEASE) + ".lock", LOCK_WAIT_S):
-                held = self.read()
-                if held is not None:
-                    why = self.stale(held)
-                    if why is None:
+        for _ in range(5):  # bounded: each round creates, refuses, or lost a race to another taker
+            try:
+                with self.cas.exclusive(LEASE):
+                    held = self.cas.read(LEASE)
+                    why = None if held is None else self.stale(held)
+                    if held is not None and why is None:
                         raise self._refuse(held)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.store.path(LEASE))
-                    self.say(f"taking over the run's lease from host {held.get('host')} pid {held.get('pid')}: {why}")
-                if not self._create(data):  # only a driver that ignores the lock file gets here
-                    raise self._refuse(self.read() or {})
-            self._start_heartbeat()
-            return self
-        for _ in range(5):  # bounded: each round either creates, refuses, or lost a race to another taker
-            if self._create(data):
-                self._start_heartbeat()
-                return self
-            held = self._read_versioned()
-            if held is None:
-                continue
-            why = self.stale(held)
-            if why is None:
-                raise self._refuse(held)
-            if self._replace_stale(held, data):
-                self.say(f"taking over the run's lease from host {held.get('host')} pid {held.get('pid')}: {why}")
+                    self.epoch = max(int((held or {}).get("epoch") or 0), self._last_epoch()) + 1
+                    data = self._data()
+                    won = self.cas.create_locked(LEASE, data) if held is None else \
+                        self.cas.replace_locked(LEASE, data, held)
+                    if won:
+                        self.store.write_bytes(str(self.epoch).encode(), EPOCH)
+            except LockTimeout as exc:
+                raise LeaseHeld(str(exc)) from None
+            if won:
+                if held is not None:
+                    self.say(f"taking over the run's lease from host {held.get('host')} pid {held.get('pid')}: "
+                             f"{why} (epoch {self.epoch})")
+                self._renewed = time.monotonic()
                 self._start_heartbeat()
                 return self
         raise LeaseHeld(f"{self.store.uri}: could not take the lease (other drivers keep racing for it)")
 
-    def _read_versioned(self) -> dict | None:
-        """The lease with its object version (``_etag`` on S3, ``_generation`` on GCS) for a conditional replace."""
-        scheme = self.store.uri.split("://", 1)[0]
-        try:
-            if scheme == "s3":
-                return _s3_read(self.store.path(LEASE))
-            if scheme in ("gs", "gcs"):
-                return _gcs_read(self.store.path(LEASE))
-        except FileNotFoundError:
-            return None
-        return self.read()
-
     def renew(self) -> None:
-        held = self.read()
-        if held is None or held.get("owner") != self.owner:
-            self.lost = (f"the lease was taken over by host {held.get('host')} pid {held.get('pid')}"
-                         if held else "the lease file disappeared")
-            return
-        self.store.write_bytes(json.dumps(self.record(), indent=2).encode(), LEASE)
-        self.renewals += 1
+        """Compare-and-swap the record for a fresh one; a lease that is no longer ours is never written."""
+        down = os.environ.get(STORE_DOWN_ENV)
+        if down and os.path.exists(down):
+            raise OSError(f"{self.store.uri}: unreachable (fault injection: {down})")
+        with self._mutex:
+            if self.lost:
+                return
+            with self.cas.exclusive(LEASE):
+                held = self.cas.read(LEASE)
+                if held is None or held.get("owner") != self.owner:
+                    self.lost = (f"the lease was taken over by host {held.get('host')} pid {held.get('pid')} "
+                                 f"(epoch {held.get('epoch')})" if held else "the lease file disappeared")
+                    return
+                if not self.cas.replace_locked(LEASE, self._data(), held):
+                    self.lost = "the lease changed under this driver while it renewed it"
+                    return
+            self._renewed = time.monotonic()
+            self.renewals += 1
 
     def _start_heartbeat(self) -> None:
         def beat() -> None:
-            last_ok = time.time()
             while not self._stop.wait(self.heartbeat_s):
                 try:
                     self.renew()
-                    last_ok = time.time()
-                except Exception as exc:  # noqa: BLE001 - an unreachable store: keep trying until the ttl
-                    if time.time() - last_ok > self.ttl_s:
-                        self.lost = f"could not renew the lease for {self.ttl_s:g} s ({type(exc).__name__}: {exc})"
+                except Exception as exc:  # noqa: BLE001 - an unreachable store: check() fences on the deadline
+                    log.warning("could not renew the lease of %s: %s: %s", self.store.uri, type(exc).__name__, exc)
                 if self.lost:
                     return
 
@@ -223,8 +205,30 @@ class Lease:
         self._thread.start()
 
     def check(self) -> None:
+        """Raise ``LeaseLost`` when this driver must stop writing: its lease was taken, or it could not renew it
+        for ``ttl_s - margin_s`` (after which another driver may soon take over)."""
+        with self._mutex:
+            silent = time.monotonic() - self._renewed
+            if not self.lost and silent > self.ttl_s - self.margin_s:
+                self.lost = (f"the lease was not renewed for {silent:.0f} s (ttl {self.ttl_s:g} s less a margin of "
+                             f"{self.margin_s:g} s): another driver may take the run over")
         if self.lost:
             raise LeaseLost(f"{self.store.uri}: {self.lost}; this driver stops writing")
+
+    def fence(self) -> Fence:
+        return Fence(self.store.uri, self.owner, self.epoch)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A driver-side write: checked against the deadline, then fenced by the epoch."""
+        self.check()
+        try:
+            with self.fence().hold():
+                yield
+        except StaleLease as exc:
+            with self._mutex:
+                self.lost = self.lost or str(exc)
+            raise LeaseLost(f"{exc}; this driver stops writing") from exc
 
     def release(self) -> None:
         self._stop.set()
@@ -235,7 +239,7 @@ class Lease:
         try:
             held = self.read()
             if held and held.get("owner") == self.owner:
-                self.store.delete_file(LEASE)
+                self.cas.delete(LEASE, held)  # compare-and-delete: a lease taken meanwhile stays
         except Exception:  # noqa: BLE001 - an expired lease is harmless: the next driver takes it over
             log.warning("could not release the lease of %s", self.store.uri, exc_info=True)
 
@@ -244,86 +248,3 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-@contextlib.contextmanager
-def _flock(path: str, timeout_s: float) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing, never deleted: deleting a lock file races),
-    waited for at most ``timeout_s``."""
-    import fcntl
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a+") as f:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LeaseHeld(f"{path}: another driver kept the lease lock for {timeout_s:g} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _s3_create(path: str, data: bytes, replace_etag: str | None = None) -> bool:
-    """Create the object only if absent, or (``replace_etag``) replace it only if it is still that version."""
-    import boto3  # S3's conditional write; pyarrow's S3 filesystem has no create-if-absent
-    from botocore.exceptions import ClientError
-
-    bucket, key = path.split("/", 1)
-    cond = {"IfMatch": replace_etag} if replace_etag else {"IfNoneMatch": "*"}
-    try:
-        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, **cond)
-        return True
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
-            return False
-        raise
-
-
-def _s3_read(path: str) -> dict:
-    import boto3
-    from botocore.exceptions import ClientError
-
-    bucket, key = path.split("/", 1)
-    try:
-        obj = boto3.client("s3").get_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise FileNotFoundError(path) from exc
-        raise
-    return _parsed(obj["Body"].read()) | {"_etag": obj["ETag"]}
-
-
-def _gcs_create(path: str, data: bytes, replace_generation: int | None = None) -> bool:
-    """Create the object only if absent, or (``replace_generation``) replace it only if it is still that one."""
-    from google.api_core.exceptions import NotFound, PreconditionFailed
-    from google.cloud import storage
-
-    bucket, key = path.split("/", 1)
-    try:
-        storage.Client().bucket(bucket).blob(key).upload_from_string(data, if_generation_match=replace_generation or 0)
-        return True
-    except (PreconditionFailed, NotFound):
-        return False
-
-
-def _gcs_read(path: str) -> dict:
-    from google.cloud import storage
-
-    bucket, key = path.split("/", 1)
-    blob = storage.Client().bucket(bucket).get_blob(key)
-    if blob is None:
-        raise FileNotFoundError(path)
-    return _parsed(blob.download_as_bytes()) | {"_generation": blob.generation}
-
-
-def _parsed(raw: bytes) -> dict:
-    try:
-        return json.loads(raw)
-    except ValueError:  # half-written by a store without atomic puts: treat as stale
-        return {"owner": None, "renewed_at": 0}

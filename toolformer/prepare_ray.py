@@ -25,11 +25,13 @@ The driver holds per-input counts, the shard plan and the manifest; never docume
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import io
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -63,6 +65,7 @@ SKIPS = pa.schema([("k", pa.int64()), ("kind", pa.int8()), ("seq", pa.int64()), 
 DUPS = pa.schema([("k", pa.int64()), ("where", pa.string())])
 
 STOP_AFTER_ENV = "TOOLFORMER_FAULT_PREPARE_STOP_AFTER"
+TASK_TIMEOUT_S = 3600  # a prepare task reads one input or writes one shard: far less than this
 
 
 class PrepareStopped(RuntimeError):
@@ -352,10 +355,10 @@ def _stop_fault(done_here: int) -> bool:
 class RayPrepare:
     """One prepare run: the phases above, each resumed from its markers."""
 
-    def __init__(self, cfg: RunConfig, store: Store, log: Callable[[str], None]):
+    def __init__(self, cfg: RunConfig, store: Store, log: Callable[[str], None], lease=None):
         import ray
 
-        self.cfg, self.store, self.log = cfg, store, log
+        self.cfg, self.store, self.log, self.lease = cfg, store, log, lease
         self.window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # tasks in flight, never all
         self.stats: dict[str, int] = {}
 
@@ -370,14 +373,29 @@ class RayPrepare:
         for submit in submits:
             inflight.append(submit())
             while len(inflight) >= self.window or (inflight and stopping):
-                ready, inflight = ray.wait(inflight, num_returns=1)
-                done(ray.get(ready[0]))
+                inflight = self._next(inflight, done)
                 stopping = stopping or stop()
             if stopping:
                 raise PrepareStopped("stopped by " + STOP_AFTER_ENV)
         while inflight:
-            ready, inflight = ray.wait(inflight, num_returns=1)
-            done(ray.get(ready[0]))
+            inflight = self._next(inflight, done)
+
+    def _next(self, inflight: list, done: Callable[[Any], None]) -> list:
+        """Wait for one task, bounded: no task finishing for ``TASK_TIMEOUT_S`` stops the prepare with the
+        cause (a hung reader, a cluster that cannot place the tasks); the lease is checked meanwhile."""
+        import ray
+
+        deadline = time.monotonic() + TASK_TIMEOUT_S
+        while True:
+            if self.lease is not None:
+                self.lease.check()
+            ready, rest = ray.wait(inflight, num_returns=1, timeout=10)
+            if ready:
+                done(ray.get(ready[0], timeout=TASK_TIMEOUT_S))
+                return rest
+            if time.monotonic() > deadline:
+                raise PrepareStopped(f"no prepare task finished in {TASK_TIMEOUT_S} s ({len(inflight)} in flight): "
+                                     f"the cluster cannot run them (see `ray status`) or a reader hangs")
 
     # -- plan
     def plan(self) -> None:
@@ -469,7 +487,7 @@ class RayPrepare:
         before = 0
         for n, u in enumerate(self.unique):
             if before + u >= want:
-                k_last = ray.get(_remote(kth_unique).remote(self.store.uri, n, want - before - 1))
+                k_last = ray.get(_remote(kth_unique).remote(self.store.uri, n, want - before - 1), timeout=TASK_TIMEOUT_S)
                 self.stop = self._next_record(n, k_last)
                 return
             before += u
@@ -500,7 +518,7 @@ class RayPrepare:
         parts = (self.store.read_json(WORK, "inputs", f"{_name(n)}.json")["skips"] for n in range(last))
         tail, dups = [], sum(self.dups[:last])
         if self.stop:
-            partial = ray.get(_remote(skips_before).remote(self.store.uri, *self.stop))
+            partial = ray.get(_remote(skips_before).remote(self.store.uri, *self.stop), timeout=TASK_TIMEOUT_S)
             tail, dups = [partial["part"]], dups + partial["dups"]
         firsts = [e for e in self.dup_first if self.stop is None or (e[0], e[1]) < self.stop][:MAX_EXAMPLES]
         dup_part = [] if not dups else [{"counts": {"duplicate_doc_id": dups},
@@ -547,8 +565,9 @@ class RayPrepare:
         manifest = Manifest(shards=shards, docs_per_shard=max(1, self.cfg.shards.docs_per_shard),
                             config_hash=config_hash(self.cfg),
                             inputs=list(dict.fromkeys(i for s in shards for i in s.inputs)), skips=skips)
-        self.store.write_bytes(OmegaConf.to_yaml(OmegaConf.create(to_dict(self.cfg))).encode(), "config.yaml")
-        manifest.save(self.store)  # last: a run directory without a manifest is one prepare did not finish
+        with self.lease.writing() if self.lease is not None else contextlib.nullcontext():
+            self.store.write_bytes(OmegaConf.to_yaml(OmegaConf.create(to_dict(self.cfg))).encode(), "config.yaml")
+            manifest.save(self.store)  # last: a run directory without a manifest is one prepare did not finish
         if not keep_work:
             self.store.delete_dir(WORK)
         self.log(f"{manifest.n_docs} documents ({manifest.n_texts} texts) in {len(shards)} shards; "
@@ -557,11 +576,14 @@ class RayPrepare:
 
 
 def prepare_ray(cfg: RunConfig, log: Callable[[str], None] = print, keep_work: bool = False,
-                stats: dict | None = None) -> Manifest:
+                stats: dict | None = None, lease=None) -> Manifest:
     """Shard the configured corpus with Ray tasks (see the module docstring); resumes a stopped prepare. A run
     directory that already has a manifest is left as it is. ``keep_work`` keeps ``_prepare/`` (tests);
-    ``stats`` receives how many inputs and shards this call did and reused."""
+    ``stats`` receives how many inputs and shards this call did and reused. It runs under the run's lease
+    (``lease``, or one of its own): one driver prepares a run, and one that lost the lease writes no manifest."""
     import ray
+
+    from toolformer.lease import Lease
 
     store = Store(cfg.output_dir)
     if store.exists("manifest.json"):
@@ -569,16 +591,20 @@ def prepare_ray(cfg: RunConfig, log: Callable[[str], None] = print, keep_work: b
         if manifest.config_hash != config_hash(cfg):
             log(f"note: {store.uri} was prepared with config {manifest.config_hash}; keeping its shards")
         return manifest
+    s = cfg.shards
+    own = None if lease is not None else Lease(store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=log,
+                                               margin_s=s.lease_margin_s)
     started = not ray.is_initialized()
-    if started:
-        from toolformer.cluster import init_ray
-
-        init_ray(cfg)
-    job = RayPrepare(cfg, store, log)
-    try:
-        return job.run(keep_work)
-    finally:
-        if stats is not None:
-            stats.update(job.stats)
+    with own if own is not None else contextlib.nullcontext(lease) as held:
         if started:
-            ray.shutdown()
+            from toolformer.cluster import init_ray
+
+            init_ray(cfg)
+        job = RayPrepare(cfg, store, log, held)
+        try:
+            return job.run(keep_work)
+        finally:
+            if stats is not None:
+                stats.update(job.stats)
+            if started:
+                ray.shutdown()

@@ -16,6 +16,10 @@ A run directory (local path or object-store URI such as ``s3://bucket/run``) hol
 On a local disk every file is written to a temporary name and renamed; on an object store a put is atomic
 per object and the marker, written after the outputs, is what makes a shard done. Pending work is
 ``manifest - done - quarantined``, so re-running the same command resumes.
+
+Writes that decide a shard's state (a marker, a failure, a quarantine) can be fenced: ``RunState(..., fence=f)``
+runs each under ``f()`` (``toolformer.lease.Fence.hold``), which refuses it once the run's lease is another
+driver's; a marker that exists already is never written again (a shard is committed once).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import json
 import os
 import traceback
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -178,11 +183,17 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
+class AlreadyCommitted(RuntimeError):
+    """The shard's marker exists: another attempt (or driver) committed it; nothing is written twice."""
+
+
 class RunState:
     """Which shards of a stage are done, failed or quarantined, read from the markers in the store."""
 
-    def __init__(self, store: Store, stage: str, max_failures: int = 3):
+    def __init__(self, store: Store, stage: str, max_failures: int = 3,
+                 fence: Callable[[], AbstractContextManager] | None = None):
         self.store, self.stage, self.max_failures = store, stage, max_failures
+        self.fence = fence or nullcontext
 
     def done(self) -> set[str]:
         return {n.removesuffix(".json") for n in self.store.names("markers", self.stage, suffix=".json")}
@@ -209,37 +220,63 @@ class RunState:
         return {"total": total, "done": len(done), "pending": total - len(done) - len(quarantined),
                 "failed_retryable": len(self.failed() - done - quarantined), "quarantined": len(quarantined)}
 
-    def record_failure(self, shard_id: str, error: BaseException | str, fatal: bool = False, tb: str = "") -> bool:
+    def record_failure(self, shard_id: str, error: BaseException | str, fatal: bool = False, tb: str = "",
+                       with_id: bool = False) -> Any:
         """Count a failed attempt; quarantine the shard at ``max_failures`` (or at once when ``fatal``).
         Returns whether it is now quarantined. A shard already committed is never charged (a late report of an
         earlier attempt): a shard ends committed or quarantined, not both."""
-        if self.store.exists("markers", self.stage, f"{shard_id}.json"):
-            return False
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         else:
             message = error
-        attempts = self.failures(shard_id) + [{"at": _now(), "error": message[:2000], "traceback": tb[-20000:]}]
-        self.store.write_json({"shard_id": shard_id, "attempts": attempts}, "failures", self.stage, f"{shard_id}.json")
-        if fatal or len(attempts) >= self.max_failures:
-            self.store.write_json(
-                {"shard_id": shard_id, "attempts": len(attempts), "error": message[:2000], "traceback": tb[-20000:],
-                 "at": _now()},
-                "quarantine", self.stage, f"{shard_id}.json",
-            )
-            return True
-        return False
+        with self.fence():
+            if self.store.exists("markers", self.stage, f"{shard_id}.json"):
+                return (False, None) if with_id else False
+            attempt = uuid.uuid4().hex[:12]
+            attempts = self.failures(shard_id) + [{"at": _now(), "id": attempt, "error": message[:2000],
+                                                   "traceback": tb[-20000:]}]
+            self.store.write_json({"shard_id": shard_id, "attempts": attempts}, "failures", self.stage,
+                                  f"{shard_id}.json")
+            if fatal or len(attempts) >= self.max_failures:
+                self.store.write_json(
+                    {"shard_id": shard_id, "attempts": len(attempts), "error": message[:2000],
+                     "traceback": tb[-20000:], "at": _now()},
+                    "quarantine", self.stage, f"{shard_id}.json",
+                )
+                return (True, attempt) if with_id else True
+            return (False, attempt) if with_id else False
 
-    def commit(self, shard_id: str, outputs: dict[str, pa.Table], stats: dict) -> dict:
-        """Write every output of a shard, its stats, then the marker: the shard is done once the marker is."""
+    def retract(self, shard_id: str, attempt: str) -> None:
+        """Take back one recorded attempt (and the quarantine it caused): it was not the shard's fault."""
+        with self.fence():
+            attempts = [a for a in self.failures(shard_id) if a.get("id") != attempt]
+            if attempts:
+                self.store.write_json({"shard_id": shard_id, "attempts": attempts}, "failures", self.stage,
+                                      f"{shard_id}.json")
+            else:
+                self.store.delete_file("failures", self.stage, f"{shard_id}.json")
+            if len(attempts) < self.max_failures:
+                self.store.delete_file("quarantine", self.stage, f"{shard_id}.json")
+
+    def commit(self, shard_id: str, outputs: dict[str, pa.Table], stats: dict, stamp: dict | None = None) -> dict:
+        """Write every output of a shard, its stats, then the marker (with ``stamp``: who committed it): the shard
+        is done once the marker is. ``AlreadyCommitted`` when its marker exists (before anything is written, or
+        at the marker)."""
+        marker_path = ("markers", self.stage, f"{shard_id}.json")
+        with self.fence():  # a driver that lost the run writes no output at all
+            if self.store.exists(*marker_path):
+                raise AlreadyCommitted(f"{shard_id} is committed already")
         files = {}
         for name, table in outputs.items():
             self.store.write_table(table, name, f"{shard_id}.parquet")
             files[name] = {"path": f"{name}/{shard_id}.parquet", "rows": table.num_rows}
         self.store.write_json(stats, "stats", self.stage, f"{shard_id}.json")
-        marker = {"shard_id": shard_id, "stage": self.stage, "outputs": files, "committed": _now()}
-        self.store.write_json(marker, "markers", self.stage, f"{shard_id}.json")
+        marker = {"shard_id": shard_id, "stage": self.stage, "outputs": files, "committed": _now(), **(stamp or {})}
+        with self.fence():
+            if self.store.exists(*marker_path):
+                raise AlreadyCommitted(f"{shard_id} was committed by another attempt meanwhile")
+            self.store.write_json(marker, *marker_path)
         return marker
 
     def stats(self, shard_ids: Iterable[str] | None = None) -> list[dict]:

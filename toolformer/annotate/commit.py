@@ -76,8 +76,10 @@ def latency_samples(rows: pa.Table, k: int = LATENCY_SAMPLES) -> dict[str, list[
     return out
 
 
-def commit_shard(run_uri: str, shard: ShardInfo, tools: list[str], staging: str, max_failures: int = 3) -> dict:
-    """Check, order and commit one shard's staged rows; returns its stats (+ ``latency_ms`` samples)."""
+def commit_shard(run_uri: str, shard: ShardInfo, tools: list[str], staging: str, max_failures: int = 3,
+                 fence=None) -> dict:
+    """Check, order and commit one shard's staged rows; returns its stats (+ ``latency_ms`` samples). With a
+    ``fence`` (``toolformer.lease.Fence``) the store refuses the commit once the run's lease is another driver's."""
     store = Store(run_uri)
     texts = conform(store.read_table(shard.path), SHARD)
     if texts.num_rows != shard.n_texts:
@@ -91,6 +93,8 @@ def commit_shard(run_uri: str, shard: ShardInfo, tools: list[str], staging: str,
         "rows": annotations.num_rows, "text_tokens": int(pc.sum(pc.fill_null(tokens, 0)).as_py() or 0),
         "funnel": funnel(rows),  # the staged rows: their LM and tool times go into the funnel too
     }
-    RunState(store, STAGE, max_failures).commit(shard.shard_id, {"texts": conform(texts, TEXTS), "annotations": annotations}, stats)
+    state = RunState(store, STAGE, max_failures, fence=fence.hold if fence is not None else None)
+    stamp = {"lease_epoch": fence.epoch} if fence is not None else None
+    state.commit(shard.shard_id, {"texts": conform(texts, TEXTS), "annotations": annotations}, stats, stamp)
     store.delete_dir(staging, shard.shard_id)
     return {**stats, "latency_ms": latency_samples(rows)}

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from toolformer.annotate.stages import ExecuteCalls, SampleCalls, SampleExecuteScore, ScoreCalls, SelectTexts
-from toolformer.annotate.telemetry import ActorTelemetry
+from toolformer.annotate.telemetry import ActorTelemetry, StageClock
 from toolformer.arrow import empty_lists
 from toolformer.config import RayConfig, RunConfig, StageResources
 from toolformer.annotate.failures import InflightRecord, Watchdog
@@ -86,8 +86,10 @@ class StageActor:
 
     A batch is one shard's rows (every pool runs ``batch_size=None`` with one task in flight per actor), which
     the actor works through in chunks of ``chunk_rows``: an actor that dies takes exactly one shard with it.
-    LM actors run a watchdog (``ray.lm_batch_timeout_s``); every actor notes which shard it computes
-    (``failures.InflightRecord``) so the driver can charge a death to that shard with its cause."""
+    LM actors run a watchdog (``ray.lm_batch_timeout_s``) over each engine call (the stage's ``StageClock``), not
+    over tool calls; every actor notes which shard it computes (``failures.InflightRecord``) so the driver can
+    charge a death to that shard with its cause. Telemetry splits each actor's time into engine, tool, other
+    and idle time (``telemetry.summarize``)."""
 
     def __init__(self, cfg: RunConfig, stage: str, sink_name: str | None = None, run_uri: str | None = None,
                  staging: str | None = None, chunk_rows: int = 0):
@@ -99,7 +101,11 @@ class StageActor:
         if hasattr(self.stage, "setup"):
             self.stage.setup()
         self.inflight = InflightRecord(run_uri, staging, stage)
+        # the stage's clock: engine and tool time; the watchdog is told about engine calls only
+        self.clock: StageClock = getattr(self.stage, "clock", None) or StageClock()
         self.watchdog = Watchdog(cfg.ray.lm_batch_timeout_s, self.inflight) if stage in LM_STAGES else None
+        if self.watchdog is not None:
+            self.clock.watch(self.watchdog)
         self.telemetry = ActorTelemetry(stage, sink_name, started)
         self.telemetry.ready()
 
@@ -108,10 +114,14 @@ class StageActor:
         t0 = time.time()
         shards = pc.unique(table.column("shard_id")).to_pylist() if table.num_rows else []
         self.inflight.begin(shards)
-        if self.watchdog is not None:
-            self.watchdog.begin()
         try:
-            batch_fault(self.name, shards)
+            if self.watchdog is not None:  # a stalled batch stands for a hung engine: the watchdog times it
+                self.watchdog.begin("stall fault")
+            try:
+                batch_fault(self.name, shards)
+            finally:
+                if self.watchdog is not None:
+                    self.watchdog.end()
             failed = table.column("error").is_valid().to_numpy(zero_copy_only=False)
             passed = table.filter(pa.array(failed))
             if self.name == "select" and passed.num_rows:  # READ error rows become WORK error rows
@@ -121,11 +131,17 @@ class StageActor:
             parts += [passed] if passed.num_rows else []
             out = pa.concat_tables(parts) if parts else WORK.empty_table()
         finally:
-            if self.watchdog is not None:
-                self.watchdog.end()
             self.inflight.end()
-        self.telemetry.batch(t0, time.time(), table.num_rows)
+        self.telemetry.batch(t0, time.time(), table.num_rows, self.clock, self._tool_workers())
         return out
+
+    def _tool_workers(self) -> dict | None:
+        """The tool workers' pids, RSS and counters (restarts, ended calls), for the telemetry; never raises."""
+        execute = self.stage if isinstance(self.stage, ExecuteCalls) else getattr(self.stage, "execute", None)
+        try:
+            return execute.describe() if execute is not None else None
+        except Exception:  # noqa: BLE001 - telemetry must never stop a stage
+            return None
 
     def _chunks(self, table: pa.Table) -> list[pa.Table]:
         """The stage over ``chunk_rows`` rows at a time (its engine batch), never splitting a text's rows."""
@@ -151,7 +167,14 @@ class StageActor:
             return pa.concat_tables(out)
 
     def __del__(self) -> None:
-        engine = getattr(getattr(self, "stage", None), "engine", None)
+        stage = getattr(self, "stage", None)
+        close = getattr(stage, "close", None)
+        if close is not None:  # the tool workers (they also end with this process: PDEATHSIG)
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                pass
+        engine = getattr(stage, "engine", None)
         if engine is not None:
             engine.close()
 
@@ -213,12 +236,25 @@ def _pool_args(res: StageResources, r: RayConfig, cfg: RunConfig | None = None) 
 def configure_data_context(r: RayConfig) -> None:
     """Ray Data settings of the run: a block whose task failed ``batch_attempts`` times is dropped and the
     execution goes on (the driver charges its shard); an actor whose set-up fails a few times in a row is an
-    error of the execution itself (a bad model path, a missing index) and stops the run."""
+    error of the execution itself (a bad model path, a missing index) and stops the run.
+
+    With errored blocks tolerated, a pool whose actors all spent their restarts makes Ray Data wait forever (it
+    assumes actors restart without end): the driver's ``supervise.PassWatch`` sees that and cuts the pass, so
+    Ray Data's own no-progress guard is off (it cannot tell a long engine batch from a hang)."""
     from ray.data import DataContext
+
+    from toolformer.annotate.supervise import install_capture
 
     ctx = DataContext.get_current()
     ctx.max_errored_blocks = -1
     ctx.max_consecutive_actor_init_deaths = 2
+    ctx.execution_no_progress_timeout_s = -1
+    install_capture(ctx)
+
+
+def pool_names(cfg: RunConfig) -> list[str]:
+    """The actor pools of a pass, in pipeline order (what the driver names in its messages: ``ray.<name>``)."""
+    return ["select", *(("lm",) if cfg.ray.fuse_lm else ("sample", "execute", "score"))]
 
 
 def annotation_dataset(cfg: RunConfig, run_uri: str, shards: list, staging: str, sink_name: str | None = None):

@@ -1,189 +1,78 @@
-"""The annotate job on Ray: every pending shard in one streaming execution, each committed as soon as it is whole.
+"""The annotate job on Ray: every pending shard streamed through actor pools, each committed as soon as it is whole.
 
-One Ray Data execution per run (``distributed.py``): actor pools and their engines start once. The driver only
-reads a few counts per scored batch (shard id, rows written); when a shard's count reaches ``n_texts x tools``
-it submits a commit task (``commit.py``) that checks, orders and writes the shard, stats and marker, while the
-run goes on. The driver holds the manifest and counters, never rows.
+A pass is one Ray Data execution (``passes.py``): actor pools and their engines start once per pass. The driver
+holds the manifest and counters, never rows. The run:
 
-Failure semantics (README, "What happens when something fails"):
+1. **fresh passes** over the shards never charged: a pass whose pool dies for good (every actor spent its
+   restarts) or that stops progressing (``ray.progress_timeout_s``) is cut, the shards in its dead or stuck actors
+   are charged, and the others resume in the next pass with fresh actors, so healthy shards still commit;
+2. if a pool died in a fresh pass, the run stops there with ``PoolsDied`` (exit 1) naming the pool, its actors'
+   states and the shards charged, and what to change; a rerun goes on with step 3;
+3. **retry passes**: shards charged before are retried apart from healthy ones, ``ray.retry_pass_shards`` at a
+   time, until they commit or are quarantined at ``shards.max_failures`` (a failure there is the shard's own).
+
+Failure semantics (docs: "What happens when something fails"):
 - a failure tied to one shard (its read, its rows in a stage, an actor that died computing it, its commit) is
-  charged to that shard alone, at the end of the pass, with its cause; failed shards get another pass until
-  they commit or are quarantined at ``shards.max_failures``;
-- an error of the execution itself (an actor that cannot start, a lost cluster, every fresh shard of the first
-  pass failing) stops the run with ``ExecutionError`` and charges nobody: a rerun after the fix resumes;
-- metrics, telemetry and progress never raise into a pass (``Guard``);
-- one driver per run (``toolformer/lease.py``): a second one refuses; a dead one's lease is taken over.
-Killing the driver loses only uncommitted shards: a rerun of the same command skips every committed one.
+  charged to that shard alone, with its cause, the moment it is known (a driver killed mid-pass loses no charge);
+- an error of the execution itself (an actor that cannot start, a lost cluster, a cut pass that held no shard,
+  every fresh shard of the first pass failing) stops the run with ``ExecutionError`` and charges nobody. Such
+  stops are counted per config (``failures/_run/annotate.json``); after ``shards.max_failures`` of them in a row
+  with nothing committed, the run refuses to start until the cause is fixed, so a resubmitting job cannot loop;
+- metrics, telemetry and progress never raise into a pass (``observe.Guard``);
+- one driver per run (``toolformer/lease.py``): every state write is fenced by the lease's epoch; a driver that
+  cannot renew in time stops writing before another may take over.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import datetime as dt
 import time
-import traceback
 import uuid
-from collections import defaultdict
+from contextlib import nullcontext
 from typing import Callable
 
-import numpy as np
-
-from toolformer.annotate.commit import STAGE, commit_shard
-from toolformer.annotate.distributed import FATAL, annotation_dataset, shard_row_counts
+from toolformer.annotate.commit import STAGE
+from toolformer.annotate.distributed import FATAL
+from toolformer.annotate.observe import Guard, Metrics, Progress
+from toolformer.annotate.passes import Pass
 from toolformer.annotate.telemetry import start_sink, summarize
 from toolformer.config import RunConfig, config_hash
-from toolformer.lease import Lease
+from toolformer.lease import Lease, LeaseLost
 from toolformer.report import sum_funnels
 from toolformer.shards import Manifest, RunState, Store
 
-
-COMMIT_WAIT_S = 30  # how often a driver waiting on commits looks for hung ones
-COMMIT_TIMEOUT_S = 900  # a commit reads and writes one shard: far less than this
-
-
-class _Metrics:
-    """The run's counters as Ray metrics (Prometheus, Ray dashboard)."""
-
-    def __init__(self):
-        from ray.util.metrics import Counter, Gauge
-
-        self.docs = Counter("toolformer_docs_annotated", "documents in committed shards")
-        self.texts = Counter("toolformer_texts_annotated", "texts in committed shards")
-        self.tokens = Counter("toolformer_text_tokens", "tokens of the texts annotated")
-        self.candidates = Counter("toolformer_candidates", "distinct calls sampled", tag_keys=("tool",))
-        self.kept = Counter("toolformer_calls_kept", "calls kept at the tool's tau_f", tag_keys=("tool",))
-        self.shards = Gauge("toolformer_shards", "shards by state", tag_keys=("state",))
-
-    def record(self, stats: dict) -> None:
-        # Ray's Counter.inc refuses 0; a shard with no documents, texts or candidates is ordinary.
-        for counter, value, tags in [(self.docs, stats.get("docs"), None), (self.texts, stats.get("texts"), None),
-                                     (self.tokens, stats.get("text_tokens"), None)] + [
-                (c, f.get(k), {"tool": tool}) for tool, f in (stats.get("funnel") or {}).items()
-                for c, k in ((self.candidates, "candidates"), (self.kept, "kept_at_tool_tau_f"))]:
-            if value and value > 0:
-                counter.inc(value, tags=tags) if tags else counter.inc(value)
-
-    def states(self, counts: dict[str, int]) -> None:
-        for state, n in counts.items():
-            self.shards.set(n, tags={"state": state})
-
-
-class Guard:
-    """Runs observability calls (metrics, telemetry, progress) so that they never break the work: the first
-    failure of each kind is logged with its traceback, every one is counted (``observability_failures``)."""
-
-    def __init__(self, log: Callable[[str], None]):
-        self.log = log
-        self.failures: dict[str, int] = defaultdict(int)
-
-    def __call__(self, kind: str, fn: Callable, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - reporting on the work must never stop the work
-            if not self.failures[kind]:
-                logging.getLogger(__name__).warning("%s failed (later failures are counted, not logged)", kind,
-                                                    exc_info=True)
-                self.log(f"note: {kind} failed ({type(exc).__name__}: {str(exc)[:200]}); the run goes on")
-            self.failures[kind] += 1
-            return None
+RUN_FAILURES = ("failures", "_run", f"{STAGE}.json")  # stops of the execution itself, per config
 
 
 class ExecutionError(SystemExit):
     """The execution itself broke (not one shard): the run stops and no shard is charged."""
 
 
-class Progress:
-    """Periodic summaries of committed shards: every N shards or T seconds, to ``progress/`` and the log."""
-
-    def __init__(self, annotator: "RayAnnotator"):
-        self.a = annotator
-        self.index = 0
-        self.bar = None
-        self.t_start = time.perf_counter()
-        self.totals = {"docs": 0, "texts": 0, "text_tokens": 0}
-        self._reset()
-
-    def _reset(self) -> None:
-        self.t0 = time.perf_counter()
-        self.stats: list[dict] = []
-        self.latency: dict[str, list[float]] = defaultdict(list)
-        self.failed: list[str] = []
-
-    def add(self, stats: dict) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-        self.stats.append({k: v for k, v in stats.items() if k != "latency_ms"})
-        for tool, ms in stats.get("latency_ms", {}).items():
-            self.latency[tool] += ms
-        self.maybe_flush()
-
-    def fail(self, sid: str) -> None:
-        self.failed.append(sid)
-
-    def start_bar(self, shards: int) -> None:
-        from toolformer.console import Progress
-
-        self.bar = Progress(shards, "shards committed", "shards", every_s=60)
-
-    def maybe_flush(self, force: bool = False) -> None:
-        cfg = self.a.cfg.shards
-        due = len(self.stats) >= max(1, cfg.progress_every_shards) or (
-            self.stats and time.perf_counter() - self.t0 >= cfg.progress_every_s)
-        if due or (force and (self.stats or self.failed)):
-            self.flush()
-
-    def flush(self) -> None:
-        seconds = time.perf_counter() - self.t0
-        f = sum_funnels(s["funnel"] for s in self.stats)
-        docs, texts, tokens = (sum(s[k] for s in self.stats) for k in ("docs", "texts", "text_tokens"))
-        tools = {}
-        for tool, v in f.items():
-            lat = self.latency.get(tool, [])
-            cands, kept = v.get("candidates", 0), v.get("kept_at_tool_tau_f", 0)
-            tools[tool] = {
-                "candidates": cands, "kept": kept, "keep_rate": round(kept / cands, 4) if cands else None,
-                "tool_call_ms_p50": round(float(np.percentile(lat, 50)), 3) if lat else None,
-                "tool_call_ms_p95": round(float(np.percentile(lat, 95)), 3) if lat else None,
-            }
-        for k, v in (("docs", docs), ("texts", texts), ("text_tokens", tokens)):
-            self.totals[k] += v
-        elapsed = time.perf_counter() - self.t_start
-        # Rates over the whole run so far: commits arrive in bursts, so per-interval rates would swing wildly.
-        rate = lambda n: round(n / elapsed, 3) if elapsed else None  # noqa: E731
-        summary = {
-            "progress_id": f"{time.strftime('%Y%m%dT%H%M%S')}-{self.index:05d}",
-            "committed": [s["shard_id"] for s in self.stats], "failed": self.failed, "seconds": round(seconds, 2),
-            "docs": docs, "texts": texts, "text_tokens": tokens, "run_seconds": round(elapsed, 2),
-            "run_docs": self.totals["docs"], "run_texts": self.totals["texts"],
-            "docs_per_s": rate(self.totals["docs"]), "texts_per_s": rate(self.totals["texts"]),
-            "tokens_per_s": rate(self.totals["text_tokens"]), "tools": tools,
-            "shards": self.a.state.counts(self.a.manifest),
-        }
-        self.a.store.write_json(summary, "progress", f"{summary['progress_id']}.json")
-        if self.a.metrics:
-            self.a.metrics.states(summary["shards"])
-        from toolformer.console import is_quiet
-
-        if is_quiet():  # the bar shows progress on the terminal; the summaries go to progress/ and the log
-            logging.getLogger("toolformer.progress").info(json.dumps(summary))
-        else:
-            self.a.log(json.dumps(summary))
-        self.index += 1
-        self._reset()
+class PoolsDied(SystemExit):
+    """A pool died for good in a fresh pass: the healthy shards committed, the culprits are charged, the run stops."""
 
 
 class RayAnnotator:
-    def __init__(self, cfg: RunConfig, log: Callable[[str], None] = print):
+    def __init__(self, cfg: RunConfig, log: Callable[[str], None] = print, lease: Lease | None = None):
         self.cfg, self.log = cfg, log
         self.store = Store(cfg.output_dir)
         self.manifest = Manifest.load(self.store)
-        self.state = RunState(self.store, STAGE, cfg.shards.max_failures)
+        self.lease = lease
+        self.state = RunState(self.store, STAGE, cfg.shards.max_failures, fence=self._fence)
         self.tools = list(cfg.annotate.tools)
-        self.metrics: _Metrics | None = None
+        self.metrics: Metrics | None = None
         self.telemetry: dict[str, dict] = {}
         self.guard = Guard(log)
-        self.lease: Lease | None = None
+        self.progress = Progress(self)
         self.actor_deaths = 0
+        self.pool_deaths: list[str] = []
+
+    def _fence(self):
+        return self.lease.writing() if self.lease is not None else nullcontext()
+
+    def check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def check_config(self) -> None:
         """Shards of one run are annotated with one config: a changed setting needs a new output_dir."""
@@ -193,195 +82,182 @@ class RayAnnotator:
             untouched = not (self.state.done() or self.state.failed() or self.state.quarantined())
             if old != h and untouched:  # e.g. a run stopped by a bad model path, rerun with the right one
                 self.log(f"note: no shard was annotated with config {old}; this run uses {h}")
-                self.store.write_json({"config_hash": h}, "annotate.json")
+                with self._fence():
+                    self.store.write_json({"config_hash": h}, "annotate.json")
             elif old != h:
                 raise SystemExit(
                     f"{self.store.uri} was annotated with config {old}, this one is {h}: its shards would mix "
                     "two settings. Use a new output_dir, or the settings of that run (see its config.yaml)."
                 )
         else:
-            self.store.write_json({"config_hash": h}, "annotate.json")
+            with self._fence():
+                self.store.write_json({"config_hash": h}, "annotate.json")
 
-    def charge(self, sid: str, error: BaseException | str, tb: str = "") -> None:
-        """Record a failed attempt of this shard alone (quarantined at ``shards.max_failures``, or at once when fatal)."""
+    # -- charges -------------------------------------------------------------------------------------------------
+    def charge(self, sid: str, error: BaseException | str, tb: str = "") -> str | None:
+        """Record a failed attempt of this shard alone, now (quarantined at ``shards.max_failures``, or at once when
+        fatal); returns the attempt's id."""
         if isinstance(error, str):
             message, _, rest = error.partition("\n")
             fatal = message.startswith(FATAL)
-            quarantined = self.state.record_failure(sid, message.removeprefix(FATAL), fatal=fatal, tb=tb or rest)
+            quarantined, attempt = self.state.record_failure(sid, message.removeprefix(FATAL), fatal=fatal,
+                                                             tb=tb or rest, with_id=True)
         else:
-            quarantined = self.state.record_failure(sid, error)
+            quarantined, attempt = self.state.record_failure(sid, error, with_id=True)
         self.guard("progress", self.progress.fail, sid)
         self.log(f"  {sid}: {'quarantined' if quarantined else 'failed, will retry'}: "
                  f"{(error if isinstance(error, str) else repr(error)).splitlines()[0][:300]}")
+        return attempt
 
-    # -- one pass: a single streaming execution over the given shards ------------------------------------------
-    def run_pass(self, shard_ids: list[str], sink_name: str, first: bool) -> None:
-        """Annotate these shards; commit each as it completes. Failures are charged at the end of the pass to
-        the shard they belong to; an execution that breaks (or a first pass in which every fresh shard failed)
-        stops the run with ``ExecutionError`` and charges nobody."""
-        from toolformer.annotate.failures import explain, inflight_deaths, worker_exits
+    def retract(self, attempts: list[tuple[str, str]]) -> None:
+        """Take back charges a systemic failure made (the execution, not those shards, was at fault)."""
+        for sid, attempt in attempts:
+            self.state.retract(sid, attempt)
 
-        shards = [self.manifest.shard(s) for s in shard_ids]
-        expected = shard_row_counts(shards, len(self.tools))
-        staging = f"_staging/{uuid.uuid4().hex[:12]}"
-        ds = annotation_dataset(self.cfg, self.store.uri, shards, staging, sink_name)
-        counts: dict[str, int] = defaultdict(int)
-        failed: dict[str, tuple[str | BaseException, str]] = {}  # shard → (error, details)
-        inflight: dict = {}  # commit ref → (shard id, submitted at)
-        settled: set[str] = set()
-        committed: list[str] = []
-        fresh = {s for s in shard_ids if not self.state.failures(s)}
-        broke: BaseException | None = None
-        try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                if self.lease is not None:
-                    self.lease.check()
-                for sid, n, err in zip(*(batch.column(c).to_pylist() for c in ("shard_id", "rows", "error"))):
-                    if sid in failed or sid in settled:
-                        continue
-                    if err:
-                        failed[sid] = (err, "")
-                        continue
-                    counts[sid] += n
-                    if counts[sid] >= expected[sid]:
-                        settled.add(sid)
-                        self.submit_commit(sid, staging, inflight)
-                committed += self.collect(inflight, failed, wait=False)
-                if first and not committed and self._looks_systemic(failed, fresh):
-                    broke = ExecutionError(self._systemic_message(failed))
-                    break
-        except Exception as exc:  # noqa: BLE001 - the execution itself broke: no shard is to blame
-            broke = exc
-        committed += self.collect(inflight, failed, wait=True)
-        if broke is not None:
-            self.guard("cleanup", self.store.delete_dir, staging)
-            if isinstance(broke, ExecutionError):
-                raise broke
-            from toolformer.lease import LeaseLost
-
-            if isinstance(broke, LeaseLost):
-                raise ExecutionError(str(broke)) from broke
-            raise ExecutionError(
-                f"the Ray execution stopped: {type(broke).__name__}: {str(broke)[:1500]}\n"
-                f"This is not a shard's fault, so no shard was charged: fix the cause (model path, index, "
-                f"cluster) and run the same command again; {len(committed)} shards committed in this pass "
-                f"are kept.") from broke
-        deaths = inflight_deaths(self.store, staging)
-        self.actor_deaths += sum(len(v) for v in deaths.values())
-        missing = [s for s in shard_ids if s not in failed and s not in settled]
-        exits = worker_exits({d["pid"] for s in missing for d in deaths.get(s, [])})
-        for sid in shard_ids:
-            if sid in failed or sid in settled:
-                continue
-            if sid in deaths:
-                failed[sid] = explain(sid, deaths[sid], exits)
-            else:
-                failed[sid] = (f"ShardIncomplete: the pass ended with {counts[sid]} of {expected[sid]} rows "
-                               f"written (a task of it failed in Ray: see the log)", "")
-        self.guard("cleanup", self.store.delete_dir, staging)
-        if first and not committed and self._looks_systemic(failed, fresh):
-            raise ExecutionError(self._systemic_message(failed))
-        for sid, (err, details) in failed.items():
-            self.charge(sid, err, details)
-
-    def _looks_systemic(self, failed: dict, fresh: set[str]) -> bool:
-        """Every fresh shard that settled so far failed, and at least 3 did: the execution, not the shards."""
-        bad = [s for s, (e, _) in failed.items() if s in fresh and not str(e).startswith(FATAL)]
-        return len(bad) >= 3
-
-    def _systemic_message(self, failed: dict) -> str:
-        first = str(next(iter(failed.values()))[0]).splitlines()[0][:800]
-        return (f"the first {len(failed)} shards of this run all failed and none committed, which is a problem "
+    def systemic_message(self, errors: list[str]) -> str:
+        first = str(errors[0] if errors else "").splitlines()[0][:800]
+        return (f"the first {len(errors)} shards of this run all failed and none committed, which is a problem "
                 f"of the execution, not of the shards (first error: {first}). No shard was charged: fix the "
                 f"cause and run the same command again.")
 
-    def submit_commit(self, sid: str, staging: str, inflight: dict) -> None:
-        """Start the shard's commit task (a Ray task; the driver keeps only its reference)."""
-        import ray
+    def committed(self, stats: dict) -> None:
+        if self.metrics:
+            self.guard("metrics", self.metrics.record, stats)
+        self.guard("progress", self.progress.add, stats)
 
-        commit = ray.remote(commit_shard).options(num_cpus=self.cfg.ray.io_num_cpus,
-                                                  memory=self.cfg.ray.io_memory_gb * 1024**3, max_retries=1)
-        inflight[commit.remote(self.store.uri, self.manifest.shard(sid), self.tools, staging,
-                               self.cfg.shards.max_failures)] = (sid, time.monotonic())
+    # -- stops of the execution itself ---------------------------------------------------------------------------
+    def _run_failures(self) -> list[dict]:
+        return self.store.read_json(*RUN_FAILURES)["stops"] if self.store.exists(*RUN_FAILURES) else []
 
-    def collect(self, inflight: dict, failed: dict, wait: bool) -> list[str]:
-        """Record finished commits (all of them when ``wait``, each within ``COMMIT_TIMEOUT_S``); a commit that
-        failed or timed out goes to ``failed``. Returns the shards committed."""
-        import ray
+    def _stopped(self, message: str) -> ExecutionError:
+        """Record a stop of the execution itself, then the error that ends the run."""
+        stops = self._run_failures() + [{"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                         "config_hash": config_hash(self.cfg), "done": len(self.state.done()),
+                                         "error": message[:2000]}]
+        try:
+            with self._fence():
+                self.store.write_json({"stops": stops[-20:]}, *RUN_FAILURES)
+        except LeaseLost:
+            pass
+        return ExecutionError(message)
 
-        done: list[str] = []
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=len(inflight) if wait else 1,
-                                timeout=COMMIT_WAIT_S if wait else 0)
-            if not ready:
-                if not wait:
-                    return done
-                for ref, (sid, t0) in list(inflight.items()):
-                    if time.monotonic() - t0 > COMMIT_TIMEOUT_S:  # bounded: a hung commit is the shard's failure
-                        ray.cancel(ref, force=True)
-                        inflight.pop(ref)
-                        failed[sid] = (f"CommitTimeout: the commit task ran over {COMMIT_TIMEOUT_S} s", "")
-                continue
-            for ref in ready:
-                sid, _ = inflight.pop(ref)
-                try:
-                    stats = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a failed commit: the shard is retried
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
-                    failed[sid] = (f"{type(cause).__name__}: {cause}",
-                                   "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)))
-                    continue
-                done.append(sid)
-                if self.metrics:
-                    self.guard("metrics", self.metrics.record, stats)
-                self.guard("progress", self.progress.add, stats)
-            if not wait:
-                return done
-        return done
+    def _refuse_looping(self) -> None:
+        """A run whose last ``shards.max_failures`` starts (same config, nothing committed since) all stopped on
+        an error of the execution does not start again: a resubmitting job would otherwise loop forever."""
+        h, done, n = config_hash(self.cfg), len(self.state.done()), max(1, self.cfg.shards.max_failures)
+        streak = []
+        for stop in reversed(self._run_failures()):
+            if stop["config_hash"] != h or stop["done"] != done:
+                break
+            streak.append(stop)
+        if len(streak) >= n:
+            raise ExecutionError(
+                f"the last {len(streak)} runs of this config on {self.store.uri} stopped on an error of the execution "
+                f"and committed nothing (last: {streak[0]['error'].splitlines()[0][:600]}). Fix the cause (or the "
+                f"config) and delete {'/'.join(RUN_FAILURES)} to run again.")
 
-    # -- the run --------------------------------------------------------------------------------------------
+    # -- the run -------------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        from toolformer.lease import Lease
-
+        if self.lease is not None:
+            return self._run()
         s = self.cfg.shards
-        with Lease(self.store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=self.log) as lease:
+        with Lease(self.store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=self.log,
+                   margin_s=s.lease_margin_s) as lease:
             self.lease = lease
             try:
                 return self._run()
             finally:
                 self.lease = None
 
+    def _pass(self, ids: list[str], sink, sink_name: str | None, first: bool):
+        try:
+            out = Pass(self, ids, sink, sink_name, first).run()
+        except LeaseLost as exc:
+            raise ExecutionError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - the execution itself broke: no shard is to blame
+            raise self._stopped(
+                f"the Ray execution stopped: {type(exc).__name__}: {str(exc)[:1500]}\nThis is not a shard's fault, "
+                f"so no shard was charged: fix the cause (model path, index, cluster) and run the same command "
+                f"again; {len(self.state.done())} shards committed are kept.") from exc
+        if out.systemic:
+            raise self._stopped(out.systemic)
+        v = out.verdict
+        if v is not None and not out.committed and not out.charged:
+            raise self._stopped(f"the run stopped: {v.message}\nNo shard was in flight, so none was charged: the "
+                                f"cluster cannot run the pools (resources, restarts). Fix that and run the same "
+                                f"command again.")
+        return out
+
     def _run(self) -> dict:
         from toolformer.cluster import init_ray
 
         self.check_config()
+        self._refuse_looping()
         t_run = time.perf_counter()
         pending = self.state.pending(self.manifest)
         skipped = len(self.manifest.shards) - len(pending)
         self.log(f"{len(self.manifest.shards)} shards: {skipped} already done or quarantined, {len(pending)} pending")
-        self.store.delete_dir("_staging")  # a killed driver's batches (we hold the lease): nothing refers to them
-        self.progress = Progress(self)
-        passes = 0
+        with self._fence():
+            self.store.delete_dir("_staging")  # a killed driver's batches (we hold the lease): nothing refers to them
+        passes, sink = 0, None
         if pending:
             init_ray(self.cfg)
-            self.metrics = self.guard("metrics", _Metrics)
+            from toolformer.plan import check_plan_or_exit
+
+            check_plan_or_exit(self.cfg, log=self.log)  # a plan that cannot fit is refused before any pool starts
+            self.metrics = self.guard("metrics", Metrics)
             self.guard("progress", self.progress.start_bar, len(pending))
             sink_name = f"toolformer-telemetry-{uuid.uuid4().hex[:8]}"
             sink = self.guard("telemetry", start_sink, sink_name)
-            todo = pending
-            while todo:
-                passes += 1
-                if passes > 1:
-                    self.log(f"pass {passes}: retrying {len(todo)} failed shards")
-                self.run_pass(todo, sink_name, first=passes == 1)
-                self.guard("progress", self.progress.maybe_flush, force=True)
-                # Each pass records an attempt for every shard it did not commit, so this ends by quarantine.
-                todo = [s for s in self.state.pending(self.manifest) if s in set(todo)]
-            if sink is not None:
-                import ray
+            try:
+                passes = self._passes(pending, sink, sink_name)
+            finally:
+                if sink is not None:
+                    import ray
 
-                self.telemetry = self.guard("telemetry", lambda: ray.get(sink.snapshot.remote(), timeout=60)) or {}
-        return self.summary(t_run, skipped, passes)
+                    self.telemetry = self.guard("telemetry", lambda: ray.get(sink.snapshot.remote(), timeout=60)) or {}
+        out = self.summary(t_run, skipped, passes)
+        if self.pool_deaths:
+            raise PoolsDied(self._pools_died())
+        return out
+
+    def _pools_died(self) -> str:
+        charged = sorted(self.state.failed() - self.state.done() - self.state.quarantined())
+        r = self.cfg.ray
+        return (f"a pool died for good {len(self.pool_deaths)} time(s) in this run (last: {self.pool_deaths[-1]})\n"
+                f"Every healthy shard was tried with fresh actors; {len(self.state.done())} shards are committed. "
+                f"Charged, to retry: {', '.join(charged) or 'none'} (failures/{STAGE}/). To change: give the pools "
+                f"more restarts (ray.max_actor_restarts={r.max_actor_restarts}) or more actors (ray.<pool>.actors), "
+                f"or fix what kills them (the failure records name the cause). Run the same command again: it "
+                f"retries the charged shards one at a time and quarantines them at shards.max_failures.")
+
+    def _passes(self, pending: list[str], sink, sink_name: str) -> int:
+        passes = 0
+        fresh = [s for s in pending if not self.state.failures(s)]
+        while fresh:
+            passes += 1
+            if passes > 1:
+                self.log(f"pass {passes}: {len(fresh)} shards resume with fresh actors")
+            out = self._pass(fresh, sink, sink_name, first=passes == 1)
+            if out.verdict is not None and out.verdict.kind == "pool_dead":
+                self.pool_deaths.append(out.verdict.message)
+            self.guard("progress", self.progress.maybe_flush, force=True)
+            left = set(self.state.pending(self.manifest))
+            fresh = [s for s in fresh if s in left and not self.state.failures(s)]
+        if self.pool_deaths:
+            return passes  # the run stops here (PoolsDied); a rerun retries the charged shards apart
+        size = max(1, self.cfg.ray.retry_pass_shards)
+        retry = [s for s in self.state.pending(self.manifest) if s in set(pending)]
+        while retry:
+            for i in range(0, len(retry), size):
+                passes += 1
+                group = retry[i:i + size]
+                self.log(f"pass {passes}: retrying {', '.join(group)} apart")
+                self._pass(group, sink, sink_name, first=False)
+                self.guard("progress", self.progress.maybe_flush, force=True)
+            # Each retry pass commits or charges every shard it holds, so this ends by quarantine.
+            retry = [s for s in self.state.pending(self.manifest) if s in set(retry)]
+        return passes
 
     def summary(self, t_run: float, skipped: int, passes: int) -> dict:
         stats = self.state.stats()
@@ -395,9 +271,11 @@ class RayAnnotator:
             "docs_skipped": self.manifest.skips,  # prepare's counted skips (contaminated among them)
             "actors": summarize(self.telemetry) if self.telemetry else None,
             "actor_deaths_in_batches": self.actor_deaths,  # each one a retry of its shard's batch
+            "pool_deaths": self.pool_deaths,
             "observability_failures": dict(self.guard.failures),
         }
-        self.store.write_json(out, "stats.json")
+        with self._fence():
+            self.store.write_json(out, "stats.json")
         if out["shards"]["done"]:
             from toolformer.inspection import write_report
 
@@ -405,5 +283,22 @@ class RayAnnotator:
         return out
 
 
-def run_ray_annotate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
-    return RayAnnotator(cfg, log).run()
+def run_ray_annotate(cfg: RunConfig, log: Callable[[str], None] = print, lease: Lease | None = None) -> dict:
+    """Annotate a prepared run (its manifest exists)."""
+    return RayAnnotator(cfg, log, lease).run()
+
+
+def annotate_on_ray(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
+    """The cluster path of ``jobs.annotate``: under one lease, shard the corpus with the Ray preparer when the run
+    has no manifest yet (never the one-process reader on a cluster), then annotate every pending shard."""
+    from toolformer.cluster import init_ray
+    from toolformer.prepare_ray import prepare_ray
+
+    s = cfg.shards
+    store = Store(cfg.output_dir)
+    with Lease(store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=log, margin_s=s.lease_margin_s) as lease:
+        if not store.exists("manifest.json"):
+            init_ray(cfg)
+            log(f"{store.uri} has no manifest: preparing its shards with Ray first")
+            prepare_ray(cfg, log, lease=lease)
+        return RayAnnotator(cfg, log, lease).run()

@@ -1,0 +1,144 @@
+"""Progress or stop (issue 27 items 1 and 3), on a real local Ray with the real vLLM engine on the soak's tiny random
+model of the embedded architecture (the machinery is what is tested; the method's numbers are tested elsewhere):
+
+- the probe: a fused LM pool of one actor with one restart, and poison shards that kill it every time. The run
+  must end by itself, non-zero, naming the pool, with the healthy shards committed and each poison shard charged;
+  the rerun retries them apart and quarantines them;
+- a batch that hangs forever with no watchdog: the pass is cut after ``ray.progress_timeout_s``, the stuck shard
+  charged, the others committed;
+- a failure is charged when it is seen: a driver killed mid-pass has already written it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FUSED_ONE = ["ray.fuse_lm=true", "ray.lm.actors=1", "ray.lm.max_actors=1", "ray.lm.num_cpus=0.5", "ray.num_cpus=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny(shared_data) -> str:
+    from benchmarks.soak import tiny_model
+
+    return tiny_model()["path"]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory, shared_data, tiny) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "probe.yaml"
+    path.write_text(f"""
+name: probe
+model: {{name_or_path: {tiny}, dtype: float32}}
+corpus:
+  paths: [{shared_data / 'webtext' / 'ccnet_output_20docs_text_trimmed.jsonl'}]
+  max_doc_chars: 800
+  max_text_tokens: 64
+engine: {{max_model_len: 1024, cpu_kv_cache_gib: 1, top_logprobs: 20}}
+annotate:
+  tools: [Calendar]
+  call_syntax: constrained
+  per_tool:
+    Calendar: {{tau_s: 0.0, top_k: 2, num_samples: 2, max_call_tokens: 12}}
+  batch_size: 4
+shards: {{docs_per_shard: 1, progress_every_shards: 1}}
+""")
+    return path
+
+
+def _env(**faults) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(REPO),
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **faults)
+    return env
+
+
+def _prepare(config: Path, run: Path, docs: int) -> None:
+    subprocess.run([sys.executable, "-m", "jobs.prepare", "--config", str(config), f"output_dir={run}",
+                    f"corpus.limit={docs}", "prepare.runner=local"], cwd=REPO, env=_env(), check=True,
+                   capture_output=True)
+
+
+def _annotate(config: Path, run: Path, extra: list[str], env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "jobs.annotate", "--config", str(config), f"output_dir={run}", *FUSED_ONE, *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _names(run: Path, what: str) -> list[str]:
+    return sorted(p.stem for p in (run / what / "annotate").glob("*.json"))
+
+
+def _attempts(run: Path, sid: str) -> list[dict]:
+    return json.loads((run / "failures" / "annotate" / f"{sid}.json").read_text())["attempts"]
+
+
+def test_a_pool_that_dies_for_good_ends_the_run_and_the_rerun_quarantines(config, tmp_path):
+    """The issue's probe, smaller for the suite (4 shards, 2 poison; the 6-shard probe runs in the soak)."""
+    run = tmp_path / "run"
+    _prepare(config, run, docs=4)
+    poison = "shard-00001,shard-00002"
+    env = _env(TOOLFORMER_FAULT_POISON_SHARD=poison)
+    knobs = ["ray.max_actor_restarts=1", "ray.batch_attempts=2", "ray.progress_timeout_s=120"]
+    t0 = time.monotonic()
+    first = _annotate(config, run, knobs, env)
+    out = first.stdout + first.stderr
+    assert first.returncode != 0, out[-3000:]
+    assert "a pool died for good" in out and "ray.lm: 1 DEAD" in out and "ray.max_actor_restarts=1" in out, out[-3000:]
+    assert _names(run, "markers") == ["shard-00000", "shard-00003"]  # the healthy shards, with fresh actors
+    assert _names(run, "failures") == ["shard-00001", "shard-00002"] and not (run / "quarantine").exists()
+    for sid in poison.split(","):
+        (attempt,) = _attempts(run, sid)
+        assert attempt["error"].startswith(f"ActorDied: the lm actor died 2 time(s) computing a batch of {sid}")
+    assert not (run / "_lease.json").exists()  # released on the way out
+    stats = json.loads((run / "stats.json").read_text())
+    assert len(stats["pool_deaths"]) == 2 and stats["shards"]["done"] == 2
+    assert time.monotonic() - t0 < 600
+
+    second = _annotate(config, run, [*knobs, "shards.max_failures=2"], env)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert "retrying shard-00001 apart" in second.stdout and "retrying shard-00002 apart" in second.stdout
+    assert _names(run, "quarantine") == ["shard-00001", "shard-00002"]
+    assert all(len(_attempts(run, s)) == 2 for s in poison.split(","))
+    stats = json.loads((run / "stats.json").read_text())
+    assert stats["shards"] == {"total": 4, "done": 2, "pending": 0, "failed_retryable": 0, "quarantined": 2}
+
+
+def test_a_hung_batch_without_a_watchdog_is_cut_and_charges_survive_a_driver_kill(config, tmp_path):
+    """Shard 0 kills its actor (charged the moment Ray gives up on it), shard 1 hangs forever and the LM watchdog is
+    off. The first driver is SIGKILLed once shard 0's charge is written, mid-pass; the second sees the stall, cuts
+    the pass after ``ray.progress_timeout_s``, charges shard 1, commits shard 2 with fresh actors, retries the
+    charged shards apart and quarantines them."""
+    run = tmp_path / "run"
+    _prepare(config, run, docs=3)
+    env = _env(TOOLFORMER_FAULT_POISON_SHARD="shard-00000", TOOLFORMER_FAULT_STALL_SHARD="shard-00001")
+    knobs = ["ray.batch_attempts=1", "ray.lm_batch_timeout_s=0", "shards.max_failures=2"]
+    cmd = [sys.executable, "-m", "jobs.annotate", "--config", str(config), f"output_dir={run}", *FUSED_ONE, *knobs,
+           "ray.progress_timeout_s=600"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    charge = run / "failures" / "annotate" / "shard-00000.json"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not charge.exists() and first.poll() is None:
+        time.sleep(0.2)
+    alive = first.poll() is None
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert alive and charge.exists(), "the poison shard's failure was not written while its pass ran"
+    assert len(_attempts(run, "shard-00000")) == 1 and not _names(run, "markers")
+
+    second = _annotate(config, run, [*knobs, "ray.progress_timeout_s=20"], env)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-3000:]
+    assert "pass cut: stalled: no progress" in out, out[-3000:]
+    assert _names(run, "markers") == ["shard-00002"]
+    assert _names(run, "quarantine") == ["shard-00000", "shard-00001"]
+    stuck = [a["error"] for a in _attempts(run, "shard-00001")]
+    assert len(stuck) == 2 and all(e.startswith("Stalled: shard-00001 was being computed") for e in stuck), stuck

@@ -1,0 +1,284 @@
+"""One pass of the Ray annotate job: a streaming execution over some shards, each committed as soon as it is whole.
+
+The driver reads the execution's few summary rows (shard id, rows written, error) on a thread of its own and
+waits for them with a bound, so it can also watch the pools (``supervise.PassWatch``), collect commits and check
+its lease while the execution runs. Failures are charged to their shard the moment they are known: an error row,
+a failed commit, a shard whose block Ray gave up on (its actor died ``ray.batch_attempts`` times), the shards a
+cut pass leaves behind in dead or stuck actors.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from toolformer.annotate.commit import commit_shard
+from toolformer.annotate.distributed import FATAL, annotation_dataset, pool_names, shard_row_counts
+from toolformer.annotate.supervise import PassWatch, Verdict, dead_message
+from toolformer.shards import AlreadyCommitted
+
+if TYPE_CHECKING:
+    from toolformer.annotate.ray_job import RayAnnotator
+
+COMMIT_WAIT_S = 30  # how often a driver waiting on commits looks for hung ones
+COMMIT_TIMEOUT_S = 900  # a commit reads and writes one shard: far less than this
+QUEUE_WAIT_S = 1.0  # the driver's longest wait for a summary row before it looks around
+
+
+@dataclass
+class Outcome:
+    committed: list[str] = field(default_factory=list)
+    charged: list[str] = field(default_factory=list)
+    verdict: Verdict | None = None
+    systemic: str | None = None  # the first pass failed as a whole: its charges were taken back
+
+
+def progress_timeout(cfg) -> float:
+    r = cfg.ray
+    return float(r.progress_timeout_s) if r.progress_timeout_s else 2.0 * float(r.lm_batch_timeout_s)
+
+
+class Commits:
+    """Commit tasks in flight (a Ray task per shard; the driver keeps only references)."""
+
+    def __init__(self, a: "RayAnnotator", staging: str):
+        self.a, self.staging = a, staging
+        self.inflight: dict = {}  # ref → (shard id, submitted at)
+
+    def submit(self, sid: str) -> None:
+        import ray
+
+        a = self.a
+        task = ray.remote(commit_shard).options(num_cpus=a.cfg.ray.io_num_cpus,
+                                                memory=a.cfg.ray.io_memory_gb * 1024**3, max_retries=1)
+        fence = a.lease.fence() if a.lease is not None else None
+        ref = task.remote(a.store.uri, a.manifest.shard(sid), a.tools, self.staging, a.cfg.shards.max_failures, fence)
+        self.inflight[ref] = (sid, time.monotonic())
+
+    def collect(self, wait: bool) -> tuple[list[str], dict[str, tuple[str, str]]]:
+        """(shards committed, shards whose commit failed → (error, details)); all of them when ``wait``, each
+        within ``COMMIT_TIMEOUT_S``."""
+        import ray
+
+        done: list[str] = []
+        failed: dict[str, tuple[str, str]] = {}
+        while self.inflight:
+            ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight) if wait else 1,
+                                timeout=COMMIT_WAIT_S if wait else 0)
+            if not ready:
+                if not wait:
+                    break
+                for ref, (sid, t0) in list(self.inflight.items()):
+                    if time.monotonic() - t0 > COMMIT_TIMEOUT_S:  # bounded: a hung commit is the shard's failure
+                        ray.cancel(ref, force=True)
+                        self.inflight.pop(ref)
+                        failed[sid] = (f"CommitTimeout: the commit task ran over {COMMIT_TIMEOUT_S} s", "")
+                continue
+            for ref in ready:
+                sid, _ = self.inflight.pop(ref)
+                try:
+                    stats = ray.get(ref, timeout=60)
+                except Exception as exc:  # noqa: BLE001 - a failed commit: the shard is retried
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+                    if isinstance(cause, AlreadyCommitted):
+                        done.append(sid)
+                        continue
+                    from toolformer.lease import StaleLease
+
+                    if isinstance(cause, StaleLease):
+                        from toolformer.lease import LeaseLost
+
+                        raise LeaseLost(f"{cause}; this driver stops writing") from cause
+                    failed[sid] = (f"{type(cause).__name__}: {cause}",
+                                   "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)))
+                    continue
+                done.append(sid)
+                self.a.committed(stats)
+            if not wait:
+                break
+        return done, failed
+
+
+def _consume(ds, out: queue.Queue, stop: threading.Event) -> None:
+    """Iterate the execution's summary rows into ``out`` (bounded puts, so a stopped driver frees the thread)."""
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            put(("batch", batch))
+            if stop.is_set():
+                return
+    except BaseException as exc:  # noqa: BLE001 - handed to the driver, which decides
+        put(("error", exc))
+        return
+    put(("end", None))
+
+
+class Pass:
+    """Annotate ``shard_ids`` in one streaming execution (see the module docstring)."""
+
+    def __init__(self, a: "RayAnnotator", shard_ids: list[str], sink, sink_name: str | None, first: bool):
+        self.a, self.ids, self.sink, self.sink_name, self.first = a, shard_ids, sink, sink_name, first
+        self.shards = [a.manifest.shard(s) for s in shard_ids]
+        self.expected = shard_row_counts(self.shards, len(a.tools))
+        self.staging = f"_staging/{uuid.uuid4().hex[:12]}"
+        self.counts: dict[str, int] = defaultdict(int)
+        self.settled: set[str] = set()  # all rows written: committed or being committed
+        self.out = Outcome()
+        self.fresh = {s for s in shard_ids if not a.state.failures(s)}
+        self.fresh_failed: list[tuple[str, str]] = []  # (shard, attempt id) charged this pass, fresh shards
+        self.commits = Commits(a, self.staging)
+
+    # -- charges -----------------------------------------------------------------------------------------------
+    def charge(self, sid: str, error: str | BaseException, details: str = "") -> None:
+        if sid in self.out.charged or sid in self.out.committed:
+            return
+        attempt = self.a.charge(sid, error, details)
+        self.out.charged.append(sid)
+        if sid in self.fresh and attempt and not str(error).startswith(FATAL):  # bad bytes: the shard's own fault
+            self.fresh_failed.append((sid, attempt))
+
+    def _systemic(self) -> bool:
+        """The first pass: every fresh shard that settled so far failed, and at least 3 did (not for their bytes)."""
+        return self.first and not self.out.committed and len(self.fresh_failed) >= 3
+
+    # -- the pass ----------------------------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        a = self.a
+        ds = annotation_dataset(a.cfg, a.store.uri, self.shards, self.staging, self.sink_name)
+        watch = PassWatch(pool_names(a.cfg), a.store, self.staging, progress_timeout(a.cfg), a.cfg.ray.batch_attempts,
+                          self.sink, poll_s=min(10.0, max(1.0, progress_timeout(a.cfg) / 10)))
+        rows: queue.Queue = queue.Queue(maxsize=8)
+        stop = threading.Event()
+        reader = threading.Thread(target=_consume, args=(ds, rows, stop), name="pass-rows", daemon=True)
+        reader.start()
+        broke: BaseException | None = None
+        try:
+            while True:
+                try:
+                    kind, item = rows.get(timeout=QUEUE_WAIT_S)
+                except queue.Empty:
+                    kind, item = "idle", None
+                a.check_lease()  # before anything this driver writes or submits
+                if kind == "error":
+                    broke = item
+                    break
+                if kind == "end":
+                    break
+                if kind == "batch":
+                    watch.progressed()
+                    self._rows(item)
+                self._collect(watch, wait=False)
+                spent, verdict = watch.poll()
+                for sid, recs in spent.items():
+                    self._death(sid, recs, watch)
+                if self._systemic():
+                    break
+                if verdict is not None:
+                    self.out.verdict = verdict
+                    a.log(f"pass cut: {verdict.kind}: {verdict.message}")
+                    watch.cut(verdict.message)
+                    break
+        except Exception as exc:  # noqa: BLE001 - the lease, or the driver's own view of Ray, broke
+            broke = exc
+        stop.set()
+        if broke is not None or self._systemic():
+            watch.cut("the pass stops")
+        reader.join(timeout=60)
+        try:
+            self._collect(watch, wait=True)
+        finally:
+            if broke is not None or self._systemic():
+                a.guard("cleanup", a.store.delete_dir, self.staging)
+        if broke is not None:
+            raise broke
+        if self._systemic():
+            self.out.systemic = a.systemic_message([e for _, e in self._fresh_errors()])
+            a.retract(self.fresh_failed)
+            return self.out
+        self._settle(watch)
+        a.guard("cleanup", a.store.delete_dir, self.staging)
+        return self.out
+
+    def _fresh_errors(self) -> list[tuple[str, str]]:
+        return [(sid, (self.a.state.failures(sid) or [{}])[-1].get("error", "")) for sid, _ in self.fresh_failed]
+
+    def _rows(self, batch) -> None:
+        for sid, n, err in zip(*(batch.column(c).to_pylist() for c in ("shard_id", "rows", "error"))):
+            if sid in self.out.charged or sid in self.settled:
+                continue
+            if err:
+                message, _, rest = err.partition("\n")
+                self.charge(sid, err, rest)
+                continue
+            self.counts[sid] += n
+            if self.counts[sid] >= self.expected[sid]:
+                self.settled.add(sid)
+                self.commits.submit(sid)
+
+    def _collect(self, watch: PassWatch, wait: bool) -> None:
+        done, failed = self.commits.collect(wait)
+        if done:
+            watch.progressed()
+        self.out.committed += done
+        for sid, (err, details) in failed.items():
+            self.charge(sid, err, details)
+
+    def _death(self, sid: str, records: list[dict], watch: PassWatch) -> None:
+        """Ray gave up on this shard's block (its actor died ``ray.batch_attempts`` times computing it)."""
+        from toolformer.annotate.failures import explain, worker_exits
+
+        if sid in self.settled or sid in self.out.charged:
+            return
+        watch.charged.add(sid)
+        self.a.actor_deaths += len(records)
+        self.charge(sid, *explain(sid, records, worker_exits({r["pid"] for r in records})))
+
+    def _guarded(self, fn):
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - the Ray internals it reads moved: settle as before
+            return None
+
+    def _settle(self, watch: PassWatch) -> None:
+        """The pass is over: charge what it leaves unsettled, by what is known of each shard."""
+        from toolformer.annotate.failures import explain, inflight_deaths, worker_exits
+
+        verdict = self.out.verdict
+        deaths = verdict.dead_shards if verdict else inflight_deaths(self.a.store, self.staging)
+        open_ = [s for s in self.ids if s not in self.settled and s not in self.out.charged]
+        if verdict is None and any(s not in deaths for s in open_):
+            # Ray Data ends an execution whose last actor died for good with the blocks it still held errored, not
+            # computed: shards without a death of their own were only waiting for that pool.
+            dead = self._guarded(watch.died_for_good) or []
+            if dead:
+                verdict = self.out.verdict = Verdict("pool_dead", dead_message(dead, deaths), dead, deaths, {})
+                self.a.log(f"pass ended with a dead pool: {verdict.message}")
+        exits = worker_exits({d["pid"] for s in open_ for d in deaths.get(s, [])})
+        for sid in open_:
+            if sid in deaths:
+                self.a.actor_deaths += len(deaths[sid])
+                self.charge(sid, *explain(sid, deaths[sid], exits))
+            elif verdict is not None and verdict.kind == "stalled" and sid in verdict.live_shards:
+                self.charge(sid, f"Stalled: {sid} was being computed when the run stopped progressing: "
+                                 f"{verdict.message}")
+            elif verdict is None:
+                self.charge(sid, f"ShardIncomplete: the pass ended with {self.counts[sid]} of {self.expected[sid]} "
+                                 f"rows written (a task of it failed in Ray: see the log)")
+            # else: a cut pass leaves it pending, uncharged: it was only waiting for a dead pool
+
+
+__all__ = ["COMMIT_TIMEOUT_S", "Commits", "FATAL", "Outcome", "Pass", "progress_timeout"]
