@@ -164,3 +164,28 @@ def test_a_committed_shard_is_never_charged(tmp_path):
     assert state.record_failure("shard-00000", "late: an earlier attempt's error") is False
     assert state.quarantined() == set() and state.failed() == set()
     assert state.record_failure("shard-00001", "real") is True and state.quarantined() == {"shard-00001"}
+
+
+def test_a_run_that_keeps_stopping_on_the_execution_refuses_to_loop(tmp_path):
+    """Stops of the execution itself charge no shard; a resubmitting job would rerun them forever. After
+    shards.max_failures of them in a row (same config, nothing committed since), the run refuses at once."""
+    from toolformer.annotate.ray_job import RUN_FAILURES, ExecutionError, RayAnnotator
+    from toolformer.config import config_hash, load_config
+    from toolformer.shards import Manifest
+
+    store = Store(tmp_path)
+    Manifest(shards=[], docs_per_shard=1, config_hash="x").save(store)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "shards.max_failures=3"])
+    stop = {"at": "t", "config_hash": config_hash(cfg), "done": 0, "error": "the Ray execution stopped: boom"}
+    a = RayAnnotator(cfg, log=lambda _: None)
+    store.write_json({"stops": [stop, stop]}, *RUN_FAILURES)
+    a._refuse_looping()  # two: the next run may still try
+    store.write_json({"stops": [stop | {"config_hash": "other"}, stop, stop, stop]}, *RUN_FAILURES)
+    with pytest.raises(ExecutionError, match="last 3 runs .* delete failures/_run/annotate.json"):
+        a._refuse_looping()
+    store.write_json({"stops": [stop, stop, stop | {"done": 1}]}, *RUN_FAILURES)  # something committed since
+    a._refuse_looping()
+    other = RayAnnotator(load_config(None, [f"output_dir={tmp_path}", "shards.max_failures=3", "seed=1"]),
+                         log=lambda _: None)
+    store.write_json({"stops": [stop, stop, stop]}, *RUN_FAILURES)
+    other._refuse_looping()  # a changed config (the fix) starts afresh

@@ -18,7 +18,9 @@ Faults that fire every time (no flag file), for the chaos soak and the failure t
 - ``TOOLFORMER_FAULT_STALL_SHARD=<shard_id>[,...]``: an LM stage actor hangs on every batch that holds one of
   these shards (with ``TOOLFORMER_FAULT_STALL_ONCE_FILE`` also set: only the first time), for the LM watchdog;
 - ``TOOLFORMER_FAULT_HANG_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_HANG_TEXT=<text_id>``): that tool's calls
-  (of that text only) hang, for the per-call tool timeout.
+  (of that text only) hang, for the per-call tool timeout;
+- ``TOOLFORMER_FAULT_GIL_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_GIL_TEXT=<text_id>``): that tool's calls
+  compute a huge power in C while holding the GIL (a thread in their process cannot end or outwait them).
 """
 
 from __future__ import annotations
@@ -64,10 +66,14 @@ def batch_fault(stage: str, shard_ids: list[str]) -> None:
 
 
 def tool_fault(tool: str, text_id: str | None) -> None:
-    """A tool call is about to run: hang here if a test asked."""
+    """A tool call is about to run: hang here, or compute in C holding the GIL, if a test asked."""
     env = os.environ
     if env.get("TOOLFORMER_FAULT_HANG_TOOL") == tool and env.get("TOOLFORMER_FAULT_HANG_TEXT") in (None, "", text_id):
         time.sleep(HANG_SECONDS)
+    if env.get("TOOLFORMER_FAULT_GIL_TOOL") == tool and env.get("TOOLFORMER_FAULT_GIL_TEXT") in (None, "", text_id):
+        print(f"fault injection: a {tool} call computes 7 ** 10 ** 9 in C, holding the GIL", file=sys.stderr,
+              flush=True)
+        _ = 7 ** 10 ** 9  # one bytecode: no other thread of this process runs until it ends (minutes)
 
 
 def fault_point(point: str, *, stage: str | None = None, step: int | str | None = None, rank: int | None = None) -> None:
