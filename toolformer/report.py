@@ -52,6 +52,9 @@ def funnel(annotations: pa.Table) -> dict[str, dict]:
     rejected = pc.fill_null(pc.equal(errors, "no_result"), False).to_numpy(zero_copy_only=False)
     raised = pc.fill_null(pc.starts_with(errors, "tool_exception"), False).to_numpy(zero_copy_only=False)
     timed_out = pc.fill_null(pc.starts_with(errors, "tool_timeout"), False).to_numpy(zero_copy_only=False)
+    # of those, the calls that were ended (their worker process killed and replaced), not merely abandoned
+    ended = pc.fill_null(pc.starts_with(errors, "tool_timeout: ended"), False).to_numpy(zero_copy_only=False)
+    died = pc.fill_null(pc.starts_with(errors, "tool_exception: ToolWorkerDied"), False).to_numpy(zero_copy_only=False)
     # Table 2 counts calls that C* can hold: MT calls removed by the post-filter are left out
     post_filtered = pc.fill_null(pc.equal(errors, "mt_input_after_call"), False).to_numpy(zero_copy_only=False)
     out: dict[str, dict] = {}
@@ -68,6 +71,8 @@ def funnel(annotations: pa.Table) -> dict[str, dict]:
         f["rejected_inputs"] = int((mine & rejected).sum())
         f["tool_exceptions"] = int((mine & raised).sum())
         f["tool_timeouts"] = int((mine & timed_out).sum())  # no answer within annotate.tool_timeout_s
+        f["tool_calls_ended"] = int((mine & ended).sum())  # ... and ended: the worker running it was killed
+        f["tool_worker_deaths"] = int((mine & died).sum())  # its worker died during the call (within exceptions)
         for tau in REPORT_TAU_F:
             hit = mine & (gains >= tau) & ~post_filtered
             f[f"kept_calls_tau_{tau}"] = int(hit.sum())

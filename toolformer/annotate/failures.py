@@ -7,9 +7,9 @@ Three small records close the gap:
 - ``InflightRecord`` (actor side): before computing a batch an LM or tool actor writes which shards it holds to
   ``<staging>/_inflight/<actor>.json`` and deletes the file when the batch is done. A file that outlives its
   pass names the shards an actor died holding, one file per death.
-- ``Watchdog`` (actor side): a batch still computing after ``ray.lm_batch_timeout_s`` is stuck; the watchdog
-  notes that in the in-flight record and ends the process, so Ray restarts the actor and retries the batch as
-  any killed one.
+- ``Watchdog`` (actor side): an engine call (sampling, scoring) still running after ``ray.lm_batch_timeout_s``
+  is stuck; the watchdog notes that in the in-flight record and ends the process, so Ray restarts the actor and
+  retries the batch as any killed one. Tool calls are not timed by it (they have their own timeouts).
 - ``explain`` (driver side): the shard's failure record says how its actor died: Ray's exit type and detail for
   that worker process (from the GCS worker table: Ray's own words, e.g. "Worker unexpectedly exits ... killed by
   the OOM killer ... SIGSEGV"), the watchdog's note if it was the watchdog, and the dead process's last log
@@ -70,7 +70,12 @@ class InflightRecord:
 
 
 class Watchdog:
-    """Ends this process when one batch runs longer than ``timeout_s`` (a hung engine never returns)."""
+    """Ends this process when one engine call runs longer than ``timeout_s`` (a hung engine never returns).
+
+    It times engine calls only (``begin``/``end`` around each one, from the LM stages' ``StageClock``): a long
+    tool phase in the fused ``lm`` stage is not a hung engine, and tools keep their own timeouts. Its thread
+    sleeps in ``time.sleep``, and tool calls run in worker processes, so a tool that holds the GIL cannot starve
+    it."""
 
     EXIT_CODE = 70
 
@@ -78,10 +83,13 @@ class Watchdog:
         self.timeout_s, self.record = timeout_s, record
         self.poll_s = poll_s or max(0.5, min(10.0, timeout_s / 20))
         self.started: float | None = None
+        self.what: str | None = None
+        self.ticks = 0  # polls so far: a test sees the thread alive
         if timeout_s and timeout_s > 0:
             threading.Thread(target=self._watch, name="lm-watchdog", daemon=True).start()
 
-    def begin(self) -> None:
+    def begin(self, what: str | None = None) -> None:
+        self.what = what
         self.started = time.monotonic()
 
     def end(self) -> None:
@@ -90,13 +98,18 @@ class Watchdog:
     def _watch(self) -> None:
         while True:
             time.sleep(self.poll_s)
+            self.ticks += 1
             started = self.started
             if started is not None and time.monotonic() - started > self.timeout_s:
                 message = (f"watchdog: the {self.record.stage} batch ran over ray.lm_batch_timeout_s="
-                           f"{self.timeout_s:g} s; the actor (pid {os.getpid()}) was ended to retry it")
+                           f"{self.timeout_s:g} s in one engine call ({self.what or 'engine'}); the actor "
+                           f"(pid {os.getpid()}) was ended to retry it")
                 self.record.note(message)
                 print(message, file=sys.stderr, flush=True)
-                os._exit(self.EXIT_CODE)
+                self._exit()
+
+    def _exit(self) -> None:
+        os._exit(self.EXIT_CODE)
 
 
 def inflight_deaths(store: Store, staging: str) -> dict[str, list[dict]]:

@@ -10,7 +10,6 @@ LM stages may share an engine passed in; otherwise each builds its own.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pyarrow as pa
 from toolformer.annotate.lm import LMStage, status_is
 from toolformer.annotate.sampling import SampleCalls, char_start, start_token
 from toolformer.annotate.scoring import ScoreCalls
+from toolformer.annotate.telemetry import StageClock
 from toolformer.arrow import empty_lists, on_subset, parent_rows, replace_struct_fields, set_columns, struct_fields
 from toolformer.calls import clean_field
 from toolformer.config import RunConfig
@@ -25,8 +25,9 @@ from toolformer.corpus import TextChunk
 from toolformer.engine import Engine
 from toolformer.schemas import WORK
 from toolformer.tools import ToolRequest, build_tool, canonical_name, tool_class
-from toolformer.tools.base import NO_RESULT
-from toolformer.tools.deadline import TimedCaller
+from toolformer.tools.base import NO_RESULT, Tool
+from toolformer.tools.deadline import CallGroup, InProcessTool
+from toolformer.tools.worker import ToolSpec, ToolWorkers
 
 _CHUNK_FIELDS = ("text_id", "doc_id", "chunk", "url", "date", "title", "text")
 _COUNTERS = ("n_tokens", "n_positions", "n_pruned", "n_samples", "n_sampled_tokens", "n_closed", "n_parsed",
@@ -71,22 +72,52 @@ class SelectTexts:
 
 
 class ExecuteCalls:
-    """Run each candidate's call on its tool (CPU). A tool answers a string, or nothing for bad input."""
+    """Run each candidate's call on its tool (CPU). A tool answers a string, or nothing for bad input.
 
-    def __init__(self, cfg: RunConfig):
+    Tools run in worker processes that a timeout really ends (``annotate.tool_workers`` per tool; cheap pure tools
+    listed in ``annotate.tool_in_process`` stay in this process): see ``toolformer.tools.worker``. The time spent
+    running tools is kept on ``clock`` (``tool_s``), apart from the engine's."""
+
+    def __init__(self, cfg: RunConfig, clock: StageClock | None = None):
         self.cfg = cfg
-        self.tools: dict = {}
-        self.timed = TimedCaller()
+        self.tools: dict = {}  # tool name -> its runner (ToolWorkers or InProcessTool)
+        self.clock = clock or StageClock()
 
     def timeout(self, tool: str) -> float:
         per_tool = {canonical_name(k): v for k, v in (self.cfg.annotate.tool_timeout_s_per_tool or {}).items()}
         return float(per_tool.get(tool, self.cfg.annotate.tool_timeout_s))
 
     def setup(self) -> None:
-        for name in self.cfg.annotate.tools:
-            tool = canonical_name(name)
-            self.tools[tool] = build_tool(tool, **self.cfg.annotate.tool_options.get(tool, {}))
-            self.tools[tool].setup()
+        a = self.cfg.annotate
+        in_process = {canonical_name(t) for t in (a.tool_in_process or [])}
+        runners = {}
+        try:
+            for name in a.tools:
+                tool = canonical_name(name)
+                options = dict(a.tool_options.get(tool, {}) or {})
+                if a.tool_workers <= 0 or tool in in_process:
+                    runners[tool] = InProcessTool(build_tool(tool, **options))
+                else:
+                    runners[tool] = ToolWorkers(ToolSpec.of(tool, options), workers=a.tool_workers,
+                                                setup_timeout_s=a.tool_setup_timeout_s,
+                                                max_restarts=a.tool_max_restarts)
+                runners[tool].start()  # every worker's set-up runs while the next one starts
+            for runner in runners.values():
+                runner.wait_ready()
+        except BaseException:
+            for runner in runners.values():
+                runner.close()
+            raise
+        self.tools = runners
+
+    def close(self) -> None:
+        """End the tool workers (an actor's or a local run's end; interpreter exit does it too)."""
+        for runner in self.tools.values():
+            runner.close()
+        self.tools = {}
+
+    def describe(self) -> dict:
+        return {name: runner.describe() for name, runner in self.tools.items()}
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if not self.tools:
@@ -104,17 +135,27 @@ class ExecuteCalls:
         errors: list[str | None] = [NO_RESULT] * len(inputs)
         tool_ms, executed = [0.0] * table.num_rows, [0] * table.num_rows
         bounds = np.searchsorted(parents, np.arange(table.num_rows + 1))
+        groups: dict[str, list[tuple[int, CallGroup]]] = {}
         for r in range(table.num_rows):
             lo, hi = int(bounds[r]), int(bounds[r + 1])
             context = json.loads(contexts[r] or "{}")
-            t0 = time.perf_counter()
-            got = self.timed.call(self.tools[tools[r]], [ToolRequest(inputs[j], context) for j in range(lo, hi)],
-                                  self.timeout(tools[r]), key=text_ids[r])
-            tool_ms[r] = 1000 * (time.perf_counter() - t0)
-            for j, out in zip(range(lo, hi), got):
-                text = clean_field(out.text) if out.text else None
-                results[j], errors[j] = (text, None) if text else (None, out.error or NO_RESULT)
-            executed[r] = sum(results[j] is not None for j in range(lo, hi))
+            group = CallGroup(text_ids[r], [ToolRequest(inputs[j], context) for j in range(lo, hi)],
+                              self.timeout(tools[r]))
+            groups.setdefault(tools[r], []).append((r, group))
+        with self.clock.tools():
+            for tool, items in groups.items():  # one text's calls are one group; a tool's texts share its workers
+                runner = self.tools[tool]
+                if isinstance(runner, Tool):  # a set-up tool handed in (tests): it runs in this process
+                    runner = self.tools[tool] = InProcessTool(runner)
+                runner.run([g for _, g in items])
+        for items in groups.values():
+            for r, g in items:
+                lo = int(bounds[r])
+                tool_ms[r] = 1000 * g.spent_s
+                for j, out in zip(range(lo, lo + len(g.requests)), g.results):
+                    text = clean_field(out.text) if out is not None and out.text else None
+                    results[j], errors[j] = (text, None) if text else (None, (out.error if out else None) or NO_RESULT)
+                executed[r] = sum(results[j] is not None for j in range(lo, lo + len(g.requests)))
         return set_columns(table, WORK, candidates=replace_struct_fields(cands, result=results, error=errors),
                            tool_ms=tool_ms, n_executed=executed)
 
@@ -125,14 +166,17 @@ class SampleExecuteScore(LMStage):
 
     def __init__(self, cfg: RunConfig, engine: Engine | None = None):
         super().__init__(cfg, engine)
-        self.execute = ExecuteCalls(cfg)
+        self.execute = ExecuteCalls(cfg, self.clock)  # one clock: engine time and tool time of this actor
 
     def setup(self) -> None:
         super().setup()
         self.execute.setup()
 
+    def close(self) -> None:
+        self.execute.close()
+
     def __call__(self, table: pa.Table) -> pa.Table:
-        engine = self._ready()
+        engine = self._ready()  # timed on this stage's clock: the watchdog sees engine calls, never tool calls
         if not self.execute.tools:
             self.execute.setup()
         sampled = SampleCalls(self.cfg, engine)(table)

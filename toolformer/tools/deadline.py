@@ -1,32 +1,111 @@
 """Tool calls with a time limit: a call that has not answered in time gets no result (``tool_timeout``).
 
-Python cannot kill a thread, so a call runs in a worker thread that is abandoned when it overruns (a hung search
-backend, a model stuck in a kernel, a socket that never answers) and a fresh worker takes the next call. Abandoned
-workers are bounded: past ``max_abandoned`` of them still alive the actor is wedged, and ``ToolsWedged`` fails
-the batch (its shard is retried, then quarantined) instead of piling up threads.
+A text's calls are a ``CallGroup``: they run together with ``timeout`` per call; when that overruns, each call
+runs alone so that only the calls that hang lose their result, and after ``MAX_CONSECUTIVE_TIMEOUTS`` in a row the
+text's remaining calls are not run (a backend that is down costs a few timeouts per text, not one per call).
+
+Where a call runs decides what a timeout can do about it:
+
+- tools that can hang or burn CPU run in worker processes (``toolformer.tools.worker.ToolWorkers``): a call past
+  its deadline is **ended** (its worker is SIGKILLed and replaced): ``tool_timeout: ended after 2 s``;
+- cheap pure tools (the Calendar; ``annotate.tool_in_process``) run in this process (``TimedCaller``): Python
+  cannot stop a thread, so a call that overruns is abandoned on its daemon thread: ``tool_timeout: no answer in
+  2 s``. Past ``max_abandoned`` of them still alive the process is wedged and ``ToolsWedged`` fails the batch.
+
+The funnel counts every ``tool_timeout`` (``tool_timeouts``) and, of those, the calls that were ended
+(``tool_calls_ended``); a worker that died during a call (a segfault, the OOM killer) costs that call
+``tool_exception: ToolWorkerDied: …`` (``tool_worker_deaths``, within ``tool_exceptions``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Sequence
 
 from toolformer.faults import tool_fault
-from toolformer.tools.base import Tool, ToolRequest, ToolResult
+from toolformer.tools.base import TOOL_EXCEPTION, Tool, ToolRequest, ToolResult
 
 TOOL_TIMEOUT = "tool_timeout"
+ENDED = f"{TOOL_TIMEOUT}: ended"  # the call ran past its deadline and its worker process was killed
+WORKER_DIED = f"{TOOL_EXCEPTION}: ToolWorkerDied"  # the worker process died during the call
+MAX_CONSECUTIVE_TIMEOUTS = 3
 log = logging.getLogger(__name__)
 
 
 class ToolsWedged(RuntimeError):
-    """Too many timed-out tool calls are still running in this process."""
+    """A tool keeps failing in a way no single call explains (threads that never end, workers that keep dying)."""
+
+
+class CallGroup:
+    """One text's calls on one tool, through their deadline: ``next_unit`` says what to run next (all calls
+    together first, then one at a time after an overrun), ``answered`` / ``overran`` / ``died`` report how it
+    went, and ``results`` holds a ``ToolResult`` per request once ``next_unit`` returns None."""
+
+    def __init__(self, key: str | None, requests: Sequence[ToolRequest], timeout: float,
+                 max_consecutive: int = MAX_CONSECUTIVE_TIMEOUTS):
+        self.key, self.requests, self.timeout = key, list(requests), float(timeout)
+        self.max_consecutive = max_consecutive
+        self.results: list[ToolResult | None] = [None] * len(self.requests)
+        self.single: int | None = None  # the next call to run alone; None while the group has not failed
+        self.streak = 0  # timeouts (or deaths) in a row among the single calls
+        self.spent_s = 0.0  # seconds its calls ran (a killed call counts its timeout)
+        self.overruns = 0
+
+    @property
+    def finished(self) -> bool:
+        return all(r is not None for r in self.results)
+
+    def next_unit(self) -> tuple[list[int], float] | None:
+        """(request indices, timeout) to run next, or None when every request has its result."""
+        n = len(self.requests)
+        if self.finished:
+            return None
+        if self.single is None:
+            return list(range(n)), self.timeout * n
+        while self.single < n and self.results[self.single] is not None:
+            self.single += 1
+        while self.single < n and self.streak >= self.max_consecutive:
+            self.results[self.single] = ToolResult(
+                None, f"{TOOL_TIMEOUT}: not run, {self.streak} calls of this text timed out before it")
+            self.single += 1
+        return ([self.single], self.timeout) if self.single < n else None
+
+    def answered(self, idx: list[int], results: Sequence[ToolResult]) -> None:
+        if len(results) != len(idx):
+            results = [ToolResult(None, f"{TOOL_EXCEPTION}: ToolWorkerError: {len(results)} results for "
+                                        f"{len(idx)} calls")] * len(idx)
+        for i, r in zip(idx, results):
+            self.results[i] = r
+        if self.single is not None:
+            self.streak = 0
+
+    def _failed(self, idx: list[int], error: str) -> None:
+        if len(idx) > 1:  # the group as a whole: find out which calls are to blame, one at a time
+            self.single = 0
+            return
+        self.results[idx[0]] = ToolResult(None, error)
+        self.streak += 1
+        if self.single is None:  # a group of one call: it has had its chance
+            self.single = 0
+
+    def overran(self, idx: list[int], ended: bool) -> None:
+        """The unit did not answer within its timeout: ``ended`` when its worker was killed, else abandoned."""
+        self.overruns += 1
+        t = self.timeout * len(idx)
+        self._failed(idx, f"{ENDED} after {t:g} s" if ended else f"{TOOL_TIMEOUT}: no answer in {t:g} s")
+
+    def died(self, idx: list[int], why: str) -> None:
+        """The worker process died during the unit (a crash of the tool's native code, the OOM killer)."""
+        self._failed(idx, f"{WORKER_DIED}: {why}")
 
 
 class TimedCaller:
-    """Runs ``Tool.call`` batches under a per-call deadline."""
+    """Runs call groups of a tool in this process, each call on a daemon thread abandoned when it overruns (for
+    cheap pure tools; the others run in worker processes, ``toolformer.tools.worker``)."""
 
-    def __init__(self, max_abandoned: int = 8, max_consecutive_timeouts: int = 3):
+    def __init__(self, max_abandoned: int = 8, max_consecutive_timeouts: int = MAX_CONSECUTIVE_TIMEOUTS):
         self.max_abandoned, self.max_consecutive = max_abandoned, max_consecutive_timeouts
         self._abandoned: list[threading.Thread] = []
         self._logged: set[str] = set()
@@ -55,35 +134,59 @@ class TimedCaller:
             raise box["error"]
         return box["value"]
 
+    def run(self, tool: Tool, groups: Sequence[CallGroup]) -> None:
+        """Every group to its end, one after the other."""
+        for g in groups:
+            while (unit := g.next_unit()) is not None:
+                idx, timeout = unit
+                reqs = [g.requests[i] for i in idx]
+
+                def call(reqs=reqs, key=g.key) -> list[ToolResult]:
+                    tool_fault(tool.name, key)
+                    return tool.call(reqs)
+
+                t0 = time.perf_counter()
+                got = self._run(call, timeout)
+                g.spent_s += time.perf_counter() - t0
+                if got is None:
+                    self.timeouts += len(idx) == 1
+                    g.overran(idx, ended=False)
+                    if tool.name not in self._logged:  # once per tool: a slow backend shows, a storm does not
+                        self._logged.add(tool.name)
+                        log.warning("%s: calls timed out after %g s (later timeouts are counted as tool_timeout, "
+                                    "not logged)", tool.name, timeout)
+                else:
+                    g.answered(idx, got)
+
     def call(self, tool: Tool, requests: Sequence[ToolRequest], timeout: float, key: str | None = None) -> list[ToolResult]:
-        """Results of one text's calls; a call that overruns ``timeout`` seconds gets ``tool_timeout``.
+        """Results of one text's calls; a call that overruns ``timeout`` seconds gets ``tool_timeout``."""
+        g = CallGroup(key, requests, timeout, self.max_consecutive)
+        self.run(tool, [g])
+        return list(g.results)  # type: ignore[arg-type]
 
-        The batch gets ``timeout`` per request; when it overruns, each request is retried alone so only the calls
-        that hang lose their result. After ``max_consecutive_timeouts`` in a row the rest of the text's calls are
-        given up on without waiting (a backend that is down costs a few timeouts, not one per call)."""
-        if not requests:
-            return []
 
-        def run(reqs: Sequence[ToolRequest]) -> list[ToolResult]:
-            tool_fault(tool.name, key)
-            return tool.call(reqs)
+class InProcessTool:
+    """A set-up tool run in this process under ``TimedCaller`` (the runner interface ``ToolWorkers`` has)."""
 
-        got = self._run(lambda: run(requests), timeout * len(requests))
-        if got is not None:
-            return got
-        out: list[ToolResult] = []
-        streak = 0
-        for r in requests:
-            one = None if streak >= self.max_consecutive else self._run(lambda r=r: run([r]), timeout)
-            if one is None:
-                streak += 1
-                self.timeouts += 1
-                out.append(ToolResult(None, f"{TOOL_TIMEOUT}: no answer in {timeout:g} s"))
-            else:
-                streak = 0
-                out.extend(one)
-        if tool.name not in self._logged:  # once per tool: a slow backend shows, a storm does not flood the log
-            self._logged.add(tool.name)
-            log.warning("%s: calls timed out after %g s (later timeouts are counted as tool_timeout, not logged)",
-                        tool.name, timeout)
-        return out
+    def __init__(self, tool: Tool):
+        self.tool, self.name = tool, tool.name
+        self.caller = TimedCaller()
+
+    def setup(self) -> "InProcessTool":
+        self.tool.setup()
+        return self
+
+    def start(self) -> "InProcessTool":
+        return self
+
+    def wait_ready(self) -> "InProcessTool":
+        return self.setup()
+
+    def run(self, groups: Sequence[CallGroup]) -> None:
+        self.caller.run(self.tool, groups)
+
+    def describe(self) -> dict:
+        return {"tool": self.name, "in_process": True, "timeouts": self.caller.timeouts}
+
+    def close(self) -> None:
+        pass
