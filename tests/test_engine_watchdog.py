@@ -222,3 +222,18 @@ def test_actor_telemetry_reports_the_clock_running_totals():
     assert r["engine_s"] == clock.engine_s > 0 and r["tool_s"] == clock.tool_s > 0 and r["engine_calls"] == 1
     assert r["tool_workers"] == {"Calculator": {"restarts": 0}}
 
+
+
+def test_each_chunk_of_a_batch_reports_progress(tokenizer):
+    """A stage actor reports after every chunk (``progress``), not only at a batch's end: the driver's stall
+    detection sees a long batch move."""
+    from toolformer.annotate.distributed import StageActor
+
+    cfg = config()
+    n = len(TEXTS)
+    texts = pa.table({"shard_id": ["s0"] * n, "text_id": [f"t{i}" for i in range(n)],
+                      "doc_id": [f"d{i}" for i in range(n)], "chunk": [0] * n, "url": [None] * n,
+                      "date": [None] * n, "title": [None] * n, "text": TEXTS, "error": pa.nulls(n, pa.string())})
+    actor = StageActor(cfg, "select", chunk_rows=1)
+    actor(texts)
+    assert actor.telemetry.record["progress"] == n and actor.telemetry.record["batches"] == 1

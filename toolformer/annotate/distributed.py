@@ -154,17 +154,23 @@ class StageActor:
         try:
             return self.stage(table)
         except Exception as exc:  # noqa: BLE001 - find the shard that fails: each one's rows alone
-            shards = pc.unique(table.column("shard_id")).to_pylist()
-            if len(shards) == 1:
-                return error_rows(shards, [describe_error(exc)])
-            out = []
-            for sid in shards:
-                rows = table.filter(pc.equal(table.column("shard_id"), sid))
-                try:
-                    out.append(self.stage(rows))
-                except Exception as exc1:  # noqa: BLE001
-                    out.append(error_rows([sid], [describe_error(exc1)]))
-            return pa.concat_tables(out)
+            return self._run_apart(table, exc)
+        finally:
+            self.telemetry.progress(self.clock)  # a chunk done: a long batch shows it is moving
+
+    def _run_apart(self, table: pa.Table, exc: Exception) -> pa.Table:
+        """The chunk failed: each of its shards' rows alone, so that only the shard that fails is charged."""
+        shards = pc.unique(table.column("shard_id")).to_pylist()
+        if len(shards) == 1:
+            return error_rows(shards, [describe_error(exc)])
+        out = []
+        for sid in shards:
+            rows = table.filter(pc.equal(table.column("shard_id"), sid))
+            try:
+                out.append(self.stage(rows))
+            except Exception as exc1:  # noqa: BLE001
+                out.append(error_rows([sid], [describe_error(exc1)]))
+        return pa.concat_tables(out)
 
     def __del__(self) -> None:
         stage = getattr(self, "stage", None)

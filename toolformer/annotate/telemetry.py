@@ -94,7 +94,8 @@ class ActorTelemetry:
         self.record: dict[str, Any] = {"stage": stage, "pid": os.getpid(), "node": socket.gethostname(),
                                        "started": started, "setup_s": None, "batches": 0, "rows": 0,
                                        "busy_s": 0.0, "engine_s": 0.0, "tool_s": 0.0, "engine_calls": 0,
-                                       "first_batch": None, "last_batch_end": None, "tool_workers": None}
+                                       "first_batch": None, "last_batch_end": None, "tool_workers": None,
+                                       "progress": 0}
         self.sink = None
         if sink_name:
             try:
@@ -121,6 +122,15 @@ class ActorTelemetry:
             r["tool_workers"] = tool_workers
         r["first_batch"] = r["first_batch"] or t0
         r["last_batch_end"] = t1
+        self._send()
+
+    def progress(self, clock: StageClock | None = None) -> None:
+        """A chunk of the current batch is done (``progress`` counts them): the driver's stall detection sees a
+        long batch move before it ends."""
+        r = self.record
+        r["progress"] = r.get("progress", 0) + 1
+        if clock is not None:
+            r["engine_s"], r["tool_s"], r["engine_calls"] = clock.engine_s, clock.tool_s, clock.engine_calls
         self._send()
 
     def _send(self) -> None:
