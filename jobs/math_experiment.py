@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument("--results", default="benchmarks/results/math", help="where the report's JSON and PNG go")
     parser.add_argument("--docs", default="docs/math.md", help="the results page")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. bootstrap.seeds=[0]")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     offline_by_default()
     from toolformer.config import load_config
     from toolformer.experiment import Unit, run_experiment, run_unit

@@ -343,6 +343,38 @@ def _row_label(r: dict) -> str:
     return f"r{r['round']} {kind}"
 
 
+_SMALL_FILES = ("merge.json", "corpus_sources.json", "config.round.yaml", "cstar/README.md", "eval/results.json",
+                "eval/results.md", "steps/annotate.json", "steps/merge.json", "steps/finetune.json", "steps/baseline.json",
+                "steps/evaluate.json")
+
+
+def store_units(cfg: RunConfig, data: dict, out: Path) -> None:
+    """What the report rests on, small enough to commit: per unit its markers, merge summary, C* card, corpus
+    account and evaluation results (``units/<unit>/``), and every item's right/wrong per unit, setting and set
+    (``items.json``: the uids once per set, then a 0/1 string per row in that order), so every test here can be
+    recomputed without the generations."""
+    import shutil
+
+    root = Path(cfg.output_dir)
+    for unit in data["units"]:
+        src = root / "base" if unit == "base" else root / unit.split("/")[0] / unit.split("/")[1] / "rounds" / unit.split("/")[2]
+        for name in _SMALL_FILES:
+            if (src / name).is_file():
+                dest = out / "units" / unit / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / name, dest)
+    uids: dict[str, list[str]] = {}
+    for per_setting in data["right"].values():
+        for per_task in per_setting.values():
+            for task, items in per_task.items():
+                uids.setdefault(task, sorted(set(uids.get(task, [])) | set(items)))
+    rows = {unit: {setting: {task: "".join("1" if items.get(u) else ("0" if u in items else "-") for u in uids[task])
+                             for task, items in per_task.items()}
+                   for setting, per_task in per_setting.items()}
+            for unit, per_setting in data["right"].items()}
+    (out / "items.json").write_text(json.dumps({"uids": uids, "right": rows}))
+
+
 def write_report(cfg: RunConfig, results_dir: str | Path = "benchmarks/results/math",
                  docs_path: str | Path = "docs/math.md") -> dict:
     from toolformer.math_page import page
@@ -360,6 +392,7 @@ def write_report(cfg: RunConfig, results_dir: str | Path = "benchmarks/results/m
     png = out / "math.png"
     if summary["rows"]:
         plot(summary, png)
+    store_units(cfg, data, out)
     notes = out / "notes.md"
     text = page(summary, notes.read_text() if notes.exists() else "")
     Path(docs_path).parent.mkdir(parents=True, exist_ok=True)
