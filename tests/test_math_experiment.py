@@ -248,3 +248,61 @@ def test_plan_puts_round_one_of_every_seed_first():
     assert needs(Unit.parse("seed1/no_result_check/r1")) == ["seed1/default/r1"]
     assert needs(Unit.parse("seed1/default/r2")) == ["seed1/default/r1"]
     assert Unit.parse("seed2/no_boundary_positions/r1").name == "seed2/no_boundary_positions/r1"
+
+
+def _fake_unit(root: Path, unit: str, settings: dict[str, dict[str, list[bool]]], calls: bool = True) -> None:
+    """An evaluated unit as the experiment stores it: eval/results.json, generations.jsonl, a step marker."""
+    d = root / "base" if unit == "base" else root / unit.split("/")[0] / unit.split("/")[1] / "rounds" / unit.split("/")[2]
+    (d / "eval").mkdir(parents=True)
+    (d / "steps").mkdir(parents=True)
+    results, gens = [], []
+    for name, per_set in settings.items():
+        tasks = {}
+        for task, right in per_set.items():
+            tasks[task] = {"n": len(right), "accuracy": round(100 * sum(right) / len(right), 1),
+                           "call_share": {"Calculator": 100.0} if calls and "tools" in name else {}}
+            for i, ok in enumerate(right):
+                gens.append({"setting": name, "task": task, "uid": str(i), "correct": ok, "calls": [],
+                             "generation": "[Calculator(2 + 3) -> 5] 5" if ok else "[Calculator(2 + 3) -> 5] 6"})
+        entry = {"setting": {"name": name}, "tasks": tasks, "perplexity": {"perplexity": 20.0 if name == "base" else 20.5}}
+        if "tools" in name:
+            entry["false_call"] = {"webtext": {"n": 10, "calculator_call_share": 20.0, "call_started_share": 30.0}}
+        results.append(entry)
+    (d / "eval" / "results.json").write_text(json.dumps(results))
+    (d / "eval" / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
+    (d / "steps" / "evaluate.json").write_text("{}")
+
+
+def test_the_report_from_stored_units(tmp_path):
+    """Two seeds and the base rows, stored as the experiment stores them: pooled means, paired tests per seed and
+    pooled, goals with their verdicts, the plot, items.json and the page."""
+    from toolformer.math_report import write_report
+
+    run = tmp_path / "run"
+    n = 40
+    tools = [i < 24 for i in range(n)]  # 60 %
+    control = [i < 8 for i in range(n)]  # 20 %
+    for s in (0, 1):
+        _fake_unit(run, f"seed{s}/default/r1", {"baseline-finetuned": {t: control for t in ("asdiv", "svamp", "mawps")},
+                                               "finetuned + tools": {t: tools for t in ("asdiv", "svamp", "mawps")}})
+    _fake_unit(run, "base", {"base": {t: control for t in ("asdiv", "svamp", "mawps")},
+                             "base + tools (prompted)": {t: control for t in ("asdiv", "svamp", "mawps")}})
+    cfg = load_config("jobs/configs/math.yaml", [f"output_dir={run}", "bootstrap.seeds=[0,1]"])
+    out = write_report(cfg, tmp_path / "res", tmp_path / "math.md")
+    s = out["summary"]
+    assert s["pooled"]["asdiv"]["r1 finetuned + tools"]["mean"] == 60.0
+    assert s["pooled"]["asdiv"]["r1 control"]["range"] == 0.0
+    pooled = s["paired"]["r1"]["asdiv"]["control"]["pooled"]
+    assert (pooled["only_first"], pooled["only_second"], pooled["n"]) == (32, 0, 80) and pooled["p"] < 1e-4
+    verdicts = {g["goal"]: g["met"] for g in s["goals"]}
+    assert verdicts["asdiv: finetuned + tools >= r1 control + 10 points, pooled McNemar p < 0.01"] is True
+    assert verdicts["false-call rate <= 10 % (every default model, webtext and lama)"] is False  # 20 % here
+    assert verdicts["perplexity on held-out web text within 5 % of the base model's"] is True  # +2.5 %
+    row = next(r for r in s["rows"] if r["unit"] == "seed0/default/r1" and r["setting"] == "finetuned + tools")
+    assert row["ci95"] == [44.6, 73.7] and row["false_call"] == {"webtext": 20.0} and row["perplexity"] == 20.5
+    items = json.loads((tmp_path / "res" / "items.json").read_text())
+    assert items["right"]["seed1/default/r1"]["finetuned + tools"]["mawps"].count("1") == 24
+    ge = s["language"]  # the page lists every model's false calls and perplexity
+    assert ge["seed0/default/r1"]["finetuned + tools"]["perplexity"] == 20.5
+    page = (tmp_path / "math.md").read_text()
+    assert "**met**" in page and "**not met**" in page and (tmp_path / "res" / "math.png").stat().st_size > 10_000
