@@ -81,41 +81,39 @@ def _attempts(run: Path, sid: str) -> list[dict]:
 
 
 def test_a_pool_that_dies_for_good_ends_the_run_and_the_rerun_quarantines(config, tmp_path):
-    """The issue's probe, smaller for the suite (4 shards, 2 poison; the 6-shard probe runs in the soak)."""
+    """The issue's probe, small for the suite: 3 shards, the middle one poison, an LM pool of one actor that may not
+    restart (the 6-shard probe with one restart and two attempts per batch is the soak's ``pool_dead``)."""
     run = tmp_path / "run"
-    _prepare(config, run, docs=4)
-    poison = "shard-00001,shard-00002"
-    env = _env(TOOLFORMER_FAULT_POISON_SHARD=poison)
-    knobs = ["ray.max_actor_restarts=1", "ray.batch_attempts=2", "ray.progress_timeout_s=120"]
+    _prepare(config, run, docs=3)
+    env = _env(TOOLFORMER_FAULT_POISON_SHARD="shard-00001")
+    knobs = ["ray.max_actor_restarts=0", "ray.batch_attempts=1", "ray.progress_timeout_s=120"]
     t0 = time.monotonic()
     first = _annotate(config, run, knobs, env)
     out = first.stdout + first.stderr
     assert first.returncode != 0, out[-3000:]
-    assert "a pool died for good" in out and "ray.lm: 1 DEAD" in out and "ray.max_actor_restarts=1" in out, out[-3000:]
-    assert _names(run, "markers") == ["shard-00000", "shard-00003"]  # the healthy shards, with fresh actors
-    assert _names(run, "failures") == ["shard-00001", "shard-00002"] and not (run / "quarantine").exists()
-    for sid in poison.split(","):
-        (attempt,) = _attempts(run, sid)
-        assert attempt["error"].startswith(f"ActorDied: the lm actor died 2 time(s) computing a batch of {sid}")
+    assert "a pool died for good" in out and "ray.lm: 1 DEAD" in out and "ray.max_actor_restarts=0" in out, out[-3000:]
+    assert _names(run, "markers") == ["shard-00000", "shard-00002"]  # the healthy ones, the last with fresh actors
+    assert _names(run, "failures") == ["shard-00001"] and not (run / "quarantine").exists()
+    (attempt,) = _attempts(run, "shard-00001")
+    assert attempt["error"].startswith("ActorDied: the lm actor died 1 time(s) computing a batch of shard-00001")
     assert not (run / "_lease.json").exists()  # released on the way out
     stats = json.loads((run / "stats.json").read_text())
-    assert len(stats["pool_deaths"]) == 2 and stats["shards"]["done"] == 2
-    assert time.monotonic() - t0 < 600
+    assert len(stats["pool_deaths"]) == 1 and stats["shards"]["done"] == 2
+    assert time.monotonic() - t0 < 900
 
     second = _annotate(config, run, [*knobs, "shards.max_failures=2"], env)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    assert "retrying shard-00001 apart" in second.stdout and "retrying shard-00002 apart" in second.stdout
-    assert _names(run, "quarantine") == ["shard-00001", "shard-00002"]
-    assert all(len(_attempts(run, s)) == 2 for s in poison.split(","))
+    assert "retrying shard-00001 apart" in second.stdout
+    assert _names(run, "quarantine") == ["shard-00001"] and len(_attempts(run, "shard-00001")) == 2
     stats = json.loads((run / "stats.json").read_text())
-    assert stats["shards"] == {"total": 4, "done": 2, "pending": 0, "failed_retryable": 0, "quarantined": 2}
+    assert stats["shards"] == {"total": 3, "done": 2, "pending": 0, "failed_retryable": 0, "quarantined": 1}
 
 
 def test_a_hung_batch_without_a_watchdog_is_cut_and_charges_survive_a_driver_kill(config, tmp_path):
     """Shard 0 kills its actor (charged the moment Ray gives up on it), shard 1 hangs forever and the LM watchdog is
     off. The first driver is SIGKILLed once shard 0's charge is written, mid-pass; the second sees the stall, cuts
-    the pass after ``ray.progress_timeout_s``, charges shard 1, commits shard 2 with fresh actors, retries the
-    charged shards apart and quarantines them."""
+    the pass after ``ray.progress_timeout_s``, charges shard 1, commits shard 2 with fresh actors and retries
+    shard 0 apart."""
     run = tmp_path / "run"
     _prepare(config, run, docs=3)
     env = _env(TOOLFORMER_FAULT_POISON_SHARD="shard-00000", TOOLFORMER_FAULT_STALL_SHARD="shard-00001")
@@ -134,11 +132,14 @@ def test_a_hung_batch_without_a_watchdog_is_cut_and_charges_survive_a_driver_kil
     assert alive and charge.exists(), "the poison shard's failure was not written while its pass ran"
     assert len(_attempts(run, "shard-00000")) == 1 and not _names(run, "markers")
 
-    second = _annotate(config, run, [*knobs, "ray.progress_timeout_s=20"], env)
+    # one failure quarantines now: shard 0 has the first driver's charge and gets the second's, shard 1 its stall's
+    second = _annotate(config, run, ["ray.batch_attempts=1", "ray.lm_batch_timeout_s=0", "shards.max_failures=1",
+                                     "ray.progress_timeout_s=30"], env)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-3000:]
     assert "pass cut: stalled: no progress" in out, out[-3000:]
     assert _names(run, "markers") == ["shard-00002"]
     assert _names(run, "quarantine") == ["shard-00000", "shard-00001"]
-    stuck = [a["error"] for a in _attempts(run, "shard-00001")]
-    assert len(stuck) == 2 and all(e.startswith("Stalled: shard-00001 was being computed") for e in stuck), stuck
+    assert len(_attempts(run, "shard-00000")) == 2  # the killed driver's charge survived
+    (stuck,) = _attempts(run, "shard-00001")
+    assert stuck["error"].startswith("Stalled: shard-00001 was being computed"), stuck

@@ -97,6 +97,8 @@ class StageActor:
         faulthandler.enable()  # a segfault in a native library leaves its traceback in the actor's log
         self.name = stage
         self.chunk_rows = max(0, int(chunk_rows))
+        self.telemetry = ActorTelemetry(stage, sink_name, started)
+        self.telemetry.setting_up()  # heartbeats while the engine loads: set-up is progress, not silence
         self.stage = STAGES[stage](cfg)
         if hasattr(self.stage, "setup"):
             self.stage.setup()
@@ -106,7 +108,6 @@ class StageActor:
         self.watchdog = Watchdog(cfg.ray.lm_batch_timeout_s, self.inflight) if stage in LM_STAGES else None
         if self.watchdog is not None:
             self.clock.watch(self.watchdog)
-        self.telemetry = ActorTelemetry(stage, sink_name, started)
         self.telemetry.ready()
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -158,16 +158,19 @@ class RayAnnotator:
 
     # -- the run -------------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        if self.lease is not None:
-            return self._run()
-        s = self.cfg.shards
-        with Lease(self.store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=self.log,
-                   margin_s=s.lease_margin_s) as lease:
-            self.lease = lease
-            try:
+        try:
+            if self.lease is not None:
                 return self._run()
-            finally:
-                self.lease = None
+            s = self.cfg.shards
+            with Lease(self.store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=self.log,
+                       margin_s=s.lease_margin_s) as lease:
+                self.lease = lease
+                try:
+                    return self._run()
+                finally:
+                    self.lease = None
+        except LeaseLost as exc:  # another driver has the run: stop with its reason, not a traceback
+            raise ExecutionError(str(exc)) from exc
 
     def _pass(self, ids: list[str], sink, sink_name: str | None, first: bool):
         try:

@@ -146,7 +146,8 @@ class PassWatch:
             snap = ray.get(self.sink.snapshot.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - telemetry never decides alone; rows and commits still count
             return
-        key = {k: (r.get("batches"), r.get("rows"), r.get("busy_s"), r.get("setup_s"), r.get("progress"))
+        key = {k: (r.get("batches"), r.get("rows"), r.get("busy_s"), r.get("setup_s"), r.get("progress"),
+                   r.get("setup_beats"))
                for k, r in (snap or {}).items()}
         if key != self._sink_seen:
             self._sink_seen = key
@@ -216,18 +217,18 @@ class PassWatch:
         """Every ``poll_s``: (shards Ray has given up on since the last look, with their death records; a
         verdict that ends the pass, or None). ``final``: the execution has ended; only a dead pool is news."""
         now = time.monotonic()
-        if not (force or final) and now - self.t_poll < self.poll_s:
-            return {}, None
-        self.t_poll = now
-        if not final:
-            self._sink_progress()
-        pids = self.live_pids()
-        try:
+        try:  # every call (about once a second): in memory and one GCS query, so a dead pool is seen at once
             pools = self.pool_states()
         except Exception:  # noqa: BLE001 - Ray Data internals moved: fall back on the progress timeout
             log.debug("could not read the pools", exc_info=True)
             pools = []
         gone = [p for p in pools if p.dead]
+        if not (force or final or gone) and now - self.t_poll < self.poll_s:
+            return {}, None
+        self.t_poll = now
+        if not final:
+            self._sink_progress()
+        pids = self.live_pids()
         dead, live = self.inflight(pids, settled=bool(gone))
         spent = {s: recs for s, recs in dead.items()
                  if s not in self.charged and len(recs) >= self.batch_attempts}

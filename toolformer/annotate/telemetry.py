@@ -105,7 +105,24 @@ class ActorTelemetry:
             except Exception:  # noqa: BLE001 - telemetry must never stop a stage
                 self.sink = None
 
+    def setting_up(self, every_s: float = 5.0) -> None:
+        """Report every ``every_s`` while the actor sets up (an engine start can take minutes): the driver's stall
+        detection tells an actor that is loading its model from one that never got placed. ``ready`` stops it."""
+        import threading
+
+        self._setup_done = threading.Event()
+
+        def beat() -> None:
+            while not self._setup_done.wait(every_s):
+                self.record["setup_beats"] = self.record.get("setup_beats", 0) + 1
+                self._send()
+
+        threading.Thread(target=beat, name="telemetry-setup-beat", daemon=True).start()
+
     def ready(self) -> None:
+        done = getattr(self, "_setup_done", None)
+        if done is not None:
+            done.set()
         self.record["setup_s"] = round(time.time() - self.record["started"], 3)
         self._send()
 
