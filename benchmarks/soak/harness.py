@@ -220,7 +220,8 @@ class Driver:
         os.kill(self.proc.pid, sig)
 
     def text(self) -> str:
-        self.out.flush()
+        if not self.out.closed:
+            self.out.flush()
         return self.log.read_text(errors="replace")
 
     def record(self) -> dict:

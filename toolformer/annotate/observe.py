@@ -7,14 +7,11 @@ import json
 import logging
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from toolformer.report import sum_funnels
-
-if TYPE_CHECKING:
-    from toolformer.annotate.ray_job import RayAnnotator
 
 
 class Metrics:
@@ -67,7 +64,7 @@ class Guard:
 class Progress:
     """Periodic summaries of committed shards: every N shards or T seconds, to ``progress/`` and the log."""
 
-    def __init__(self, annotator: "RayAnnotator"):
+    def __init__(self, annotator: Any):  # the RayAnnotator: its config, state, store, log
         self.a = annotator
         self.index = 0
         self.bar = None

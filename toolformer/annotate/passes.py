@@ -16,15 +16,12 @@ import traceback
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from toolformer.annotate.commit import commit_shard
 from toolformer.annotate.distributed import FATAL, annotation_dataset, pool_names, shard_row_counts
 from toolformer.annotate.supervise import PassWatch, Verdict, dead_message
 from toolformer.shards import AlreadyCommitted
-
-if TYPE_CHECKING:
-    from toolformer.annotate.ray_job import RayAnnotator
 
 COMMIT_WAIT_S = 30  # how often a driver waiting on commits looks for hung ones
 COMMIT_TIMEOUT_S = 900  # a commit reads and writes one shard: far less than this
@@ -47,7 +44,7 @@ def progress_timeout(cfg) -> float:
 class Commits:
     """Commit tasks in flight (a Ray task per shard; the driver keeps only references)."""
 
-    def __init__(self, a: "RayAnnotator", staging: str):
+    def __init__(self, a: Any, staging: str):
         self.a, self.staging = a, staging
         self.inflight: dict = {}  # ref → (shard id, submitted at)
 
@@ -130,7 +127,7 @@ def _consume(ds, out: queue.Queue, stop: threading.Event) -> None:
 class Pass:
     """Annotate ``shard_ids`` in one streaming execution (see the module docstring)."""
 
-    def __init__(self, a: "RayAnnotator", shard_ids: list[str], sink, sink_name: str | None, first: bool):
+    def __init__(self, a: Any, shard_ids: list[str], sink, sink_name: str | None, first: bool):
         self.a, self.ids, self.sink, self.sink_name, self.first = a, shard_ids, sink, sink_name, first
         self.shards = [a.manifest.shard(s) for s in shard_ids]
         self.expected = shard_row_counts(self.shards, len(a.tools))
