@@ -242,8 +242,9 @@ class RayConfig:
     # which then take the shard retry path (shards.max_failures, quarantine with the cause).
     batch_attempts: int = 3
     max_actor_restarts: int = 8  # per actor of a pool, for the whole run
-    # An LM batch still computing after this many seconds is stuck (a hung engine): the watchdog ends its
-    # actor, and the batch is retried as a killed one. Size it well above a real batch's time.
+    # An engine call (sampling or scoring one chunk of a batch) still running after this many seconds is stuck (a
+    # hung engine): the watchdog ends its actor, and the batch is retried as a killed one. Tool calls are not timed
+    # by it (annotate.tool_timeout_s). Size it well above one engine call's time.
     lm_batch_timeout_s: float = 900.0
     # The driver stops waiting when no row reaches it, no commit lands and no actor reports for this long: it cuts
     # the pass, charges the shards its actors hold and resumes the rest with fresh actors (or stops, naming the
