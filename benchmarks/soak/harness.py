@@ -37,14 +37,14 @@ def write_inputs(folder: Path, n_docs: int, faults: set[str]) -> dict:
     short = [d for d in docs if len(d["text"]) <= 600]
     plain = [d for d in short if not re.search(r"\d", d["text"])]  # no number anywhere
     n_plain = 2 if "no_eligible" in faults else 0
-    # In file order; with at least 3 documents whose arithmetic the Calculator's heuristic accepts (the hanging
-    # call needs one; the first 30 short documents hold a single one).
+    # The documents whose arithmetic the Calculator's heuristic accepts come first: the tool faults (a call that
+    # hangs, one that holds the GIL) need texts with calls, early in the run, before the faults this process fires.
     from toolformer.tools.calculator import calculator_rule
 
     pool = [d for d in short if not any(d is p for p in plain[:n_plain])]
-    arithmetic = [i for i, d in enumerate(pool) if calculator_rule(d["text"], d["url"], 0.0, 0)][:3]
+    arithmetic = [i for i, d in enumerate(pool) if calculator_rule(d["text"], d["url"], 0.0, 0)][:6]
     rest = [i for i in range(len(pool)) if i not in arithmetic][: max(0, n_docs - n_plain - len(arithmetic))]
-    picked = [pool[i] for i in sorted(arithmetic + rest)]
+    picked = [pool[i] for i in arithmetic + rest]
     if len(picked) < n_docs - n_plain:
         raise SystemExit(f"{C4} has only {len(picked)} short documents, {n_docs - n_plain} asked")
     long = [d for d in docs if len(d["text"]) > 600][:2]
