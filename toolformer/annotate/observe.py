@@ -128,6 +128,11 @@ class Progress:
             "tokens_per_s": rate(self.totals["text_tokens"]), "tools": tools,
             "shards": self.a.state.counts(self.a.manifest),
         }
+        sink = getattr(self.a, "sink_name", None)
+        if sink:  # per pool: engine, tool and idle time, rows/s (does the GPU wait on the tools?)
+            from toolformer.annotate.telemetry import pools_now
+
+            summary["pools"] = self.a.guard("telemetry", pools_now, sink)
         self.a.store.write_json(summary, "progress", f"{summary['progress_id']}.json")
         if self.a.metrics:
             self.a.metrics.states(summary["shards"])

@@ -65,11 +65,17 @@ def annotate_texts(
     annotator = Annotator(cfg, engine)
     out: list[pa.Table] = []
     size = max(1, cfg.annotate.batch_size)
-    for start in range(0, texts.num_rows, size):
-        out.append(annotator(texts.slice(start, size)))
-        if progress:
-            progress(min(start + size, texts.num_rows), texts.num_rows)
-    return (pa.concat_tables(out) if out else annotator.stages[0][1](texts)), dict(annotator.seconds)
+    try:
+        for start in range(0, texts.num_rows, size):
+            out.append(annotator(texts.slice(start, size)))
+            if progress:
+                progress(min(start + size, texts.num_rows), texts.num_rows)
+        return (pa.concat_tables(out) if out else annotator.stages[0][1](texts)), dict(annotator.seconds)
+    finally:
+        for _, stage in annotator.stages:  # the tool worker processes end with the loop, not with the GC
+            close = getattr(stage, "close", None)
+            if close is not None:
+                close()
 
 
 def run_metadata(cfg: RunConfig, engine: Engine) -> dict:

@@ -66,6 +66,7 @@ class RayAnnotator:
         self.progress = Progress(self)
         self.actor_deaths = 0
         self.pool_deaths: list[str] = []
+        self.sink_name: str | None = None
 
     def _fence(self):
         return self.lease.writing() if self.lease is not None else nullcontext()
@@ -210,7 +211,7 @@ class RayAnnotator:
             check_plan_or_exit(self.cfg, log=self.log)  # a plan that cannot fit is refused before any pool starts
             self.metrics = self.guard("metrics", Metrics)
             self.guard("progress", self.progress.start_bar, len(pending))
-            sink_name = f"toolformer-telemetry-{uuid.uuid4().hex[:8]}"
+            sink_name = self.sink_name = f"toolformer-telemetry-{uuid.uuid4().hex[:8]}"
             sink = self.guard("telemetry", start_sink, sink_name)
             try:
                 passes = self._passes(pending, sink, sink_name)

@@ -10,7 +10,7 @@ Each actor's time from its first batch to the end of its last (its *active span*
 
 ``busy_share`` is the share of the active span that the actor's scarce resource worked: for LM actors the engine
 alone (a fused actor waiting on its tools is not busy), for CPU actors (select, execute) their whole batches.
-``summarize`` gives these per actor and per pool, with rows per second; docs/operations-telemetry.md reads them.
+``summarize`` gives these per actor and per pool, with rows per second; docs/operations.md ("Telemetry: where the time goes") reads them.
 """
 
 from __future__ import annotations
