@@ -23,14 +23,14 @@ def page(s: dict, notes: str) -> str:
          f"run (`{cfg.get('run_dir')}`), last written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Numbers: "
          "`benchmarks/results/math/results.json`; plot: `benchmarks/results/math/math.png`.", "",
          "## What was run", "",
-         f"- Model: the embedded SmolLM2-135M-Instruct; Calculator only; call syntax `operands`; τs = 0, k = 5 positions, "
+         f"- Model: the embedded SmolLM2-135M-Instruct ({cfg.get('dtype')} in vLLM); Calculator only; call syntax `operands`; τs = 0, k = 5 positions, "
          "m = 5 samples, τf = 0.5 (`jobs/configs/math.yaml`).",
          f"- Training corpus: ASDiv only, its own 5-fold split (`{cfg.get('folds')}`), fold {cfg.get('holdout_fold')} "
          f"held out; {cfg.get('corpus_limit')} problems per round (round 2: the next {cfg.get('corpus_limit')}), "
          "decontaminated against every evaluated set (derived from the evaluation's own paths and ids).",
          "- Evaluation (the paper's Table 4 sets, kept apart from training): ASDiv's held-out fold (problems with a "
-         "numeric answer), SVAMP (all 1,000), MAWPS (the shipped dev 50). Greedy decoding, a call when `[` is among "
-         "the top 10 tokens, lenient scoring (the first number, or the first after `=`).",
+         f"numeric answer), SVAMP ({_svamp(cfg)}), MAWPS (the shipped dev 50). Greedy decoding, a call when `[` is "
+         "among the top 10 tokens, lenient scoring (the first number, or the first after `=`).",
          f"- Seeds {cfg.get('seeds')}: each seed re-annotates (sampling) and re-finetunes. Finetune: {cfg.get('epochs')} "
          f"epochs at lr {cfg.get('lr')}, a checkpoint per epoch, the best chosen by perplexity on a 10 % dev split of "
          "C* (never an evaluation set). Matched control: the same texts with the calls taken out, the same epochs, "
@@ -96,9 +96,10 @@ def page(s: dict, notes: str) -> str:
                      f"{ge.get('disagree', '–')}/{ge.get('compared', '–')} ({ge.get('rate', '–')} %) | "
                      + " | ".join(str(a.get(t, "–")) for t in SETS) + f" | {fc.get('webtext', '–')} / {fc.get('lama', '–')} |")
     L += ["", "## When to call, and language kept", "",
-          "False-call rate: share of generations that write a Calculator call, on 200 held-out C4 passages with no "
-          "arithmetic (the Calculator heuristic rejects them) and 200 T-REx cloze prompts. Perplexity: 100 other "
-          "held-out C4 documents, their first 256 tokens, on the evaluation's engine (bf16).", "",
+          "False-call rate: share of generations that write a Calculator call, on held-out C4 passages with no "
+          "arithmetic (the Calculator heuristic rejects them) and as many T-REx cloze prompts. Perplexity: other "
+          "held-out C4 documents, their first 256 tokens, on the evaluation's engine "
+          f"({cfg.get('dtype')}).", "",
           "| unit | setting | false calls webtext % | lama % | started a call webtext / lama % | perplexity |",
           "|---|---|---|---|---|---|"]
     for unit, settings in sorted(s["language"].items()):
@@ -128,6 +129,11 @@ def page(s: dict, notes: str) -> str:
         break
     L += ["", "## Reading", "", notes.strip() or "(written once the results are in)", ""]
     return "\n".join(L)
+
+
+def _svamp(cfg: dict) -> str:
+    ids = (cfg.get("task_ids") or {}).get("svamp")
+    return f"a fixed seeded subset, `{ids}`, cut for time" if ids else "all 1,000"
 
 
 def _short(d: dict) -> str:

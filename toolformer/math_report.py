@@ -387,7 +387,8 @@ def write_report(cfg: RunConfig, results_dir: str | Path = "benchmarks/results/m
                          "rounds": cfg.bootstrap.rounds, "corpus_limit": cfg.corpus.limit, "epochs": cfg.train.epochs,
                          "lr": cfg.train.lr, "holdout_fold": cfg.corpus.holdout_fold, "folds": cfg.corpus.folds,
                          "boundary_positions": cfg.annotate.boundary_positions,
-                         "result_check": cfg.annotate.result_check, "run_dir": cfg.output_dir}
+                         "result_check": cfg.annotate.result_check, "run_dir": cfg.output_dir,
+                         "task_ids": dict(cfg.eval.task_ids), "dtype": cfg.model.dtype}
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     png = out / "math.png"
     if summary["rows"]:
