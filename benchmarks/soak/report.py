@@ -19,7 +19,9 @@ PROOF = {"driver_kill": "resubmitted_driver", "actor_kill": "killed_actor", "nod
 def _actor_logs(soak) -> dict:
     """Lines the stage actors wrote as they were ended, from every node's Ray session logs (a dead worker's files
     move to logs/old/)."""
-    said = {"watchdog": "watchdog: the lm batch ran over", "poison": "fault injection: a poison batch",
+    poison = (soak.targets or {}).get("poison")
+    said = {"watchdog": "watchdog: the lm batch ran over",
+            "poison": f"fault injection: a poison batch (['{poison}'])" if poison else "fault injection: a poison",
             "gil": "fault injection: a Calculator call computes"}
     found: dict = {k: [] for k in said}
     for path in soak.ray_tmp.glob("ray/session_*/logs/**/worker-*.err"):
@@ -65,8 +67,9 @@ def main_checks(soak, c: Checks) -> dict:
     if t.get("poison"):
         q = record(run.joinpath(*QDIR, f"{t['poison']}.json"))
         proof = {"quarantine": q, "actor_log": logs["poison"][:1] or None}
-        if a.max_failures > 1:  # charged in a fresh pass, then retried apart from healthy shards
-            proof["retried_apart"] = line(Path(final["log"]).read_text(), f"retrying {t['poison']} apart")
+        if a.max_failures > 1:  # charged in a fresh pass, then retried apart from healthy shards (by whichever driver)
+            logs_text = "\n".join(d.text() for d in soak.chaos.drivers)
+            proof["retried_apart"] = line(logs_text, f"retrying {t['poison']} apart")
         c.add("poison_quarantined_with_its_cause", proof,
             lambda e: e["quarantine"]["attempts"] == a.max_failures and e["quarantine"]["error"].startswith("ActorDied")
             and "worker exit type" in e["quarantine"]["error"])
