@@ -1,6 +1,6 @@
 """Do the annotate run's pools fit a cluster? Demand (every pool at its smallest size, from the config) against
 supply (a cluster file's node types x max workers, or a running cluster and what its autoscaler may add), with
-the same check the annotate driver runs before any pool starts (toolformer/plan.py). Also the two small steps the
+the same check the annotate driver runs before any pool starts (toolformer/annotate/plan.py). Also the two small steps the
 cluster files use: rendering their ${TOOLFORMER_...} placeholders and fetching the search index onto a node.
 
     python -m jobs.plan --config jobs/configs/cluster.yaml --cluster-file cluster/rayjob.yaml   # before you apply it
@@ -64,7 +64,7 @@ def fetch_index(source: str, dest: str) -> dict:
 
 
 def _render(argv: Sequence[str]) -> None:
-    from toolformer.plan import render
+    from toolformer.annotate.plan import render
 
     p = argparse.ArgumentParser(prog="python -m jobs.plan render",
                                 description="Fill a cluster file's ${TOOLFORMER_...} placeholders from the environment")
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return {}
     from jobs.cli import offline_by_default
     from toolformer.config import load_config
-    from toolformer.plan import assess, describe, live_supply, pool_demands, supply_from_file
+    from toolformer.annotate.plan import assess, describe, live_supply, pool_demands, supply_from_file
 
     offline_by_default()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

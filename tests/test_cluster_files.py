@@ -325,7 +325,7 @@ INDEX_URI = "s3://test-bucket/indexes"
 
 def _render(rel: str, env: dict | None = None) -> list[dict]:
     """A cluster file as `python -m jobs.plan render` makes it (the placeholders filled from `env`)."""
-    from toolformer.plan import load_cluster_file
+    from toolformer.annotate.plan import load_cluster_file
 
     return load_cluster_file(REPO / rel, {"TOOLFORMER_INDEX_URI": INDEX_URI} if env is None else env)
 
@@ -351,7 +351,7 @@ def test_every_cluster_file_renders_and_works_as_it_is():
     node's shell sees it empty), the rendered file parses, and the launcher config passes Ray's own schema."""
     from ray.autoscaler._private.util import fillout_defaults, validate_config
 
-    from toolformer.plan import render
+    from toolformer.annotate.plan import render
 
     for rel in [LAUNCHER, *KUBERAY]:
         text = (REPO / rel).read_text()
@@ -369,9 +369,9 @@ def test_every_cluster_file_renders_and_works_as_it_is():
 @pytest.mark.parametrize("rel", [LAUNCHER, *KUBERAY])
 def test_the_cluster_holds_the_pools_of_the_job_config(rel):
     """The pools of jobs/configs/cluster.yaml at their smallest sizes fit the node types the file declares x their
-    max workers, by the same check the driver runs before any pool starts (toolformer.plan.check_plan)."""
+    max workers, by the same check the driver runs before any pool starts (toolformer.annotate.plan.check_plan)."""
     from toolformer.config import load_config
-    from toolformer.plan import assess, pool_demands, supply_from_file
+    from toolformer.annotate.plan import assess, pool_demands, supply_from_file
 
     demands = pool_demands(load_config(REPO / JOB_CONFIG))
     supply = supply_from_file(REPO / rel, {"TOOLFORMER_INDEX_URI": INDEX_URI})
@@ -385,7 +385,7 @@ def test_the_cluster_holds_the_pools_of_the_job_config(rel):
 def test_the_presets_fit_where_their_nodes_are():
     """Each preset of jobs/configs/cluster.yaml fits the launcher config and the RayCluster; the RayJob's 1-GPU pods
     hold every preset but (b) (4 GPUs per engine, one node), which the check refuses at once, naming the pool."""
-    from toolformer.plan import check_plan, pool_demands, supply_from_file
+    from toolformer.annotate.plan import check_plan, pool_demands, supply_from_file
 
     supplies = {rel: supply_from_file(REPO / rel, {}) for rel in [LAUNCHER, *KUBERAY]}
     for name, cfg in _presets().items():
@@ -401,7 +401,7 @@ def test_the_presets_fit_where_their_nodes_are():
 def test_the_check_catches_the_rayjob_that_waited_forever():
     """The RayJob this issue found: 8 fixed single-GPU pods under pools that ask 12 + 4 single-GPU actors."""
     from toolformer.config import load_config
-    from toolformer.plan import check_plan, pool_demands, supply_from_kuberay
+    from toolformer.annotate.plan import check_plan, pool_demands, supply_from_kuberay
 
     (job,) = _render("cluster/rayjob.yaml")
     spec = job["spec"]["rayClusterSpec"]
@@ -416,7 +416,7 @@ def test_the_check_catches_the_rayjob_that_waited_forever():
 def test_kuberay_supply_is_what_rays_autoscaler_derives():
     """The node resources the check counts come from Ray's own KubeRay autoscaling config (pod limits,
     rayStartParams), here cross-checked by hand against the manifest's text."""
-    from toolformer.plan import supply_from_file
+    from toolformer.annotate.plan import supply_from_file
 
     by = {t.name: t for t in supply_from_file(REPO / "cluster/raycluster.yaml", {}).node_types}
     assert by["gpu-lm"].resources == {"CPU": 8, "GPU": 1, "memory": 64 * 1024**3, "lm_worker": 1}

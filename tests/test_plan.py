@@ -1,4 +1,4 @@
-"""The plan check (toolformer/plan.py): the pools' demand derived exactly as the pools ask Ray for it, checked
+"""The plan check (toolformer/annotate/plan.py): the pools' demand derived exactly as the pools ask Ray for it, checked
 against a cluster's supply by totals and node by node, refused at once with the pool, the figures and what to
 change. Pure functions without Ray; one test against a real local Ray with a custom resource; the index fetch
 the cluster files run."""
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from toolformer.config import load_config
-from toolformer.plan import (
+from toolformer.annotate.plan import (
     GIB,
     NodeType,
     PoolDemand,
@@ -220,7 +220,7 @@ def test_the_gcs_cluster_config_is_read(monkeypatch):
     import ray._private.state
     from ray.core.generated import autoscaler_pb2
 
-    from toolformer.plan import _from_gcs
+    from toolformer.annotate.supply import _from_gcs
 
     config = autoscaler_pb2.ClusterConfig()
     g = config.node_group_configs.add()
@@ -295,7 +295,7 @@ def test_a_real_ray_refuses_two_lm_actors_on_one_lm_worker_at_once(private_ray, 
     """A local Ray with one `lm_worker`: a plan asking 2 lm_worker actors stops before any pool starts, with a
     message naming the pool and the numbers; 1 actor fits; with ray.plan_check=warn it is said, not raised. An
     actor of a parallel engine's placement group (placement.actor_bundles) is really created by this Ray."""
-    from toolformer.plan import check_plan_or_exit
+    from toolformer.annotate.plan import check_plan_or_exit
 
     for key in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
         monkeypatch.delenv(key, raising=False)
@@ -339,8 +339,8 @@ def test_a_real_ray_with_what_the_autoscaler_may_add(private_ray, monkeypatch, t
     RayCluster object read with the pod's service account) the nodes it may add count and 2 actors fit."""
     import yaml
 
-    from toolformer import plan
-    from toolformer.plan import check_plan_or_exit, live_supply
+    from toolformer.annotate import supply as plan  # _SERVICE_ACCOUNT lives with the supply readers
+    from toolformer.annotate.plan import check_plan_or_exit, live_supply
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # as a driver that joined a cluster sees it
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/ray_bootstrap_config.yaml

@@ -230,7 +230,7 @@ class RayConfig:
     lm: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, memory_gb=3.5))
     io_num_cpus: float = 0.25  # read, stage-write and commit tasks: I/O bound
     io_memory_gb: float = 0.5  # per read/write/commit task: one shard's rows at most
-    # The plan check before any pool starts (toolformer/plan.py, issue 27): the pools' smallest sizes must fit
+    # The plan check before any pool starts (toolformer/annotate/plan.py, issue 27): the pools' smallest sizes must fit
     # the nodes the cluster has or its autoscaler may add. error: a plan that cannot fit stops the run at once
     # (instead of waiting forever for actors); warn: say so and start anyway; off: no check.
     plan_check: str = "error"

@@ -206,7 +206,7 @@ class RayAnnotator:
         passes, sink = 0, None
         if pending:
             init_ray(self.cfg)
-            from toolformer.plan import check_plan_or_exit
+            from toolformer.annotate.plan import check_plan_or_exit
 
             check_plan_or_exit(self.cfg, log=self.log)  # a plan that cannot fit is refused before any pool starts
             self.metrics = self.guard("metrics", Metrics)
