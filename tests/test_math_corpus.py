@@ -179,13 +179,13 @@ STORED = REPO / "benchmarks" / "results" / "math_corpus"
 
 
 def test_the_readme_reports_the_stored_run():
-    """The experiment's figures in the README are the stored run's: its round report's accuracy rows appear there
+    """The experiment's figures in docs/results.md are the stored run's: its round report's accuracy rows appear there
     verbatim, and the report's derived figures (where tool use breaks, paired comparisons) recompute from the
     stored generations."""
     from toolformer.bootstrap import call_chain, generation_rows, paired
 
     report = (STORED / "rounds.md").read_text()
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "results.md").read_text()
     rows = [line for line in report.splitlines() if re.match(r"\| r\d+ \| (mawps|arithmetic) \| ", line)]
     assert len(rows) >= 7  # round 1: five settings per task; round 2: two
     missing = [line for line in rows if line not in readme]
