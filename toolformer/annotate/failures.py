@@ -129,6 +129,8 @@ def _node_id() -> str | None:
     try:
         import ray
 
+        if not ray.is_initialized():  # asking the runtime context would start (or join) a Ray of its own
+            return None
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - outside Ray (the local runner, a unit test)
         return None

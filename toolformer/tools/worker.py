@@ -13,7 +13,7 @@ locks those threads hold (malloc, logging, OpenMP) into a child that can then de
 ``spawn`` and ``forkserver`` re-import the parent's ``__main__`` in the child, which in a Ray actor is Ray's
 ``default_worker.py`` (Ray itself, for nothing). A worker is therefore a fresh interpreter started with
 ``subprocess`` (``fork_exec``: async-signal-safe between fork and exec, safe beside threads) running
-``worker_main``; requests and results are pickled over a socket pair (``multiprocessing.connection``).
+``worker_process.worker_main``; requests and results are pickled over a socket pair (``multiprocessing.connection``).
 
 No orphans: a worker asks the kernel for SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux; it
 fires even while the worker's tool holds the GIL), and, on any platform, ends when its socket closes or its parent
@@ -38,7 +38,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -155,7 +154,7 @@ class ToolWorker:
         """Start the process and send it its tool; returns at once (``wait_ready`` waits for the set-up)."""
         self.kill()
         parent, child = socket.socketpair()
-        boot = ("import sys; sys.path[:0] = {path!r}; from toolformer.tools.worker import worker_main; "
+        boot = ("import sys; sys.path[:0] = {path!r}; from toolformer.tools.worker_process import worker_main; "
                 "worker_main()").format(path=[p for p in sys.path if p])
         argv = [sys.executable, "-c", boot, str(child.fileno()), str(os.getpid())]
         try:
@@ -392,84 +391,3 @@ class ToolWorkers:
 
 
 # -- the worker process -----------------------------------------------------------------------------------------
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-        except Exception:  # noqa: BLE001 - the watcher thread below still ends an orphan
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent_pid:
-                os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _build(spec: ToolSpec) -> Tool:
-    import importlib
-
-    obj: Any = importlib.import_module(spec.module)
-    for part in spec.cls.split("."):
-        obj = getattr(obj, part)
-    tool = obj(**spec.options)
-    tool.setup()
-    return tool
-
-
-def worker_main(argv: Sequence[str] | None = None) -> None:
-    """The worker process: build and set up the tool, then answer calls until told to stop or orphaned."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    fd, parent_pid = int(argv[0]), int(argv[1])
-    _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends its workers
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s tool worker %(process)d %(name)s: %(message)s")
-    conn = Connection(fd)
-    from toolformer.faults import tool_fault
-
-    try:
-        spec = conn.recv()
-    except (EOFError, OSError):
-        os._exit(0)
-    t0 = time.perf_counter()
-    try:
-        tool = _build(spec)
-        ready = ("ready", {"pid": os.getpid(), "setup_s": round(time.perf_counter() - t0, 3),
-                           "rss_kb": rss_kb(os.getpid())})
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops the run
-        ready = ("setup_error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-4000:]}")
-    try:
-        conn.send(ready)
-    except (EOFError, OSError):
-        os._exit(0)
-    if ready[0] != "ready":
-        os._exit(1)
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        if msg[0] != "call":
-            break
-        _, key, requests, fault = msg
-        try:
-            for k in [k for k in os.environ if k.startswith(FAULT_PREFIX)]:
-                del os.environ[k]
-            os.environ.update(fault)
-            tool_fault(tool.name, key)  # where the call really runs: a hang here is what the parent ends
-            reply = ("ok", tool.call(requests))
-        except Exception as exc:  # noqa: BLE001
-            reply = ("error", f"{type(exc).__name__}: {str(exc)[:200]}")
-        try:
-            conn.send(reply)
-        except (EOFError, OSError):
-            break
-    os._exit(0)
