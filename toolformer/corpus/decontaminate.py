@@ -56,7 +56,7 @@ class Decontaminator:
                   task_ids: dict[str, str] | None = None) -> "Decontaminator":
         """From every input of the named evaluation tasks (all of them, not the evaluated sample; with
         ``task_ids`` a task's listed items only, e.g. a held-out fold)."""
-        from toolformer.evaluation.tasks import load_task
+        from toolformer.tasksets import load_task
         from toolformer.paths import shared_data
 
         data = shared_data(data_dir)

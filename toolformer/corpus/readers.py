@@ -206,7 +206,7 @@ def fold_split(folds: str | None, holdout: int | None) -> tuple[set[str], set[st
         return None
     if folds is None or holdout is None:
         raise ValueError("corpus.folds and corpus.holdout_fold go together (a fold split needs both)")
-    from toolformer.evaluation.tasks import fold_ids
+    from toolformer.tasksets import fold_ids
 
     return fold_ids(folds, holdout)
 
@@ -250,7 +250,7 @@ def math_records(path: str | Path, skips: SkipLog,
     written the way the evaluation prompts read: ``Question: <problem>\nAnswer: <number>``. With a fold split
     (training ids, held-out ids), only training problems are read; the others are counted (``held_out_fold``,
     ``not_in_folds``)."""
-    from toolformer.evaluation.tasks import math_file
+    from toolformer.tasksets import math_file
 
     try:
         problems = math_file(path)
