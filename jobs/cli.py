@@ -22,7 +22,7 @@ def offline_by_default() -> None:
 
 
 def config_help() -> str:
-    """Every config key with its default and the comment beside it in toolformer/config.py."""
+    """Every config key with its default and the comment beside it in toolformer/config/schema.py."""
     from toolformer.config import config_reference
 
     rows = config_reference()

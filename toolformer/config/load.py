@@ -1,0 +1,72 @@
+"""Loading a run's configuration: defaults, a YAML file, dotted command-line overrides; the settings that take one
+of a few values; and the hash of everything that changes outputs (two runs with equal hashes must agree)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import OmegaConf
+
+from toolformer.config.schema import RunConfig
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Defaults ← YAML file ← ``key.sub=value`` overrides; unknown keys are an error."""
+    if not OmegaConf.has_resolver("shared_data"):  # ${shared_data:} in a YAML: the evaluation/test data folder
+        from toolformer.paths import shared_data
+
+        def _shared_data() -> str:
+            return str(shared_data())
+
+        OmegaConf.register_resolver("shared_data", _shared_data)
+    schema = OmegaConf.structured(RunConfig)
+    layers = [schema]
+    if path:
+        layers.append(OmegaConf.load(path))
+    if overrides:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    merged = OmegaConf.merge(*layers)
+    OmegaConf.resolve(merged)
+    cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    check_choices(cfg)
+    return cfg
+
+
+# Settings that take one of a few values: anything else fails at load, naming the valid ones.
+CHOICES = {
+    "annotate.call_syntax": ("free", "constrained", "operands"),
+    "annotate.no_result_form": ("arrow", "bare"),
+    "engine.backend": ("vllm", "hf"),
+}
+
+
+def check_choices(cfg: RunConfig) -> None:
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in valid:
+            raise ValueError(f"unknown value {value!r} for {key}; valid: {', '.join(valid)}")
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of the settings that change outputs (the run name and output place do not)."""
+    data = to_dict(cfg)
+    # Where and how it runs does not change what it computes.
+    for key in ("name", "output_dir", "ray", "train", "eval", "bootstrap"):
+        data.pop(key, None)
+    data.get("annotate", {}).pop("runner", None)
+    data.get("annotate", {}).pop("tool_timeout_s", None)
+    data.get("annotate", {}).pop("tool_timeout_s_per_tool", None)
+    for key in ("tool_workers", "tool_in_process", "tool_setup_timeout_s", "tool_max_restarts"):  # where tools run
+        data.get("annotate", {}).pop(key, None)
+    for key in ("max_failures", "progress_every_shards", "progress_every_s", "lease_ttl_s", "lease_heartbeat_s",
+                "lease_margin_s"):
+        data.get("shards", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
