@@ -65,7 +65,7 @@ def _annotation(tool: str, probs: list[float], gains: list[tuple[float | None, b
 def test_round_summary_reads_committed_parts_only(tmp_path):
     """A round's report counts the annotation parts the annotate stage committed (by its markers): a part written
     without a marker (a crashed attempt) or quarantined is not read, whatever its file name."""
-    from toolformer.bootstrap import _tool_totals, committed_annotations, round_summary
+    from toolformer.round_report import _tool_totals, committed_annotations, round_summary
     from toolformer.schemas import ANNOTATIONS, to_table
     from toolformer.shards import Manifest, RunState, ShardInfo, Store
 

@@ -182,7 +182,7 @@ def test_the_readme_reports_the_stored_run():
     """The experiment's figures in docs/results.md are the stored run's: its round report's accuracy rows appear there
     verbatim, and the report's derived figures (where tool use breaks, paired comparisons) recompute from the
     stored generations."""
-    from toolformer.bootstrap import call_chain, generation_rows, paired
+    from toolformer.round_report import call_chain, generation_rows, paired
 
     report = (STORED / "rounds.md").read_text()
     readme = (REPO / "docs" / "results.md").read_text()

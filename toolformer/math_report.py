@@ -9,13 +9,12 @@ the results page ``docs/math.md``. It reads only stored files, so it can be reru
 from __future__ import annotations
 
 import json
-import math
 import re
 import statistics
 from pathlib import Path
 
-from toolformer.bootstrap import _mcnemar_p
 from toolformer.config import RunConfig
+from toolformer.stats import mcnemar_p, wilson
 
 SETS = ("asdiv", "svamp", "mawps")
 TOOLS, CONTROL, BASE, PROMPTED = "finetuned + tools", "baseline-finetuned", "base", "base + tools (prompted)"
@@ -23,22 +22,12 @@ GOAL_POINTS = {"asdiv": 10.0, "svamp": 5.0}
 GOAL_P, GOAL_SPREAD, GOAL_FALSE_CALL, GOAL_PPL = 0.01, 5.0, 10.0, 5.0
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """95 % Wilson score interval of k successes in n, in %."""
-    if n == 0:
-        return [0.0, 0.0]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(100 * max(0.0, centre - half), 1), round(100 * min(1.0, centre + half), 1)]
-
-
 def mcnemar(a: dict[str, bool], b: dict[str, bool]) -> dict:
     """Paired exact McNemar test on the items both settings answered: right with a only, with b only, p."""
     common = a.keys() & b.keys()
     only_a = sum(a[u] and not b[u] for u in common)
     only_b = sum(b[u] and not a[u] for u in common)
-    return {"n": len(common), "only_first": only_a, "only_second": only_b, "p": _mcnemar_p(only_a, only_b)}
+    return {"n": len(common), "only_first": only_a, "only_second": only_b, "p": mcnemar_p(only_a, only_b)}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -181,7 +170,7 @@ def comparisons(data: dict, seeds: list[int], setting: str, r: int, against: dic
                 pool_a, pool_b, n = pool_a + m["only_first"], pool_b + m["only_second"], n + m["n"]
             if per_seed:
                 out.setdefault(task, {})[label] = {"per_seed": per_seed, "pooled": {
-                    "n": n, "only_first": pool_a, "only_second": pool_b, "p": _mcnemar_p(pool_a, pool_b)}}
+                    "n": n, "only_first": pool_a, "only_second": pool_b, "p": mcnemar_p(pool_a, pool_b)}}
     return out
 
 
@@ -257,7 +246,8 @@ def summarize(cfg: RunConfig, data: dict) -> dict:
                 language.setdefault(unit, {})[name] = {"false_call": e.get("false_call"),
                                                        "perplexity": (e.get("perplexity") or {}).get("perplexity")}
     return {"rows": rows, "pooled": pooled, "paired": paired, "ablation": ablation, "language": language,
-            "goals": goals(data, seeds, pooled, paired, language), "units_done": sorted(data["units"]),
+            "goals": goals(data, seeds, pooled, paired, language), "units_done": sorted(u for u, d in data["units"].items() if d.get("eval")),
+            "units_started": sorted(u for u, d in data["units"].items() if not d.get("eval")),
             "finetune": {u: {"model": d.get("finetune"), "control": d.get("control")} for u, d in data["units"].items()
                          if d.get("finetune")},
             "timeline": data["timeline"],
