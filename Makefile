@@ -27,7 +27,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 # the longer end-to-end checks make test leaves out (two bootstrap rounds resumed, TP=3, driver kill on the real model,
-# a finetuned checkpoint's perplexity in vLLM, Ray vs one process on the real model)
+# a finetuned checkpoint's perplexity in vLLM, Ray vs one process on the real model, the small chaos soak, a hung
+# batch cut and charges that survive a killed driver)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 

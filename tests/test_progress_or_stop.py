@@ -112,6 +112,7 @@ def test_a_pool_that_dies_for_good_ends_the_run_and_the_rerun_quarantines(config
     assert stats["shards"] == {"total": 3, "done": 1, "pending": 0, "failed_retryable": 0, "quarantined": 2}
 
 
+@pytest.mark.slow  # ~4 min: two drivers, a cut pass and a retry pass apart (make test-slow; the soak runs it too)
 def test_a_hung_batch_without_a_watchdog_is_cut_and_charges_survive_a_driver_kill(config, tmp_path):
     """Shard 0 kills its actor (charged the moment Ray gives up on it), shard 1 hangs forever and the LM watchdog is
     off. The first driver is SIGKILLed once shard 0's charge is written, mid-pass; the second sees the stall, cuts

@@ -265,7 +265,12 @@ def test_an_error_of_the_execution_charges_no_shard(ray_head, config_file, tmp_p
            f"ray.address={ray_head['address']}", *FUSED, "engine.max_model_len=100000"]
     broken = subprocess.run(cmd, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=600)
     assert broken.returncode != 0 and "no shard was charged" in broken.stdout + broken.stderr, broken.stdout[-3000:]
-    assert not (run / "failures").exists() and not (run / "quarantine").exists() and not (run / "markers").exists()
+    # no shard is charged, quarantined or committed; the stop itself is recorded against the run (its config), so
+    # that a run whose passes keep stopping this way is refused after shards.max_failures of them
+    assert not list((run / "failures").glob("annotate/*")), list((run / "failures").rglob("*"))
+    assert not (run / "quarantine").exists() and not (run / "markers").exists()
+    stops = json.loads((run / "failures" / "_run" / "annotate.json").read_text())["stops"]
+    assert len(stops) == 1 and stops[0]["done"] == 0, stops
 
 
 # make test: the small chaos soak (actor kill, poison, hanging tool call, corrupt shard) and the test above; the
@@ -291,7 +296,12 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     cmd = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), *common, "engine.max_model_len=100000"]
     broken = subprocess.run(cmd, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=600)
     assert broken.returncode != 0 and "no shard was charged" in broken.stdout + broken.stderr, broken.stdout[-3000:]
-    assert not (run / "failures").exists() and not (run / "quarantine").exists() and not (run / "markers").exists()
+    # no shard is charged, quarantined or committed; the stop itself is recorded against the run (its config), so
+    # that a run whose passes keep stopping this way is refused after shards.max_failures of them
+    assert not list((run / "failures").glob("annotate/*")), list((run / "failures").rglob("*"))
+    assert not (run / "quarantine").exists() and not (run / "markers").exists()
+    stops = json.loads((run / "failures" / "_run" / "annotate.json").read_text())["stops"]
+    assert len(stops) == 1 and stops[0]["done"] == 0, stops
 
     # the hung call: a candidate-bearing row of the first shard's text, in the uninterrupted run
     first_texts = set(pq.read_table(run / "shards" / "shard-00000.parquet").column("text_id").to_pylist())

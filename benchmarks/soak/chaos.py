@@ -27,6 +27,7 @@ class Step:
     fired_at: float | None = None
     settled_at: float | None = None
     info: dict = field(default_factory=dict)
+    misses: int = 0  # times it was ready but found nothing to fire at
 
 
 class Chaos:
@@ -211,14 +212,19 @@ class Chaos:
                 step = steps[i]
                 if step.fired_at is None and step.ready():
                     self.done_at_fire = self.done()
-                    step.info = step.fire()
-                    step.fired_at = self.last_fired = time.perf_counter()
-                    s.note(step.name, f"fired with {self.done_at_fire} shards committed", **step.info)
-                elif step.fired_at is not None and step.info.get("fired", True) and step.settled():
+                    info = step.fire()
+                    if info.get("fired", True):
+                        step.info = info
+                        step.fired_at = self.last_fired = time.perf_counter()
+                        s.note(step.name, f"fired with {self.done_at_fire} shards committed", **step.info)
+                    else:  # nothing to fire at now (e.g. the LM actor is restarting): try again, not skip
+                        step.misses += 1
+                        step.info = {**info, "misses": step.misses}
+                        if step.misses == 1:
+                            s.note(step.name, f"not fired yet: {info.get('why')}; trying again")
+                elif step.fired_at is not None and step.settled():
                     step.settled_at = time.perf_counter()
                     s.note(step.name, f"settled after {step.settled_at - step.fired_at:.1f} s")
-                    i += 1
-                elif step.fired_at is not None and not step.info.get("fired", True):
                     i += 1
             time.sleep(0.5)
         if self.driver.proc.poll() is None:
