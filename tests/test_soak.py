@@ -1,5 +1,5 @@
 """The chaos soak, small (``benchmarks/soak/``; the full one is ``python -m jobs.bench soak``): a 3-node Ray cluster
-on loopback, the real vLLM engine on a tiny random model, 30 shards of C4 text; a corrupt shard, a poison shard, a
+on loopback, the real vLLM engine on a tiny random model, 80 shards of C4 text; a corrupt shard, a poison shard, a
 hanging tool call and one holding the GIL armed from the start, then, once those have played out and one at a
 time, a second driver refused, an LM actor SIGKILLed and the driver SIGKILLed and resubmitted; shards no tool may
 annotate and an input of malformed JSON. Nothing may be lost, the committed output must equal the uninterrupted
@@ -23,11 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 FAULTS = "second_driver,actor_kill,driver_kill,poison,hang,gil,corrupt,no_eligible,malformed"
 
 
-@pytest.mark.slow  # ~4 min; make test-slow (the full soak, three times: benchmarks/results/soak/)
+@pytest.mark.slow  # ~5 min; make test-slow (the full soak, three times: benchmarks/results/soak/)
 def test_chaos_soak_small(tmp_path):
     out = tmp_path / "soak.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, "-m", "jobs.bench", "soak", "--shards", "30", "--faults", FAULTS,
+    # 80 shards: the faults fire one at a time, each after the previous one's evidence (the poison's quarantine,
+    # the LM actor's restart); on an idle machine 30 shards were done before the actor kill could fire
+    cmd = [sys.executable, "-m", "jobs.bench", "soak", "--shards", "80", "--faults", FAULTS,
            "--at-actor-kill", "0.3", "--at-driver-kill", "0.6", "--timeout", "600",
            # one failure quarantines: the poison shard needs no retry pass and its engine starts
            "--max-failures", "1", "--batch-attempts", "2",

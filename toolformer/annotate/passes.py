@@ -255,7 +255,11 @@ class Pass:
         from toolformer.annotate.failures import explain, inflight_deaths, worker_exits
 
         verdict = self.out.verdict
-        deaths = verdict.dead_shards if verdict else inflight_deaths(self.a.store, self.staging)
+        # A shard whose batch an actor died computing and whose retry then committed is never charged, so its deaths
+        # are counted here (those of charged shards are counted where they are charged).
+        left = self._guarded(lambda: inflight_deaths(self.a.store, self.staging)) or {}
+        self.a.actor_deaths += sum(len(v) for s, v in left.items() if s in self.settled and s not in self.out.charged)
+        deaths = verdict.dead_shards if verdict else left
         open_ = [s for s in self.ids if s not in self.settled and s not in self.out.charged]
         if verdict is None and any(s not in deaths for s in open_):
             # Ray Data ends an execution whose last actor died for good with the blocks it still held errored, not
