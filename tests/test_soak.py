@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAULTS = "second_driver,actor_kill,driver_kill,poison,hang,gil,corrupt,no_eligible,malformed"
 
 
-@pytest.mark.slow  # ~5 min; make test-slow (the full soak, three times: benchmarks/results/soak/)
+@pytest.mark.slow  # ~4 min; make test-slow (the full soak, three times: benchmarks/results/soak/)
 def test_chaos_soak_small(tmp_path):
     out = tmp_path / "soak.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
