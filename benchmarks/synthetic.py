@@ -69,6 +69,7 @@ def _annotations(rng, texts: pa.Table, tools=TOOLS) -> pa.Table:
         "error": pa.nulls(total, pa.string()),
         "loss_none": pa.array(loss_none), "loss_call_only": pa.array(loss_none + rng.uniform(0, 1, size=total)),
         "loss_call_result": pa.array(loss_none - gain), "gain": pa.array(gain), "kept": pa.array(kept),
+        "position_sets": pa.nulls(total, pa.list_(pa.string())),  # annotate.position_sets off
     }
     flat = pa.StructArray.from_arrays([fields[f.name] for f in CANDIDATE], fields=list(CANDIDATE))
     offsets = pa.array(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32))

@@ -2,6 +2,7 @@
 off, round 1 against round 2, on ASDiv's held-out fold, SVAMP and MAWPS. One command; a rerun resumes.
 
     nohup nice -n 19 .venv/bin/python -m jobs.math_experiment --config jobs/configs/math.yaml > runs/math.log 2>&1 &
+    .venv/bin/python -m jobs.math_experiment --config jobs/configs/math.yaml --plan          # units and estimated times
     .venv/bin/python -m jobs.math_experiment --config jobs/configs/math.yaml --report-only   # the report, from what is stored
 
 Writes runs/<name>/ (every unit: seed<s>/<setting>/rounds/r<k>/ and base/), and after every unit the report:
@@ -27,6 +28,7 @@ def main(argv: Sequence[str] | None = None):
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--unit", help="run one unit here (seed<s>/<setting>/r<k> or base)")
     parser.add_argument("--report-only", action="store_true", help="write the report from the stored results")
+    parser.add_argument("--plan", action="store_true", help="print the units with estimated times, run nothing")
     parser.add_argument("--results", default="benchmarks/results/math", help="where the report's JSON and PNG go")
     parser.add_argument("--docs", default="docs/math.md", help="the results page")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. bootstrap.seeds=[0]")
@@ -44,6 +46,12 @@ def main(argv: Sequence[str] | None = None):
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    if args.plan:
+        from toolformer.experiment import plan
+        from toolformer.math_plan import print_plan
+
+        print_plan(cfg, plan(cfg))
+        return 0
     if args.report_only:
         out = report()
         print(f"report: {out['json']}, {out['plot']}, {out['docs']}")

@@ -189,10 +189,13 @@ def test_strip_calls_gives_back_the_original_text():
              dict(tool="Calculator", input="2 + 1", result="3", position=3, char_start=text.index("3 marbles"), gain=0.6)]
     new, calls = insert_calls(text, cands)
     assert new != text and strip_calls(new, calls) == text
-    ids = [f"t{i}" for i in range(50)]
-    dev = dev_split_ids(ids, 0.1, 32, seed=3)
-    assert len(dev) == 5 and dev == dev_split_ids(list(reversed(ids)), 0.1, 32, seed=3)  # same for the control
-    assert dev_split_ids(ids, 0.1, 2, seed=3) == dev_split_ids(ids, 0.1, 2, seed=3) and len(dev_split_ids(ids, 0.1, 2)) == 2
+    ids = [f"t{i}" for i in range(400)]
+    dev = dev_split_ids(ids, 0.1, 32)
+    assert len(dev) == 40 and dev == dev_split_ids(list(reversed(ids)), 0.1, 32)  # any order: same for the control
+    assert len(dev_split_ids(ids[:100], 0.1, 32)) == 32  # at least dev_size
+    # chosen by id alone: the problems of a smaller run that are dev in the larger one stay dev (no seed, no C*)
+    assert set(dev_split_ids(ids[:100], 0.1, 32)) >= set(dev) & set(ids[:100])
+    assert dev_split_ids(iter(ids), 0.1, 32, total=len(ids)) == dev  # streamed
     assert dev_split_ids(["only"], 0.1, 32) == []
 
 
@@ -244,7 +247,7 @@ def test_plan_puts_round_one_of_every_seed_first():
     names = [u.name for u in plan(cfg)]
     assert names[:4] == ["seed0/default/r1", "base", "seed1/default/r1", "seed2/default/r1"]
     assert names.index("seed0/no_result_check/r1") < names.index("seed0/default/r2")
-    assert names[-3:] == ["seed0/default/r2", "seed1/default/r2", "seed2/default/r2"]
+    assert names[-1] == "seed0/default/r2" and len(names) == 7  # ablations and round 2 on seed 0 (math.yaml)
     assert needs(Unit.parse("seed1/no_result_check/r1")) == ["seed1/default/r1"]
     assert needs(Unit.parse("seed1/default/r2")) == ["seed1/default/r1"]
     assert Unit.parse("seed2/no_boundary_positions/r1").name == "seed2/no_boundary_positions/r1"
@@ -293,11 +296,14 @@ def test_the_report_from_stored_units(tmp_path):
     assert s["pooled"]["asdiv"]["r1 finetuned + tools"]["mean"] == 60.0
     assert s["pooled"]["asdiv"]["r1 control"]["range"] == 0.0
     pooled = s["paired"]["r1"]["asdiv"]["control"]["pooled"]
-    assert (pooled["only_first"], pooled["only_second"], pooled["n"]) == (32, 0, 80) and pooled["p"] < 1e-4
-    verdicts = {g["goal"]: g["met"] for g in s["goals"]}
-    assert verdicts["asdiv: finetuned + tools >= r1 control + 10 points, pooled McNemar p < 0.01"] is True
-    assert verdicts["false-call rate <= 10 % (every default model, webtext and lama)"] is False  # 20 % here
-    assert verdicts["perplexity on held-out web text within 5 % of the base model's"] is True  # +2.5 %
+    # pooled over the two seeds: the item is the unit (40 items, 16 differ), never 80 seed copies
+    assert (pooled["items"], pooled["nonzero"], pooled["difference"]) == (40, 16, 40.0) and pooled["p"] < 1e-4
+    assert pooled["test"] == "paired permutation over items (exact)"
+    verdicts = {(g["kind"], g.get("vs") or g.get("set")): g["met"] for g in s["goals"]}
+    assert verdicts[("per seed", "control")] is True and verdicts[("pooled", "control")] is True
+    assert verdicts[("false calls", None)] is False  # 20 % here
+    assert verdicts[("perplexity", None)] is True  # +2.5 %
+    assert s["items_equal"] is True
     row = next(r for r in s["rows"] if r["unit"] == "seed0/default/r1" and r["setting"] == "finetuned + tools")
     assert row["ci95"] == [44.6, 73.7] and row["false_call"] == {"webtext": 20.0} and row["perplexity"] == 20.5
     items = json.loads((tmp_path / "res" / "items.json").read_text())

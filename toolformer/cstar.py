@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from toolformer.merge import BEST, augment, best_gains, kept_candidates, result_check, top_per_tool
+from toolformer.merge import BEST, augment, best_gains, in_position_set, kept_candidates, result_check, top_per_tool
 from toolformer.runs import AnnotationRun, RunPart
 from toolformer.shards import Store
 
@@ -33,12 +33,13 @@ def part_name(part: RunPart) -> str:
     return f"part-{part.index:05d}.parquet"
 
 
-def _kept(store: Store, part: RunPart, check: bool = False) -> pa.Table:
+def _kept(store: Store, part: RunPart, check: bool = False, position_set: str | None = None) -> pa.Table:
     """The part's kept candidates with a result; with ``check`` (``annotate.result_check``) without the
-    Calculator calls whose result the text then contradicts."""
+    Calculator calls whose result the text then contradicts; with ``position_set`` (``merge.position_set``) only
+    those at the positions that set chose, before anything is ranked: a setting takes exactly its own calls."""
     table = pq.read_table(store.path(part.annotations), filesystem=store.fs,
                           columns=["text_id", "tool", "candidates"], filters=[("n_kept", ">", 0)])
-    kept = kept_candidates(table)
+    kept = kept_candidates(table, position_set=position_set)
     if check and kept.num_rows:
         ids = sorted(set(kept.column("text_id").to_pylist()))
         texts = pq.read_table(store.path(part.texts), filesystem=store.fs, columns=["text_id", "text"],
@@ -47,26 +48,29 @@ def _kept(store: Store, part: RunPart, check: bool = False) -> pa.Table:
     return kept
 
 
-def part_top(run_uri: str, part: RunPart, k: int, check: bool = False) -> pa.Table:
+def part_top(run_uri: str, part: RunPart, k: int, check: bool = False, position_set: str | None = None) -> pa.Table:
     """The part's top ``k`` texts per tool by best kept gain."""
-    return top_per_tool(best_gains(_kept(Store(run_uri), part, check)), k)
+    return top_per_tool(best_gains(_kept(Store(run_uri), part, check, position_set)), k)
 
 
 def reduce_top(k: int, *tables: pa.Table) -> pa.Table:
     return top_per_tool(pa.concat_tables([BEST.empty_table(), *tables]), k)
 
 
-def _rejections(store: Store, part: RunPart) -> dict[str, Counter]:
-    """Candidates a rule removed before merging, per tool: the MT post-filter, and Calculator no-ops (rejected by
-    the tool, so never scored)."""
+def _rejections(store: Store, part: RunPart, position_set: str | None = None) -> dict[str, Counter]:
+    """Candidates (of ``position_set`` when given) a rule removed before merging, per tool: the MT post-filter,
+    and Calculator no-ops (rejected by the tool, so never scored)."""
     from toolformer.tools.calculator import is_no_op
 
     table = pq.read_table(store.path(part.annotations), filesystem=store.fs, columns=["tool", "candidates"])
     cands = table.column("candidates").combine_chunks()
     tools = table.column("tool").take(pc.list_parent_indices(cands)).to_pylist()
     flat = cands.flatten()
+    mine = in_position_set(flat, position_set).to_pylist()
     out = {"mt_post_filter": Counter(), "no_op": Counter()}
-    for tool, err, inp in zip(tools, flat.field("error").to_pylist(), flat.field("input").to_pylist()):
+    for tool, err, inp, ok in zip(tools, flat.field("error").to_pylist(), flat.field("input").to_pylist(), mine):
+        if not ok:
+            continue
         if err == "mt_input_after_call":
             out["mt_post_filter"][tool] += 1
         elif err == "no_result" and tool == "Calculator" and is_no_op(inp or ""):
@@ -74,13 +78,14 @@ def _rejections(store: Store, part: RunPart) -> dict[str, Counter]:
     return out
 
 
-def write_part(run_uri: str, part: RunPart, allowed: pa.Table, check: bool = False) -> dict:
+def write_part(run_uri: str, part: RunPart, allowed: pa.Table, check: bool = False,
+               position_set: str | None = None) -> dict:
     """Join the part's allowed kept calls with its texts, write its C* file; counts for merge.json (per tool:
     calls, texts, the largest number of calls in one text, calls removed by each rule) and an 8-byte hash per
     C* text's original (duplicates are counted over the whole C*, which the cap bounds)."""
     store = Store(run_uri)
-    unchecked = _kept(store, part)
-    kept = _kept(store, part, True) if check else unchecked
+    unchecked = _kept(store, part, False, position_set)
+    kept = _kept(store, part, True, position_set) if check else unchecked
     ids = sorted(set(kept.column("text_id").to_pylist()))
     rows = None
     if ids:
@@ -88,7 +93,7 @@ def write_part(run_uri: str, part: RunPart, allowed: pa.Table, check: bool = Fal
                               filters=[("text_id", "in", ids)])
         rows = augment(texts, kept, allowed, part.shard_id)
         originals = dict(zip(texts.column("text_id").to_pylist(), texts.column("text").to_pylist()))
-    removed = _rejections(store, part)
+    removed = _rejections(store, part, position_set)
     allowed_calls = (kept.join(allowed.select(["tool", "text_id"]), keys=["tool", "text_id"], join_type="inner")
                      if kept.num_rows and allowed.num_rows else kept.slice(0, 0))
     kept_per_tool = Counter(kept.column("tool").to_pylist())
@@ -140,6 +145,7 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
     store = run.store
     parallel = run.sharded if parallel is None else parallel
     check = bool(getattr(getattr(cfg, "annotate", None), "result_check", False))
+    position_set = getattr(getattr(cfg, "merge", None), "position_set", None)
     opts: dict[str, Any] = {}
     if parallel:
         import ray
@@ -156,14 +162,14 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
     if parallel:
         # Top-k per part, then a tree of reduce tasks: only object refs (never rows) pass through the driver.
         remote_top = ray.remote(part_top).options(**opts)
-        level = [remote_top.remote(store.uri, p, max_per_tool, check) for p in parts]
+        level = [remote_top.remote(store.uri, p, max_per_tool, check, position_set) for p in parts]
         remote_reduce = ray.remote(reduce_top).options(**opts)
         while len(level) > 1:
             level = [remote_reduce.remote(max_per_tool, *level[i : i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
         allowed = level[0]  # an object ref, handed to every write task as it is
     else:
-        allowed = reduce_top(max_per_tool, *[part_top(store.uri, p, max_per_tool, check) for p in parts])
-    written = pmap(write_part, [(store.uri, p, allowed, check) for p in parts], **opts)
+        allowed = reduce_top(max_per_tool, *[part_top(store.uri, p, max_per_tool, check, position_set) for p in parts])
+    written = pmap(write_part, [(store.uri, p, allowed, check, position_set) for p in parts], **opts)
     per_tool: Counter = Counter()
     texts_per_tool: Counter = Counter()
     most: Counter = Counter()
@@ -187,7 +193,7 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
     summary = {"cstar": store.path(CSTAR_DIR), "parts": [w["part"] for w in written if w["part"]],
                "texts": sum(w["texts"] for w in written), "calls": sum(per_tool.values()),
                "calls_per_tool": dict(sorted(per_tool.items())), "max_per_tool": max_per_tool, "checks": checks,
-               "result_check": check,
+               "result_check": check, "position_set": position_set,
                **run.info(), "seconds": round(time.perf_counter() - t0, 2)}
     from toolformer.card import write_card
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,10 @@ from toolformer.config import RunConfig
 # C* options that change only the merge: a setting with one of them off reuses the default setting's annotation
 MERGE_ONLY = ("result_check",)
 DEFAULT = "default"
+# Positions at word/number boundaries or anywhere: round 1's default annotation reads both position sets in one
+# pass (annotate.position_sets) when boundary_positions is measured, so its ablation annotates nothing either and
+# takes exactly the positions it would have chosen alone (merge.position_set); only round 1 runs ablations.
+BOUNDARY = "boundary_positions"
 
 
 @dataclass(frozen=True)
@@ -65,13 +70,30 @@ def plan(cfg: RunConfig) -> list[Unit]:
         units.append(Unit(s, DEFAULT, 1))
         if k == 0 and b.eval_base:
             units.append(Unit(None, "base", 1))
-    units += [Unit(s, f"no_{opt}", 1) for s in b.seeds for opt in b.ablations]
-    units += [Unit(s, DEFAULT, r) for r in range(2, b.rounds + 1) for s in b.seeds]
+    ablation_seeds = b.seeds if b.ablation_seeds is None else b.ablation_seeds
+    later_seeds = b.seeds if b.later_round_seeds is None else b.later_round_seeds
+    units += [Unit(s, f"no_{opt}", 1) for s in ablation_seeds for opt in b.ablations]
+    units += [Unit(s, DEFAULT, r) for r in range(2, b.rounds + 1) for s in later_seeds]
     return units
 
 
-def setting_config(cfg: RunConfig, seed: int, setting: str) -> RunConfig:
-    """The experiment's config for one seed and setting: its own folder, the seed, an option off."""
+def shares_positions(cfg: RunConfig | None, r: int) -> bool:
+    """Whether round r's default annotation serves both position settings (``cfg`` None: as if it did)."""
+    if cfg is None:
+        return r == 1
+    return r == 1 and BOUNDARY in cfg.bootstrap.ablations and bool(cfg.annotate.boundary_positions)
+
+
+def reuses_default(cfg: RunConfig | None, setting: str, r: int) -> bool:
+    """Whether a setting merges the default setting's annotation of the same seed and round instead of its own."""
+    option = setting.removeprefix("no_")
+    return setting != DEFAULT and (option in MERGE_ONLY or (option == BOUNDARY and shares_positions(cfg, r)))
+
+
+def setting_config(cfg: RunConfig, seed: int, setting: str, r: int | None = None) -> RunConfig:
+    """The experiment's config for one seed and setting: its own folder, the seed, an option off; for round ``r``
+    when the default annotation reads both position sets, the sets it annotates and the one this setting merges
+    (they enter the config hash, so a rerun over an output made otherwise refuses)."""
     sc = copy.deepcopy(cfg)
     sc.seed = seed
     sc.name = f"{cfg.name}-s{seed}-{setting}"
@@ -81,6 +103,9 @@ def setting_config(cfg: RunConfig, seed: int, setting: str) -> RunConfig:
         if not hasattr(sc.annotate, option):
             raise ValueError(f"bootstrap.ablations: {option!r} is not an annotate option")
         setattr(sc.annotate, option, False)
+    if r is not None and shares_positions(cfg, r) and (setting == DEFAULT or reuses_default(cfg, setting, r)):
+        sc.annotate.position_sets = ["boundary", "free"]
+        sc.merge.position_set = "free" if setting == f"no_{BOUNDARY}" else "boundary"
     return sc
 
 
@@ -103,32 +128,45 @@ def _reuse_annotation(src: Path, rnd: Round) -> dict:
     return {"funnel": info["funnel"], "docs_skipped": info.get("docs_skipped") or {}, "reused_from": str(src)}
 
 
+def unit_config(cfg: RunConfig, unit: Unit, base: str) -> RunConfig:
+    """A unit's round config: its folder, its model (the previous round's best, or ``base``) and what its
+    evaluation reads. Every model of round 1's default setting and the base rows read the same item ids."""
+    if unit.seed is None:  # the base model, plain and prompted: a round-1 config of the first seed
+        bc = setting_config(cfg, cfg.bootstrap.seeds[0], DEFAULT, 1)
+        rc = round_config(bc, 1, base)
+        rc.output_dir = str(Path(cfg.output_dir) / "base")
+        rc.eval.out_dir = str(Path(rc.output_dir) / "eval")
+        rc.eval.base = rc.eval.base_prompted = True
+        return rc
+    r = unit.round
+    sc = setting_config(cfg, unit.seed, unit.setting, r)
+    prev = round_dir(sc, r - 1) if r > 1 else None
+    rc = round_config(sc, r, _best(prev, "finetune") if prev else base)
+    rc.eval.base = rc.eval.base_prompted = False
+    if not (unit.setting == DEFAULT and r == 1):  # the secondary units: fixed smaller sets where configured
+        rc.eval.task_ids = {**rc.eval.task_ids, **cfg.bootstrap.secondary_task_ids}
+    return rc
+
+
 def run_unit(cfg: RunConfig, unit: Unit, log: Callable[[str], None] = print) -> None:
     """One unit's steps, each skipped when done (call it in a process of its own: ``python -m
     jobs.math_experiment --unit NAME``)."""
     from toolformer.models import resolve_model
 
     base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
-    if unit.seed is None:  # the base model, plain and prompted: a round-1 config of the first seed
-        bc = setting_config(cfg, cfg.bootstrap.seeds[0], DEFAULT)
-        rc = round_config(bc, 1, base)
-        rc.output_dir = str(Path(cfg.output_dir) / "base")
-        rc.eval.out_dir = str(Path(rc.output_dir) / "eval")
-        rc.eval.base = rc.eval.base_prompted = True
+    rc = unit_config(cfg, unit, base)
+    if unit.seed is None:
         rnd = Round(rc, log)
         rnd.step("evaluate", lambda: rnd.evaluate(None))
         return
-    sc = setting_config(cfg, unit.seed, unit.setting)
     r = unit.round
+    sc = setting_config(cfg, unit.seed, unit.setting, r)
     prev = round_dir(sc, r - 1) if r > 1 else None
-    model = _best(prev, "finetune") if prev else base
-    rc = round_config(sc, r, model)
-    rc.eval.base = rc.eval.base_prompted = False
-    control = unit.setting == DEFAULT and cfg.bootstrap.baseline
+    rounds = cfg.bootstrap.baseline_rounds
+    control = unit.setting == DEFAULT and cfg.bootstrap.baseline and (rounds is None or r in rounds)
     rnd = Round(rc, log)
-    option = unit.setting.removeprefix("no_")
-    if unit.setting != DEFAULT and option in MERGE_ONLY:
-        src = round_dir(setting_config(cfg, unit.seed, DEFAULT), r)
+    if reuses_default(cfg, unit.setting, r):
+        src = round_dir(setting_config(cfg, unit.seed, DEFAULT, r), r)
         if not (src / "steps" / "annotate.json").exists():
             raise RuntimeError(f"{unit.name} reuses {src}'s annotation, which is not done")
         rnd.step("annotate", lambda: _reuse_annotation(src, rnd))
@@ -141,7 +179,8 @@ def run_unit(cfg: RunConfig, unit: Unit, log: Callable[[str], None] = print) -> 
     checkpoint = ft["checkpoints"].get("best") or ft["checkpoints"]["last"]
     baseline = None
     if control:
-        start = _best(prev, "baseline") if prev else base  # the control continues its own previous round
+        # the control continues its own previous round (the base model where that round trained none)
+        start = _best(prev, "baseline") if prev and (prev / "steps" / "baseline.json").exists() else base
 
         def finetune_control() -> dict:
             from toolformer.train.finetune import run_finetune
@@ -156,14 +195,14 @@ def run_unit(cfg: RunConfig, unit: Unit, log: Callable[[str], None] = print) -> 
     rnd.step("evaluate", lambda: rnd.evaluate(checkpoint, baseline))
 
 
-def needs(unit: Unit) -> list[str]:
-    """Units that must be done before this one."""
+def needs(unit: Unit, cfg: RunConfig | None = None) -> list[str]:
+    """Units that must be done before this one (``cfg`` None: counting every setting that may reuse an annotation)."""
     if unit.seed is None:
         return []
     out = []
     if unit.round > 1:
         out.append(Unit(unit.seed, unit.setting, unit.round - 1).name)
-    if unit.setting != DEFAULT and unit.setting.removeprefix("no_") in MERGE_ONLY:
+    if reuses_default(cfg, unit.setting, unit.round):
         out.append(Unit(unit.seed, DEFAULT, unit.round).name)
     return out
 
@@ -192,13 +231,13 @@ def run_experiment(cfg: RunConfig, config_path: str, overrides: list[str], log: 
             status[unit.name] = "done"
             log(f"{unit.name}: done earlier")
             continue
-        blocked = [n for n in needs(unit) if status.get(n) != "done"]
+        blocked = [n for n in needs(unit, cfg) if status.get(n) != "done"]
         if blocked:
             status[unit.name] = "skipped"
             log(f"{unit.name}: skipped (needs {', '.join(blocked)})")
             continue
         log(f"{unit.name}: starting ({time.strftime('%H:%M:%S')})")
-        t0 = time.time()
+        t0, load = time.time(), os.getloadavg()
         logf = root / "logs" / (unit.name.replace("/", "_") + ".log")
         logf.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "jobs.math_experiment", "--unit", unit.name]
@@ -208,7 +247,7 @@ def run_experiment(cfg: RunConfig, config_path: str, overrides: list[str], log: 
         minutes = (time.time() - t0) / 60
         status[unit.name] = "done" if proc.returncode == 0 and unit_done(cfg, unit) else "failed"
         log(f"{unit.name}: {status[unit.name]} after {minutes:.1f} min (log {logf})")
-        _append_timeline(root, unit.name, status[unit.name], t0, time.time())
+        _append_timeline(root, unit, status[unit.name], t0, time.time(), load)
         if report is not None:
             try:
                 report()
@@ -220,8 +259,41 @@ def run_experiment(cfg: RunConfig, config_path: str, overrides: list[str], log: 
     return status
 
 
-def _append_timeline(root: Path, name: str, status: str, t0: float, t1: float) -> None:
-    """One line per unit run (start, end, status): how long the experiment took, from the run itself."""
+def unit_dir(root: Path, unit: Unit) -> Path:
+    return root / "base" if unit.seed is None else root / f"seed{unit.seed}" / unit.setting / "rounds" / f"r{unit.round}"
+
+
+def unit_phases(root: Path, unit: Unit) -> dict[str, float]:
+    """Seconds per phase of a unit, from its step markers: annotate, merge, finetune (the model), baseline (its
+    control), and each evaluated setting (the evaluation's own timings) plus the evaluation's engine starts."""
+    steps = unit_dir(root, unit) / "steps"
+    out: dict[str, float] = {}
+    for name in ("annotate", "merge", "finetune", "baseline", "evaluate"):
+        f = steps / f"{name}.json"
+        if f.exists():
+            info = json.loads(f.read_text())
+            out[name] = info.get("seconds")
+            if name == "evaluate":
+                rows = info.get("results")
+                for row in rows if isinstance(rows, list) else []:
+                    if isinstance(row, dict) and row.get("seconds") is not None:
+                        out[f"evaluate: {(row.get('setting') or {}).get('name')}"] = row["seconds"]
+    return out
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _append_timeline(root: Path, unit: Unit, status: str, t0: float, t1: float,
+                     load: tuple[float, float, float]) -> None:
+    """One line per unit run: start, end, status, seconds per phase, the load average when it started (a unit
+    that ran beside other work shows it), the code's commit."""
     with open(root / "timeline.jsonl", "a") as f:
-        f.write(json.dumps({"unit": name, "status": status, "start": round(t0, 1), "end": round(t1, 1),
-                            "minutes": round((t1 - t0) / 60, 2)}) + "\n")
+        f.write(json.dumps({"unit": unit.name, "status": status, "start": round(t0, 1), "end": round(t1, 1),
+                            "minutes": round((t1 - t0) / 60, 2), "phases_s": unit_phases(root, unit),
+                            "load_at_start": [round(x, 2) for x in load], "commit": _commit()}) + "\n")

@@ -1,7 +1,10 @@
-"""The math experiment's report (issue 28), from what the runs stored: ``results.json`` (per seed, set and
-setting: accuracy, Wilson CI, share of answers with a call, false-call rate, perplexity; paired McNemar per seed
-and pooled; the C* options' kept calls and copy-error rates; round 1 against round 2; timings), ``math.png`` and
-the results page ``docs/math.md``. It reads only stored files, so it can be rerun at any time:
+"""The math experiment's report (issues 28, 33), from what the runs stored: ``results.json`` (per seed, set and
+setting: accuracy, Wilson CI, share of answers with a call, false-call rate, perplexity; per seed the exact McNemar
+test, pooled over seeds the paired permutation test over items (``toolformer.math_paired``); the goals with their
+verdicts (``toolformer.math_goals``); whether every model read the same items; the diagnosis from the item rows
+(``toolformer.math_diagnosis``); the C* options' kept calls and copy-error rates; round 1 against round 2;
+timings), ``items.json``, ``math.png`` and the results page ``docs/math.md``. Paths it writes are relative to the
+repository. It reads only stored files, so it can be rerun at any time:
 
     python -m jobs.math_experiment --config jobs/configs/math.yaml --report-only
 """
@@ -9,25 +12,17 @@ the results page ``docs/math.md``. It reads only stored files, so it can be reru
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from pathlib import Path
 
 from toolformer.config import RunConfig
-from toolformer.stats import mcnemar_p, wilson
+from toolformer.math_diagnosis import diagnose_unit, generation_copy_errors, load_questions
+from toolformer.math_goals import goals
+from toolformer.math_paired import (BASE, CONTROL, PROMPTED, SETS, TOOLS, comparisons, items_check, items_warning,
+                                    mcnemar)
+from toolformer.stats import wilson
 
-SETS = ("asdiv", "svamp", "mawps")
-TOOLS, CONTROL, BASE, PROMPTED = "finetuned + tools", "baseline-finetuned", "base", "base + tools (prompted)"
-GOAL_POINTS = {"asdiv": 10.0, "svamp": 5.0}
-GOAL_P, GOAL_SPREAD, GOAL_FALSE_CALL, GOAL_PPL = 0.01, 5.0, 10.0, 5.0
-
-
-def mcnemar(a: dict[str, bool], b: dict[str, bool]) -> dict:
-    """Paired exact McNemar test on the items both settings answered: right with a only, with b only, p."""
-    common = a.keys() & b.keys()
-    only_a = sum(a[u] and not b[u] for u in common)
-    only_b = sum(b[u] and not a[u] for u in common)
-    return {"n": len(common), "only_first": only_a, "only_second": only_b, "p": mcnemar_p(only_a, only_b)}
+__all__ = ["mcnemar", "wilson", "write_report", "collect", "summarize", "generation_copy_errors"]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -35,27 +30,6 @@ def _read_jsonl(path: Path) -> list[dict]:
         return []
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-_CALL = re.compile(r"\[Calculator\((.*?)\)\s*->\s*([^\]]*)\]")
-
-
-def generation_copy_errors(rows: list[dict]) -> dict:
-    """In generations with a Calculator call that returned a number: how often the next number the model then
-    wrote disagrees with the result (the pattern C* taught: ``-> 0.62] 62``)."""
-    from toolformer.merge import result_agrees
-
-    compared = wrong = 0
-    for r in rows:
-        m = _CALL.search(r.get("generation") or "")
-        if not m:
-            continue
-        agrees = result_agrees(r["generation"], m.end(), m.group(2).strip())
-        if agrees is None:
-            continue
-        compared += 1
-        wrong += not agrees
-    return {"compared": compared, "disagree": wrong, "rate": round(100 * wrong / compared, 1) if compared else None}
 
 
 def cstar_facts(rdir: Path) -> dict:
@@ -90,13 +64,14 @@ def _finetune_facts(rdir: Path, step: str) -> dict | None:
                                   "steps", "steps_per_epoch", "best_dev_ppl", "seconds")}
 
 
-def collect_eval(edir: Path) -> tuple[dict, dict]:
-    """(per setting: per set accuracy/CI/call share + false calls + perplexity; per setting and set: item -> right)."""
+def collect_eval(edir: Path, questions: dict | None = None) -> tuple[dict, dict, dict]:
+    """(per setting: per set accuracy/CI/call share + false calls + perplexity; per setting and set: item ->
+    right; the diagnosis per setting and set, from the item rows)."""
     out: dict = {}
     right: dict = {}
     results = edir / "results.json"
     if not results.exists():
-        return out, right
+        return out, right, {}
     for s in json.loads(results.read_text()):
         name = s["setting"]["name"]
         entry = out.setdefault(name, {"sets": {}})
@@ -111,30 +86,35 @@ def collect_eval(edir: Path) -> tuple[dict, dict]:
             entry["false_call"] = s["false_call"]
         if s.get("perplexity"):
             entry["perplexity"] = s["perplexity"]
-    rows = _read_jsonl(edir / "generations.jsonl")
+    rows = [r for r in _read_jsonl(edir / "generations.jsonl") if r["task"] in SETS]
     for r in rows:
-        if r["task"] in SETS:
-            right.setdefault(r["setting"], {}).setdefault(r["task"], {})[r["uid"]] = bool(r.get("correct"))
+        right.setdefault(r["setting"], {}).setdefault(r["task"], {})[str(r["uid"])] = bool(r.get("correct"))
     for name in out:
-        mine = [r for r in rows if r["setting"] == name and r["task"] in SETS]
+        mine = [r for r in rows if r["setting"] == name]
         if mine and name in (TOOLS, PROMPTED):
             out[name]["generation_copy_errors"] = generation_copy_errors(mine)
-    return out, right
+    return out, right, diagnose_unit(rows, questions or {}, SETS)
 
 
-def collect(cfg: RunConfig) -> dict:
-    """Everything stored so far, by unit."""
+def collect(cfg: RunConfig, questions: dict | None = None) -> dict:
+    """Everything stored so far, by unit. ``questions`` (set -> item id -> question) for the operand provenance;
+    None: read from the evaluation's task files."""
     root = Path(cfg.output_dir)
-    data: dict = {"units": {}, "right": {}}
-    base_eval, base_right = collect_eval(root / "base" / "eval")
+    questions_note = None
+    if questions is None:
+        questions, questions_note = load_questions(cfg, SETS)
+    data: dict = {"units": {}, "right": {}, "diagnosis": {},
+                  "questions": {"sets": {t: len(q) for t, q in questions.items()}, "problem": questions_note}}
+    base_eval, base_right, base_diag = collect_eval(root / "base" / "eval", questions)
     if base_eval:
         data["units"]["base"] = {"eval": base_eval}
         data["right"]["base"] = base_right
+        data["diagnosis"]["base"] = base_diag
     for sdir in sorted(root.glob("seed*")):
         for setting_dir in sorted(p for p in sdir.iterdir() if p.is_dir()):
             for rdir in sorted((setting_dir / "rounds").glob("r*")):
                 name = f"{sdir.name}/{setting_dir.name}/{rdir.name}"
-                ev, right = collect_eval(rdir / "eval")
+                ev, right, diag = collect_eval(rdir / "eval", questions)
                 unit = {"eval": ev, "cstar": cstar_facts(rdir) if (rdir / "merge.json").exists() else None,
                         "finetune": _finetune_facts(rdir, "finetune"), "control": _finetune_facts(rdir, "baseline"),
                         "steps_seconds": {p.stem: json.loads(p.read_text()).get("seconds")
@@ -143,6 +123,8 @@ def collect(cfg: RunConfig) -> dict:
                     unit["corpus_sources"] = json.loads((rdir / "corpus_sources.json").read_text())
                 data["units"][name] = unit
                 data["right"][name] = right
+                if diag:
+                    data["diagnosis"][name] = diag
     data["timeline"] = _read_jsonl(root / "timeline.jsonl")
     return data
 
@@ -151,27 +133,6 @@ def _spread(values: list[float]) -> dict:
     return {"mean": round(statistics.mean(values), 1), "min": min(values), "max": max(values),
             "range": round(max(values) - min(values), 1),
             "sd": round(statistics.stdev(values), 1) if len(values) > 1 else 0.0, "seeds": len(values)}
-
-
-def comparisons(data: dict, seeds: list[int], setting: str, r: int, against: dict[str, tuple[str, str]]) -> dict:
-    """Per set: ``setting``'s finetuned + tools against each other row, paired per seed and pooled over seeds."""
-    out: dict = {}
-    for task in SETS:
-        for label, (unit_of, other) in against.items():
-            per_seed, pool_a, pool_b, n = {}, 0, 0, 0
-            for s in seeds:
-                mine = (data["right"].get(f"seed{s}/{setting}/r{r}") or {}).get(TOOLS, {}).get(task)
-                unit = unit_of.format(s=s)
-                theirs = (data["right"].get(unit) or {}).get(other, {}).get(task)
-                if not mine or not theirs:
-                    continue
-                m = mcnemar(mine, theirs)
-                per_seed[f"seed{s}"] = m
-                pool_a, pool_b, n = pool_a + m["only_first"], pool_b + m["only_second"], n + m["n"]
-            if per_seed:
-                out.setdefault(task, {})[label] = {"per_seed": per_seed, "pooled": {
-                    "n": n, "only_first": pool_a, "only_second": pool_b, "p": mcnemar_p(pool_a, pool_b)}}
-    return out
 
 
 def rows_table(data: dict, seeds: list[int]) -> list[dict]:
@@ -245,52 +206,29 @@ def summarize(cfg: RunConfig, data: dict) -> dict:
             if e.get("false_call") or e.get("perplexity"):
                 language.setdefault(unit, {})[name] = {"false_call": e.get("false_call"),
                                                        "perplexity": (e.get("perplexity") or {}).get("perplexity")}
+    goal_units = ["base", *(f"seed{s}/default/r1" for s in seeds)]
+    check = {"every_model": items_check(data["right"]), "goal_models": items_check(data["right"], goal_units)}
+    warning = items_warning(check["every_model"])
+    diagnosis = {"rows": data["diagnosis"], "questions": data.get("questions"),
+                 "cstar_copy_errors": {u: d["cstar"]["copy_errors"] for u, d in data["units"].items()
+                                       if d.get("cstar")},
+                 "note": "per unit, setting and set: answers with a call (%), where the first call sits (before the "
+                         "answer's first number or after one), its operands (all in the question or not), copy "
+                         "errors in the generations (and in C*: cstar_copy_errors), right without / with a call"}
     return {"rows": rows, "pooled": pooled, "paired": paired, "ablation": ablation, "language": language,
-            "goals": goals(data, seeds, pooled, paired, language), "units_done": sorted(u for u, d in data["units"].items() if d.get("eval")),
+            "goals": goals(data, seeds, paired["r1"]),
+            "items_equal": check["every_model"]["items_equal"], "items": check, "items_warning": warning,
+            "tests": {"per seed": "exact McNemar (two-sided, binomial on the discordant pairs), Wilson 95 % intervals",
+                      "pooled over seeds": "paired sign-flip permutation test over items on d_i = mean over seeds "
+                                           "of right with tools - mean over seeds of right with the other (base: "
+                                           "its one answer); exact, or Monte Carlo (stated per test)"},
+            "diagnosis": diagnosis,
+            "units_done": sorted(u for u, d in data["units"].items() if d.get("eval")),
             "units_started": sorted(u for u, d in data["units"].items() if not d.get("eval")),
             "finetune": {u: {"model": d.get("finetune"), "control": d.get("control")} for u, d in data["units"].items()
                          if d.get("finetune")},
             "timeline": data["timeline"],
             "corpus_sources": {u: d["corpus_sources"] for u, d in data["units"].items() if d.get("corpus_sources")}}
-
-
-def goals(data: dict, seeds: list[int], pooled: dict, paired: dict, language: dict) -> list[dict]:
-    """The issue's goals, each with its numbers and met / not met (None: not measured yet)."""
-    out = []
-    for task, points in GOAL_POINTS.items():
-        p = pooled.get(task) or {}
-        mine = (p.get("r1 finetuned + tools") or {}).get("mean")
-        for other in ("r1 control", "base + tools (prompted)"):
-            theirs = (p.get(other) or {}).get("mean")
-            label = "control" if other == "r1 control" else other
-            test = ((paired.get("r1") or {}).get(task) or {}).get(label, {}).get("pooled")
-            met = None if mine is None or theirs is None or test is None else (
-                mine - theirs >= points and test["p"] < GOAL_P)
-            out.append({"goal": f"{task}: finetuned + tools >= {other} + {points:g} points, pooled McNemar p < {GOAL_P}",
-                        "tools": mine, "other": theirs, "difference": None if mine is None or theirs is None
-                        else round(mine - theirs, 1), "p": None if test is None else test["p"], "met": met})
-    for task in SETS:
-        s = (pooled.get(task) or {}).get("r1 finetuned + tools")
-        out.append({"goal": f"{task}: the seeds of finetuned + tools within {GOAL_SPREAD:g} points",
-                    "range": None if not s else s["range"], "seeds": None if not s else s["seeds"],
-                    "met": None if not s or s["seeds"] < 2 else s["range"] <= GOAL_SPREAD})
-    rates, ppl_ratio = [], []
-    base_ppl = ((language.get("base") or {}).get(BASE) or {}).get("perplexity")
-    for unit, settings in language.items():
-        if not unit.endswith("default/r1") and not unit.endswith("default/r2"):
-            continue
-        e = settings.get(TOOLS) or {}
-        for name, fc in (e.get("false_call") or {}).items():
-            rates.append((unit, name, fc["calculator_call_share"]))
-        if base_ppl and e.get("perplexity"):
-            ppl_ratio.append((unit, round(100 * (e["perplexity"] / base_ppl - 1), 1)))
-    out.append({"goal": f"false-call rate <= {GOAL_FALSE_CALL:g} % (every default model, webtext and lama)",
-                "rates": rates, "worst": max((r for _, _, r in rates), default=None),
-                "met": None if not rates else max(r for _, _, r in rates) <= GOAL_FALSE_CALL})
-    out.append({"goal": f"perplexity on held-out web text within {GOAL_PPL:g} % of the base model's",
-                "base": base_ppl, "change_percent": ppl_ratio,
-                "met": None if not ppl_ratio else max(abs(x) for _, x in ppl_ratio) <= GOAL_PPL})
-    return out
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -343,8 +281,6 @@ def store_units(cfg: RunConfig, data: dict, out: Path) -> None:
     account and evaluation results (``units/<unit>/``), and every item's right/wrong per unit, setting and set
     (``items.json``: the uids once per set, then a 0/1 string per row in that order), so every test here can be
     recomputed without the generations."""
-    import shutil
-
     root = Path(cfg.output_dir)
     for unit in data["units"]:
         src = root / "base" if unit == "base" else root / unit.split("/")[0] / unit.split("/")[1] / "rounds" / unit.split("/")[2]
@@ -352,12 +288,13 @@ def store_units(cfg: RunConfig, data: dict, out: Path) -> None:
             if (src / name).is_file():
                 dest = out / "units" / unit / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / name, dest)
-    uids: dict[str, list[str]] = {}
+                dest.write_text(relative_paths((src / name).read_text(encoding="utf-8")), encoding="utf-8")
+    every: dict[str, set[str]] = {}
     for per_setting in data["right"].values():
         for per_task in per_setting.values():
             for task, items in per_task.items():
-                uids.setdefault(task, sorted(set(uids.get(task, [])) | set(items)))
+                every.setdefault(task, set()).update(items)
+    uids = {task: sorted(ids) for task, ids in every.items()}
     rows = {unit: {setting: {task: "".join("1" if items.get(u) else ("0" if u in items else "-") for u in uids[task])
                              for task, items in per_task.items()}
                    for setting, per_task in per_setting.items()}
@@ -365,11 +302,50 @@ def store_units(cfg: RunConfig, data: dict, out: Path) -> None:
     (out / "items.json").write_text(json.dumps({"uids": uids, "right": rows}))
 
 
+def _prefixes() -> list[tuple[str, str]]:
+    """Absolute prefixes of this machine and what a stored report writes instead: the checkout -> relative to
+    it, the shared data -> ``${shared_data:}`` (as the configs write it); longest first."""
+    from toolformer.paths import repo_root, shared_data
+
+    pairs = {}
+    for p in {str(shared_data()), str(shared_data().resolve())}:
+        pairs[p.rstrip("/")] = "${shared_data:}"
+    for p in {str(repo_root()), str(repo_root().resolve())}:
+        pairs[p.rstrip("/") + "/"] = ""
+        pairs[p.rstrip("/")] = "."
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
+def relative_paths(obj):
+    """``obj`` (a string, or lists / dicts of them) with every absolute path of the checkout or the shared data
+    written relative to the repository (the shared data as ``${shared_data:}``)."""
+    if isinstance(obj, str):
+        for old, new in _prefixes():
+            obj = obj.replace(old, new)
+        return obj
+    if isinstance(obj, dict):
+        return {relative_paths(k): relative_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [relative_paths(v) for v in obj]
+    return obj
+
+
+def _run_dir(path: str) -> str:
+    import os
+
+    from toolformer.paths import repo_root
+
+    p = Path(path)
+    return relative_paths(str(p)) if not p.is_absolute() or p.resolve().is_relative_to(repo_root().resolve()) \
+        else os.path.relpath(p.resolve(), repo_root().resolve())
+
+
 def write_report(cfg: RunConfig, results_dir: str | Path = "benchmarks/results/math",
-                 docs_path: str | Path = "docs/math.md") -> dict:
+                 docs_path: str | Path = "docs/math.md", questions: dict | None = None) -> dict:
+    """results.json, items.json, units/, math.png and the page; ``questions`` as ``collect`` takes them."""
     from toolformer.math_page import page
 
-    data = collect(cfg)
+    data = collect(cfg, questions)
     summary = summarize(cfg, data)
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -377,8 +353,13 @@ def write_report(cfg: RunConfig, results_dir: str | Path = "benchmarks/results/m
                          "rounds": cfg.bootstrap.rounds, "corpus_limit": cfg.corpus.limit, "epochs": cfg.train.epochs,
                          "lr": cfg.train.lr, "holdout_fold": cfg.corpus.holdout_fold, "folds": cfg.corpus.folds,
                          "boundary_positions": cfg.annotate.boundary_positions,
-                         "result_check": cfg.annotate.result_check, "run_dir": cfg.output_dir,
+                         "result_check": cfg.annotate.result_check, "run_dir": _run_dir(cfg.output_dir),
                          "task_ids": dict(cfg.eval.task_ids), "dtype": cfg.model.dtype}
+    summary = relative_paths(json.loads(json.dumps(summary, default=str)))
+    if summary["items_warning"]:  # loud: on stderr, at the top of the page, and in results.json
+        import sys
+
+        print(f"math report: {summary['items_warning']}", file=sys.stderr, flush=True)
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     png = out / "math.png"
     if summary["rows"]:

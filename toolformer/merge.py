@@ -22,12 +22,28 @@ KEPT = pa.schema([("text_id", pa.string()), ("tool", pa.string()), ("position", 
 BEST = pa.schema([("tool", pa.string()), ("text_id", pa.string()), ("gain", pa.float64())])
 
 
-def kept_candidates(annotations: pa.Table, losses: bool = False) -> pa.Table:
-    """One row per kept candidate that has a result (KEPT schema, plus the three losses when asked)."""
+def in_position_set(flat: pa.StructArray, name: str | None) -> pa.BooleanArray:
+    """Per candidate, whether the position set ``name`` chose its position (``annotate.position_sets``); every
+    candidate when ``name`` is None."""
+    if name is None:
+        return pa.array([True] * len(flat), pa.bool_())
+    if flat.type.get_field_index("position_sets") < 0:
+        raise ValueError(f"merge.position_set={name!r}, but these annotations record no position sets "
+                         "(annotated without annotate.position_sets)")
+    sets = flat.field("position_sets")
+    hits = pc.list_parent_indices(sets).filter(pc.fill_null(pc.equal(sets.flatten(), name), False))
+    return pc.is_in(pa.array(range(len(flat)), pa.int64()), value_set=pc.cast(hits, pa.int64()))
+
+
+def kept_candidates(annotations: pa.Table, losses: bool = False, position_set: str | None = None) -> pa.Table:
+    """One row per kept candidate that has a result (KEPT schema, plus the three losses when asked); with
+    ``position_set``, only the candidates at positions that set chose."""
     cands = annotations.column("candidates").combine_chunks()
     parents = pc.list_parent_indices(cands)
     flat = cands.flatten()
     mask = pc.and_(pc.fill_null(flat.field("kept"), False), pc.is_valid(flat.field("result")))
+    if position_set is not None:
+        mask = pc.and_(mask, in_position_set(flat, position_set))
     rows = parents.filter(mask)
     cols = {"text_id": annotations.column("text_id").take(rows), "tool": annotations.column("tool").take(rows)}
     for name in ("position", "char_start", "input", "result", "gain"):

@@ -158,7 +158,7 @@ def paired(rows: list[dict], against: str = "finetuned + tools") -> dict:
             a = sum(mine[u] and not other[u] for u in common)
             b = sum(other[u] and not mine[u] for u in common)
             out.setdefault(task, {})[name] = {"n": len(common), "only_" + against: a, "only_other": b,
-                                              "mcnemar_p": mcnemar_p(a, b)}
+                                              "mcnemar_p": round(mcnemar_p(a, b), 4)}
     return out
 
 

@@ -52,6 +52,9 @@ CANDIDATE = pa.struct(
         ("loss_call_result", pa.float64()),  # L_i(e(c, r))
         ("gain", pa.float64()),  # min(L(ε), L(e(c,ε))) - L(e(c,r)); null when below the scoring floor
         ("kept", pa.bool_()),  # gain >= the tool's τf
+        # With annotate.position_sets: the sets that chose this position (one scan, several settings); the merge
+        # then takes one set's candidates (merge.position_set). Null when the option is off.
+        ("position_sets", pa.list_(pa.string())),
     ]
 )
 

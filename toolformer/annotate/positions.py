@@ -57,6 +57,23 @@ def choose(p: np.ndarray, tau_s: float, k: int) -> list[tuple[int, float]]:
     return [(j, float(p[j])) for j in order]
 
 
+def _masked(probs: Sequence[StartProbs], allowed: Sequence[np.ndarray | None] | None) -> list[StartProbs]:
+    """Copies of ``probs`` with the positions ``allowed`` rules out at -1: below any τs (τs >= 0), and exact, so
+    they are never computed and never chosen. The engine's own arrays stay untouched: several masks read them."""
+    if allowed is None:
+        return list(probs)
+    out = []
+    for p, ok in zip(probs, allowed):
+        if ok is None:
+            out.append(p)
+            continue
+        off = np.flatnonzero(~np.asarray(ok, dtype=bool)[: len(p.lower)])
+        lower, upper = np.array(p.lower, dtype=float), np.array(p.upper, dtype=float)
+        lower[off] = upper[off] = -1.0
+        out.append(StartProbs(lower, upper))
+    return out
+
+
 def select_positions(
     engine: Engine,
     seqs: Sequence[Sequence[int]],
@@ -66,40 +83,48 @@ def select_positions(
     top_logprobs: int | None = None,
     bounds: bool = True,
     allowed: Sequence[np.ndarray | None] | None = None,
-) -> tuple[list[list[tuple[int, float]]], dict]:
+    allowed_sets: Sequence[Sequence[np.ndarray | None] | None] | None = None,
+) -> tuple[list, dict]:
     """Selected (text index, p_start) per sequence, and counters of how much exact work was needed.
 
     ``seqs[b] = P(x) + x`` and ``starts[b] = len(P(x))``; text index j means the call goes before x[j].
     ``top_logprobs`` caps how many log-probs per position an engine may use for its bounds. ``allowed[b]`` (a
     boolean per text position, e.g. ``boundary_mask``) rules positions out before selection: the k best are then
     chosen among the allowed ones.
+
+    ``allowed_sets`` (instead of ``allowed``): several such masks, each a position set (None: every position),
+    read off ONE scan of the start probabilities; the result is then one selection per set, ``out[s][b]``, each
+    exactly what ``allowed=allowed_sets[s]`` alone selects (the exact values a set needs are computed once for the
+    union of what the sets need, and each set reads only the values it would have computed itself).
     """
     probs = engine.start_probs(seqs, starts, top_logprobs)
-    n_ruled_out = 0
-    if allowed is not None:
-        for p, ok in zip(probs, allowed):
-            if ok is None:
-                continue
-            ok = np.asarray(ok, dtype=bool)[: len(p.lower)]
-            off = np.flatnonzero(~ok)
-            n_ruled_out += len(off)
-            p.lower, p.upper = np.array(p.lower, dtype=float), np.array(p.upper, dtype=float)
-            p.lower[off] = -1.0  # below any τs (τs >= 0), and exact: never computed, never chosen
-            p.upper[off] = -1.0
-    # Without bounds (the benchmark's ablation), every position not already exact is computed exactly.
-    todo = [needs_exact(p, tau_s, k) if bounds else np.flatnonzero(~p.exact) for p in probs]
-    prefixes = [list(seq[: start + j]) for seq, start, idx in zip(seqs, starts, todo) for j in idx]
+    several = allowed_sets is not None
+    views = [_masked(probs, m) for m in (allowed_sets if several else [allowed])]
+    # Without bounds (the benchmark's ablation), every allowed position not already exact is computed exactly.
+    todo = [[needs_exact(p, tau_s, k) if bounds else np.flatnonzero(~p.exact & (p.upper >= 0)) for p in view]
+            for view in views]
+    union = [np.unique(np.concatenate([t[b] for t in todo])).astype(int) for b in range(len(probs))]
+    prefixes = [list(seq[: start + j]) for seq, start, idx in zip(seqs, starts, union) for j in idx]
     per_pos = np.exp(engine.token_logprobs_after(prefixes, engine.start_ids)).sum(1) if prefixes else np.zeros(0)
-    out, cursor = [], 0
-    for p, idx in zip(probs, todo):
-        values = p.lower.copy()
-        values[idx] = per_pos[cursor : cursor + len(idx)]
+    exact_at: list[dict[int, float]] = []
+    cursor = 0
+    for idx in union:
+        exact_at.append(dict(zip(idx.tolist(), per_pos[cursor : cursor + len(idx)].tolist())))
         cursor += len(idx)
-        out.append(choose(values, tau_s, k))
+    chosen = []
+    for view, t in zip(views, todo):
+        mine = []
+        for b, p in enumerate(view):
+            values = np.array(p.lower)  # a copy, in the engine's own dtype (as a single selection always read it)
+            values[t[b]] = [exact_at[b][j] for j in t[b].tolist()]
+            mine.append(choose(values, tau_s, k))
+        chosen.append(mine)
+    # ruled out: positions no set allows (one set: the positions its mask rules out)
+    ruled_out = sum(int(np.all([v[b].upper < 0 for v in views], axis=0).sum()) for b in range(len(probs)))
     stats = {
         "positions_scanned": int(sum(len(p.lower) for p in probs)),
         "positions_exact_from_topk": int(sum(p.exact.sum() for p in probs)),
-        "positions_refined": int(sum(len(i) for i in todo)),
-        "positions_ruled_out": int(n_ruled_out),
+        "positions_refined": int(sum(len(i) for i in union)),
+        "positions_ruled_out": ruled_out,
     }
-    return out, stats
+    return (chosen if several else chosen[0]), stats

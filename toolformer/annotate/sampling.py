@@ -44,6 +44,24 @@ def char_start(text: str, offsets: list, pos: int) -> int:
     return int(begin)
 
 
+def union_positions(per_set: list[list[list[tuple[int, float]]]], names: list[str]
+                    ) -> tuple[list[list[tuple[int, float]]], list[dict[int, list[str]]]]:
+    """Per sequence, the union of the sets' picks (best p first, ties: earlier first) and, per position, the sets
+    that chose it (in ``names`` order). A position two sets chose has one p: the larger of the two readings (a
+    set that did not need the exact value reads its lower bound)."""
+    union, by = [], []
+    for b in range(len(per_set[0]) if per_set else 0):
+        p_at: dict[int, float] = {}
+        names_at: dict[int, list[str]] = {}
+        for name, picks in zip(names, per_set):
+            for pos, p in picks[b]:
+                p_at[pos] = max(p, p_at.get(pos, p))
+                names_at.setdefault(pos, []).append(name)
+        union.append(sorted(p_at.items(), key=lambda item: (-item[1], item[0])))
+        by.append(names_at)
+    return union, by
+
+
 def text_logprobs(engine: Engine, x_of: dict[str, list[int]]) -> dict[str, np.ndarray]:
     """log p(x_j | doc_start, x_<j) for every text: one pass each (``L(ε)`` at every position)."""
     ids = [t for t in x_of if x_of[t]]
@@ -104,16 +122,25 @@ class SampleCalls(LMStage):
         if not live:
             return
         bounds = self.cfg.annotate.optimizations.position_bounds
-        allowed = None
-        if getattr(self.cfg.annotate, "boundary_positions", False):  # a call never splits a word or a number
-            allowed = [boundary_mask(texts[r], [char_start(texts[r], out["x_offsets"][r], j)
-                                                for j in range(len(out["x_ids"][r]))]) for r in live]
-        chosen, _ = select_positions(engine, seqs, starts, params.tau_s, params.top_k,
-                                     self.cfg.engine.top_logprobs if bounds else None, bounds=bounds,
-                                     allowed=allowed)
+        sets = list(getattr(self.cfg.annotate, "position_sets", None) or [])
+        boundary = None
+        if "boundary" in sets or (not sets and getattr(self.cfg.annotate, "boundary_positions", False)):
+            boundary = [boundary_mask(texts[r], [char_start(texts[r], out["x_offsets"][r], j)
+                                                 for j in range(len(out["x_ids"][r]))]) for r in live]
+        top = self.cfg.engine.top_logprobs if bounds else None
+        if sets:  # one scan, each set's own k best; calls are sampled once at the union of their positions
+            per_set = select_positions(engine, seqs, starts, params.tau_s, params.top_k, top, bounds=bounds,
+                                       allowed_sets=[boundary if s == "boundary" else None for s in sets])[0]
+            chosen, chosen_by = union_positions(per_set, sets)
+        else:  # boundary_positions: a call never splits a word or a number
+            chosen = select_positions(engine, seqs, starts, params.tau_s, params.top_k, top, bounds=bounds,
+                                      allowed=boundary)[0]
+            chosen_by = [{} for _ in live]
         floor = score_floor(self.cfg, tool)
         requests, owners = [], []
-        for r, seq, start, picks in zip(live, seqs, starts, chosen):
+        sets_at: dict[tuple[int, int], list[str]] = {}
+        for r, seq, start, picks, by in zip(live, seqs, starts, chosen, chosen_by):
+            sets_at.update({(r, pos): names for pos, names in by.items()})
             out["positions"][r] = [pos for pos, _ in picks]
             out["position_probs"][r] = [float(p) for _, p in picks]
             out["n_positions"][r] = len(picks)
@@ -149,7 +176,7 @@ class SampleCalls(LMStage):
                     position=pos, char_start=char_start(texts[r], out["x_offsets"][r], pos), p_start=p,
                     call=linearize(call, with_result=False, quote_input=quote, no_result_form=NoResultForm.BARE),
                     input=call.input, result=None, error=None, loss_none=None, loss_call_only=None,
-                    loss_call_result=None, gain=None, kept=False,
+                    loss_call_result=None, gain=None, kept=False, position_sets=sets_at.get((r, pos)),
                 ))
             out["n_candidates"][r] = len(cands)
 

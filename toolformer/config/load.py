@@ -41,6 +41,8 @@ CHOICES = {
     "annotate.no_result_form": ("arrow", "bare"),
     "engine.backend": ("vllm", "hf"),
 }
+# annotate.position_sets: boundary = annotate.boundary_positions on, free = off
+POSITION_SETS = ("boundary", "free")
 
 
 def check_choices(cfg: RunConfig) -> None:
@@ -49,6 +51,15 @@ def check_choices(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in valid:
             raise ValueError(f"unknown value {value!r} for {key}; valid: {', '.join(valid)}")
+    sets = list(cfg.annotate.position_sets or [])
+    for name in sets:
+        if name not in POSITION_SETS:
+            raise ValueError(f"unknown value {name!r} in annotate.position_sets; valid: {', '.join(POSITION_SETS)}")
+    if len(set(sets)) != len(sets):
+        raise ValueError(f"annotate.position_sets names a set twice: {sets}")
+    if cfg.merge.position_set is not None and cfg.merge.position_set not in sets:
+        # candidates carry only the sets they were annotated with: any other would merge nothing
+        raise ValueError(f"merge.position_set {cfg.merge.position_set!r} is not in annotate.position_sets {sets}")
 
 
 def to_dict(cfg: RunConfig) -> dict:

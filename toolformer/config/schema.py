@@ -162,11 +162,17 @@ class AnnotateConfig:
     # call (within the tool's 2-decimal rounding); a contradicted call is dropped at the merge, counted as
     # `result_check` in merge.json and the card. A text with no number after the call is not contradicted.
     result_check: bool = False
+    # Position settings read off one annotation (boundary: boundary_positions on, free: off): one scan, each set's k
+    # best, calls sampled once at the union (seeds depend on the position only); each candidate names the sets that
+    # chose it and merge.position_set takes one, as if annotated alone. Empty: boundary_positions decides.
+    position_sets: list[str] = field(default_factory=list)
 
 
 @dataclass
 class MergeConfig:
     max_per_tool: int = 25_000
+    # With annotate.position_sets: the one set whose candidates C* takes; None: every candidate.
+    position_set: Optional[str] = None
 
 
 @dataclass
@@ -272,13 +278,19 @@ class TrainConfig:
     # DeepSpeed's state (weights, fp32 master copy and Adam moments: ~5x the model) serves only to resume an
     # unfinished run; once best/ and last/ are exported a finished run drops it unless this is set.
     keep_train_state: bool = False
+    # False: checkpoints hold the weights only (no DeepSpeed optimizer state, ~5x smaller and faster to write); a
+    # restarted worker group then resumes from the weights with a fresh optimizer.
+    save_optimizer_state: bool = True
+    # The seed reaches training: C*'s texts are shuffled (seeded) before packing and the packed sequences are
+    # reshuffled every epoch (seeded by run seed and epoch). False: file order, every epoch alike.
+    shuffle: bool = True
     # Train for this many epochs of the training texts instead of max_steps (steps = ceil(epochs x sequences /
     # effective_batch)): a matched control (same texts without calls, shorter) then sees its data as often as the
     # model with calls sees its own. Checkpoints at every epoch end (eval_every is ignored).
     epochs: Optional[float] = None
-    # > 0: the dev set is this share of C*'s texts (seeded, at most dev_size, never trained on), each model on
-    # its own version of them (the control: calls removed); the best checkpoint is the lowest dev perplexity. The
-    # same text ids for the model and its control, so both choose by the same rule on the training data.
+    # > 0: the dev set is this share of the run's annotated texts (at least dev_size, never trained on), chosen by a
+    # hash of the text id alone: the same problems for every seed, for a model and its control. Each model reads
+    # its own version (with its kept calls; the control: plain); the best checkpoint is the lowest dev perplexity.
     dev_split: float = 0.0
 
 
@@ -316,6 +328,9 @@ class EvalConfig:
     # clozes). [] = not measured.
     false_call_sets: list[str] = field(default_factory=list)
     false_call_n: int = 200  # prompts per set (a seeded sample)
+    # the seed of every sample of items (eval.limit, false-call prompts): not the run's seed, so every seed, a
+    # model and its control, and the base model read the same items and paired tests pair them all
+    items_seed: int = 0
     # Language kept: perplexity of every evaluated model on this many held-out C4 documents (none of them a
     # false-call prompt), their first 256 tokens; 0 = not measured.
     perplexity_texts: int = 0
@@ -343,6 +358,15 @@ class BootstrapConfig:
     # Annotate options measured off against on, one at a time, in round 1 on the same seeds (e.g.
     # [boundary_positions, result_check]): each trains and evaluates a model whose C* was made without it.
     ablations: list[str] = field(default_factory=list)
+    # Seeds the ablations and rounds >= 2 run on (None: every seed): on a small machine the seed spread is
+    # measured where it matters most (round 1, default C*), the rest on the first seed.
+    ablation_seeds: Optional[list[int]] = None
+    later_round_seeds: Optional[list[int]] = None
+    # Rounds that train a matched control (None: every round with bootstrap.baseline).
+    baseline_rounds: Optional[list[int]] = None
+    # eval.task_ids replaced for every unit but round 1's default models and the base rows (e.g. a fixed subset
+    # of SVAMP for the ablations and round 2, stated in the report), so the main comparisons keep the full sets.
+    secondary_task_ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -52,9 +53,9 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     examples = []
     for task in e.tasks:
         if e.from_hub and task in HUB:
-            examples += load_hub_task(task, limit=e.limit, seed=cfg.seed)
+            examples += load_hub_task(task, limit=e.limit, seed=e.items_seed)
         else:
-            examples += load_task(task, data_dir(cfg), limit=e.limit, seed=cfg.seed, tools=e.task_tools.get(task),
+            examples += load_task(task, data_dir(cfg), limit=e.limit, seed=e.items_seed, tools=e.task_tools.get(task),
                                   templama_path=e.templama_path, path=e.task_paths.get(task),
                                   ids=e.task_ids.get(task))
     log(f"{len(examples)} examples from {len(e.tasks)} tasks")
@@ -63,11 +64,12 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
     from toolformer.evaluation import language
 
-    false_call = {s: language.false_call_examples(data_dir(cfg), s, e.false_call_n, cfg.seed)
+    false_call = {s: language.false_call_examples(data_dir(cfg), s, e.false_call_n, e.items_seed)
                   for s in e.false_call_sets}
     ppl_texts = language.perplexity_texts(data_dir(cfg), e.perplexity_texts) if e.perplexity_texts else []
     results, engines, ppl = [], {}, {}
     for setting in settings(cfg, base):
+        t_setting = time.perf_counter()  # the setting's whole cost: engine start (when new), tasks, false calls, ppl
         if setting.model not in engines:
             for old in engines.values():
                 old.close()
@@ -88,6 +90,7 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
             if setting.model not in ppl:
                 ppl[setting.model] = language.perplexity(engines[setting.model], ppl_texts)
             r["perplexity"] = ppl[setting.model]
+        r["seconds"] = round(time.perf_counter() - t_setting, 1)
         results.append(r)
     for engine in engines.values():
         engine.close()

@@ -12,6 +12,8 @@ keeping a call) is drawn from a few shards; the baseline's originals are fetched
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -133,14 +135,50 @@ class WithoutCalls:
         return pa.table({"text_id": batch.column("text_id"), "text": pa.array(texts, pa.string())})
 
 
-def dev_split_ids(text_ids: Sequence[str], share: float, cap: int, seed: int = 0) -> list[str]:
-    """The C* texts held out as the dev set: a seeded ``share`` of them (at least 1 when there are 2 or more,
-    at most ``cap``), the same for a model and its control (chosen from the sorted ids, not the file order)."""
-    ids = sorted(set(text_ids))
-    if share <= 0 or len(ids) < 2:
+def _dev_rank(text_id: str) -> str:
+    return hashlib.sha256(f"dev:{text_id}".encode()).hexdigest()
+
+
+def dev_split_ids(text_ids: Iterable[str], share: float, minimum: int, total: int | None = None) -> list[str]:
+    """The texts held out as the dev set: ``max(minimum, share x total)`` of them (at most ``total - 1``), those
+    whose id hashes lowest. The rank depends on the id alone, never on a seed or on which texts kept a call, so
+    every seed, a model and its control hold out the same problems. ``text_ids`` is streamed (only the k best
+    are held), so a corpus of any size fits; ``total`` is its size when known up front."""
+    ids = text_ids if total is not None else list(dict.fromkeys(text_ids))
+    n = total if total is not None else len(ids)
+    if share <= 0 or n < 2:
         return []
-    k = min(cap, max(1, round(share * len(ids))), len(ids) - 1)
-    return sorted(random.Random(f"dev:{seed}").sample(ids, k))
+    k = min(max(minimum, round(share * n)), n - 1)
+    best = heapq.nsmallest(k, ((_dev_rank(t), t) for t in dict.fromkeys(ids)))
+    return sorted(t for _, t in best)
+
+
+def fixed_dev(run_uri: str, cstar_files: Sequence[str], share: float, minimum: int,
+              baseline: bool) -> tuple[list[str], list[str]]:
+    """(held ids, dev texts): the dev problems chosen among every text the run annotated (``dev_split_ids``),
+    each model on its own version: the model with calls reads a held text as C* holds it (with its calls) or,
+    when no call was kept there, as plain text; the control reads the plain text. Read one shard at a time."""
+    run = AnnotationRun(run_uri)
+    parts = run.parts()
+    total = sum(pq.ParquetFile(run.store.path(p.texts), filesystem=run.store.fs).metadata.num_rows for p in parts)
+
+    def all_ids():
+        for part in parts:
+            table = pq.read_table(run.store.path(part.texts), filesystem=run.store.fs, columns=["text_id"])
+            yield from table.column("text_id").to_pylist()
+
+    held = dev_split_ids(all_ids(), share, minimum, total)
+    want = set(held)
+    texts: dict[str, str] = {}
+    for part in parts:
+        table = pq.read_table(run.store.path(part.texts), filesystem=run.store.fs, columns=["text_id", "text"],
+                              filters=[("text_id", "in", list(want))] if want else None)
+        texts.update(zip(table.column("text_id").to_pylist(), table.column("text").to_pylist()))
+    if not baseline:
+        for f in cstar_files:
+            table = pq.read_table(f, columns=["text_id", "text"], filters=[("text_id", "in", list(want))] if want else None)
+            texts.update(zip(table.column("text_id").to_pylist(), table.column("text").to_pylist()))
+    return held, [texts[t] for t in held if t in texts and texts[t].strip()]
 
 
 class Originals:

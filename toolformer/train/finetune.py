@@ -23,11 +23,13 @@ def _at_least(ds, n: int, want: int):
 
 def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None]):
     """(train, dev, figures): Ray Datasets of packed sequences read from the sharded C*, tokenized on workers."""
+    import pyarrow.parquet as pq
     import ray
 
     from toolformer.cstar import cstar_files
     from toolformer.runs import AnnotationRun
-    from toolformer.train.data import Originals, TokenizePack, WithoutCalls, dev_split_ids, dev_texts, strip_calls
+    from toolformer.train.data import (Originals, TokenizePack, WithoutCalls, dev_split_ids, dev_texts, fixed_dev,
+                                       strip_calls)
 
     t = cfg.train
     data_dir = t.data_dir or cfg.output_dir
@@ -36,11 +38,11 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
     cstar = ray.data.read_parquet(files, columns=["text_id", "shard_id", "text", "calls"])
 
     held: list[str] = []
-    if t.dev_split > 0:  # a share of C* itself, each model on its own version (the control: calls removed)
-        import pyarrow.parquet as pq
-
+    if t.dev_split > 0 and is_run:  # fixed problems of the run, the same for every seed, model and control
+        held, dev = fixed_dev(data_dir, files, t.dev_split, t.dev_size, t.baseline)
+    elif t.dev_split > 0:  # a share of C* itself, each model on its own version (the control: calls removed)
         ids = [i for f in files for i in pq.read_table(f, columns=["text_id"]).column("text_id").to_pylist()]
-        held = dev_split_ids(ids, t.dev_split, t.dev_size, cfg.seed)
+        held = dev_split_ids(ids, t.dev_split, t.dev_size)
         dev, held_set = [], set(held)
         for f in files:
             tab = pq.read_table(f, columns=["text_id", "text", "calls"])
@@ -66,6 +68,8 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
             raise SystemExit("train.baseline needs the annotation run (train.data_dir = the run directory)")
         cstar = cstar.map_batches(Originals, fn_constructor_args=(data_dir,), batch_format="pyarrow",
                                   compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
+    if t.shuffle:  # the seed reaches training: the texts' packing order, then every epoch's sequence order
+        cstar = cstar.random_shuffle(seed=cfg.seed % (2**31))
     tok = dict(batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_size=256)
     train = cstar.map_batches(TokenizePack, fn_constructor_args=(model_path, t.seq_len, t.mask_results, held), **tok)
     train = train.materialize()  # in the object store (spilled to disk when large), not in this process
@@ -86,7 +90,10 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
     # Materialized now, while every CPU is free: once the Ray Train workers hold the CPUs, a lazy step left in
     # these datasets would wait for a CPU forever.
     train, dev_ds = train.materialize(), dev_ds.materialize()
-    figures = {"train_texts": cstar.count() - len(held), "train_sequences": max(n_train, per_step),
+    held_set = set(held)
+    in_cstar = sum(1 for f in files for i in pq.read_table(f, columns=["text_id"]).column("text_id").to_pylist()
+                   if i in held_set)
+    figures = {"train_texts": cstar.count() - in_cstar, "train_sequences": max(n_train, per_step),
                "train_tokens_per_epoch": n_tokens, "dev_texts": len(dev), "dev_from": "cstar" if t.dev_split > 0 else "plain"}
     log(f"{figures['train_texts']} texts → {n_train} sequences of {t.seq_len} ({n_tokens} tokens); dev: {len(dev)} "
         f"plain texts → {n_dev} sequences; {'baseline (no calls)' if t.baseline else 'C*'} from {len(files)} files")
@@ -136,7 +143,10 @@ def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     config = {
         "model_path": model_path, "seed": cfg.seed, "use_gpu": t.use_gpu,
         "deepspeed_config": str(Path(t.deepspeed_config).resolve()),
-        **{k: getattr(t, k) for k in ("effective_batch", "micro_batch", "lr", "warmup_ratio", "max_steps", "eval_every")},
+        **{k: getattr(t, k) for k in ("effective_batch", "micro_batch", "lr", "warmup_ratio", "max_steps", "eval_every",
+                                      "epochs", "save_optimizer_state")},
+        # the whole (small) training set in the local shuffle buffer: a full reshuffle every epoch
+        "shuffle_buffer": min(figures["train_sequences"], 100_000) if t.shuffle else 0,
     }
     if t.epochs:  # steps from epochs: a model and its control see their own texts equally often
         config["max_steps"], config["eval_every"] = epoch_steps(figures["train_sequences"], t.effective_batch, t.epochs)

@@ -70,14 +70,24 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            engine.load_checkpoint(os.path.join(d, "deepspeed"))
+            if os.path.isdir(os.path.join(d, "deepspeed")):
+                engine.load_checkpoint(os.path.join(d, "deepspeed"))
+            else:  # saved without optimizer state (train.save_optimizer_state false): weights only, fresh Adam
+                from safetensors.torch import load_file
+
+                weights = {}
+                for f in Path(d, "model").glob("*.safetensors"):
+                    weights.update(load_file(str(f)))
+                engine.module.load_state_dict(weights, strict=False)
             state = json.loads(Path(d, "trainer_state.json").read_text())
             state["resumed_from"] = state["step"]
     zero3 = ds_cfg.get("zero_optimization", {}).get("stage") == 3
 
-    def batches(name: str):
+    def batches(name: str, epoch: int | None = None):
         shard = ray.train.get_dataset_shard(name)
-        return shard.iter_torch_batches(batch_size=config["micro_batch"], dtypes=torch.long, device=str(device))
+        shuffle = epoch_order(config["seed"], epoch, config.get("shuffle_buffer", 0)) if epoch is not None else {}
+        return shard.iter_torch_batches(batch_size=config["micro_batch"], dtypes=torch.long, device=str(device),
+                                        **shuffle)
 
     def dev_perplexity() -> float:
         engine.eval()
@@ -94,7 +104,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     def save(metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            engine.save_checkpoint(os.path.join(tmp, "deepspeed"), tag=f"step-{state['step']}")
+            if config.get("save_optimizer_state", True):  # ~5x the weights; only a resumed run reads it
+                engine.save_checkpoint(os.path.join(tmp, "deepspeed"), tag=f"step-{state['step']}")
             weights = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
             if rank == 0:
                 engine.module.save_pretrained(os.path.join(tmp, "model"), state_dict=weights, safe_serialization=True)
@@ -105,9 +116,22 @@ def train_loop_per_worker(config: dict) -> None:
     engine.train()
     t0, tokens, losses = time.perf_counter(), 0, []
     start = state["step"]
-    while state["step"] < config["max_steps"]:
+    # Epoch mode (train.epochs, a whole number): a checkpoint at each true epoch end, after the epoch's last
+    # micro-batch; otherwise a checkpoint every eval_every optimizer steps.
+    epochs = config.get("epochs")
+    by_epoch = bool(epochs) and float(epochs).is_integer()
+    epoch = int(state.get("epoch", 0))
+
+    def checkpoint(metrics: dict) -> None:
+        metrics["dev_ppl"] = dev_perplexity()
+        if state["best_dev_ppl"] is None or metrics["dev_ppl"] < state["best_dev_ppl"]:
+            state["best_dev_ppl"] = metrics["dev_ppl"]
+        save(metrics)
+
+    metrics: dict = {}
+    while (epoch < int(epochs)) if by_epoch else (state["step"] < config["max_steps"]):
         seen = 0
-        for b in batches("train"):
+        for b in batches("train", epoch):
             seen += 1
             before = engine.global_steps
             out = engine(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
@@ -119,21 +143,37 @@ def train_loop_per_worker(config: dict) -> None:
                 continue  # still accumulating
             state["step"] = int(engine.global_steps)
             step = state["step"]
-            metrics = {"step": step, "train_loss": sum(losses) / len(losses), "lr": engine.get_lr()[0],
-                       "tokens_per_s_worker": tokens / (time.perf_counter() - t0), "world_size": world,
-                       "resumed_from": state["resumed_from"], "steps_this_attempt": step - start,
+            metrics = {"step": step, "epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
+                       "lr": engine.get_lr()[0], "tokens_per_s_worker": tokens / (time.perf_counter() - t0),
+                       "world_size": world, "resumed_from": state["resumed_from"], "steps_this_attempt": step - start,
                        "peak_rss_mb_worker": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             losses.clear()
-            state["history"].append({"step": step, "train_loss": metrics["train_loss"]})
-            if step % config["eval_every"] == 0 or step >= config["max_steps"]:
-                metrics["dev_ppl"] = dev_perplexity()
-                if state["best_dev_ppl"] is None or metrics["dev_ppl"] < state["best_dev_ppl"]:
-                    state["best_dev_ppl"] = metrics["dev_ppl"]
-                save(metrics)
+            state["history"].append({"step": step, "epoch": epoch + 1, "train_loss": metrics["train_loss"]})
+            if not by_epoch and (step % config["eval_every"] == 0 or step >= config["max_steps"]):
+                checkpoint(metrics)
             else:
                 ray.train.report(metrics)
             fault_point("train_step", step=step, rank=rank)
-            if step >= config["max_steps"]:
+            if not by_epoch and step >= config["max_steps"]:
                 break
         if not seen:  # an empty shard would loop here forever
             raise RuntimeError(f"rank {rank}: no training batch in an epoch (too few sequences for the workers)")
+        epoch += 1
+        state["epoch"] = epoch
+        if by_epoch:
+            checkpoint(dict(metrics, epoch=epoch, step=state["step"]))
+
+
+def epoch_order(seed: int, epoch: int, buffer: int) -> dict:
+    """What an epoch's batch iterator gets: a local shuffle over ``buffer`` sequences (the whole set when it fits:
+    a full reshuffle) seeded by the run's seed and the epoch, so seeds differ and a rerun repeats itself."""
+    if not buffer:
+        return {}
+    return {"local_shuffle_buffer_size": buffer, "local_shuffle_seed": epoch_seed(seed, epoch)}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data order's seed for one epoch: different for every seed and every epoch, the same on a rerun."""
+    from toolformer.seeds import derive_seed
+
+    return derive_seed(seed, "train-order", str(epoch)) % (2**31)

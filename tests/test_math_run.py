@@ -1,0 +1,93 @@
+"""The math experiment's run (issue 33): seeds that reach the training data order, and the same evaluation items
+for every model of the main comparison (round 1's default models and controls of every seed, the base rows)."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolformer.config import load_config
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def _order(ds, seed: int, epoch: int, buffer: int) -> list[int]:
+    from toolformer.train.loop import epoch_order
+
+    return [int(x) for b in ds.iter_batches(batch_size=8, **epoch_order(seed, epoch, buffer)) for x in b["id"]]
+
+
+def test_two_seeds_give_different_data_orders(ray_local):
+    import ray
+
+    ds = ray.data.range(64).map_batches(lambda b: b, batch_format="numpy").materialize()
+    plain = _order(ds, 0, 0, 0)
+    assert plain == list(range(64))  # no shuffle: file order (train.shuffle false)
+    s0e0, s1e0, s0e1 = _order(ds, 0, 0, 64), _order(ds, 1, 0, 64), _order(ds, 0, 1, 64)
+    assert sorted(s0e0) == sorted(s1e0) == list(range(64))  # every sequence once per epoch
+    assert s0e0 != s1e0  # the seed changes the order ...
+    assert s0e0 != s0e1  # ... and so does the epoch
+    assert _order(ds, 0, 0, 64) == s0e0  # a rerun repeats itself
+
+
+def test_the_texts_are_shuffled_by_the_seed_before_packing(ray_local):
+    import ray
+
+    ds = ray.data.range(64)
+    a = [r["id"] for r in ds.random_shuffle(seed=0).take_all()]
+    b = [r["id"] for r in ds.random_shuffle(seed=1).take_all()]
+    assert a != b and sorted(a) == sorted(b) and a == [r["id"] for r in ds.random_shuffle(seed=0).take_all()]
+
+
+def test_every_evaluated_model_reads_the_same_item_ids(shared_data):
+    from toolformer.evaluation import language
+    from toolformer.evaluation.evaluate import data_dir
+    from toolformer.evaluation.tasks import load_task
+    from toolformer.experiment import DEFAULT, Unit, plan, unit_config
+
+    cfg = load_config("jobs/configs/math.yaml")
+    units = plan(cfg)
+    main = [u for u in units if u.seed is None or (u.setting == DEFAULT and u.round == 1)]
+    assert len(main) == len(cfg.bootstrap.seeds) + 1
+
+    def items(rc) -> dict[str, list[str]]:
+        e = rc.eval
+        out = {t: sorted(x.uid for x in load_task(t, data_dir(rc), limit=e.limit, seed=e.items_seed,
+                                                  path=e.task_paths.get(t), ids=e.task_ids.get(t)))
+               for t in e.tasks}
+        for s in e.false_call_sets:
+            out[s] = [x.uid for x in language.false_call_examples(data_dir(rc), s, e.false_call_n, e.items_seed)]
+        return out
+
+    seen = [items(unit_config(cfg, u, "base-model")) for u in main]
+    assert all(s == seen[0] for s in seen[1:])  # every seed, its control (same config) and the base rows
+    assert len(seen[0]["svamp"]) == 1000 and len(seen[0]["asdiv"]) == 396 and len(seen[0]["mawps"]) == 50
+    assert len(seen[0]["webtext"]) == len(seen[0]["lama"]) == cfg.eval.false_call_n
+    # the secondary units (ablations, round 2) read the stated fixed SVAMP subset, the same full ASDiv fold
+    ablation = Unit(0, "no_result_check", 1)
+    sub = items(unit_config(cfg, ablation, "base-model"))
+    assert len(sub["svamp"]) == 500 and set(sub["svamp"]) <= set(seen[0]["svamp"]) and sub["asdiv"] == seen[0]["asdiv"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_units_seed_does_not_reach_the_items(shared_data, seed):
+    from toolformer.evaluation import language
+    from toolformer.evaluation.evaluate import data_dir
+
+    cfg = load_config("jobs/configs/math.yaml", [f"seed={seed}"])
+    a = [x.uid for x in language.false_call_examples(data_dir(cfg), "webtext", 20, cfg.eval.items_seed)]
+    b = [x.uid for x in language.false_call_examples(data_dir(cfg), "webtext", 20, 0)]
+    assert a == b
