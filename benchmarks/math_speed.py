@@ -75,7 +75,7 @@ def finetune_settings(texts: int, out: Path) -> list[dict]:
         seconds, proc = _run(cmd)
         summary = next(iter(ft.glob("*/finetune.json")), None)
         info = json.loads(summary.read_text()) if summary else {}
-        rows.append({"workers": workers, "micro_batch": micro, "rc": proc.returncode, "seconds_total": round(seconds, 1),
+        rows.append({"workers": workers, "micro_batch": micro, "torch_threads_per_worker": max(1, 2 // workers), "rc": proc.returncode, "seconds_total": round(seconds, 1),
                      "seconds_trainer": info.get("seconds"), "sequences": info.get("train_sequences"),
                      "tokens": info.get("train_tokens_per_epoch"),
                      "tokens_per_s": round(info["train_tokens_per_epoch"] / info["seconds"], 1) if info.get("seconds") else None,

@@ -284,6 +284,7 @@ class TrainConfig:
     # The seed reaches training: C*'s texts are shuffled (seeded) before packing and the packed sequences are
     # reshuffled every epoch (seeded by run seed and epoch). False: file order, every epoch alike.
     shuffle: bool = True
+    torch_threads: Optional[int] = None  # CPU threads per worker; None: ray.num_cpus / num_workers (Ray gives 1)
     # Train for this many epochs of the training texts instead of max_steps (steps = ceil(epochs x sequences /
     # effective_batch)): a matched control (same texts without calls, shorter) then sees its data as often as the
     # model with calls sees its own. Checkpoints at every epoch end (eval_every is ignored).

@@ -145,6 +145,9 @@ def run_finetune(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         "deepspeed_config": str(Path(t.deepspeed_config).resolve()),
         **{k: getattr(t, k) for k in ("effective_batch", "micro_batch", "lr", "warmup_ratio", "max_steps", "eval_every",
                                       "epochs", "save_optimizer_state")},
+        # on CPU, each worker's share of the node's cores (Ray would leave every worker one thread)
+        "torch_threads": t.torch_threads or (None if t.use_gpu else max(1, int(cfg.ray.num_cpus or os.cpu_count() or 1)
+                                                                       // max(1, t.num_workers))),
         # the whole (small) training set in the local shuffle buffer: a full reshuffle every epoch
         "shuffle_buffer": min(figures["train_sequences"], 100_000) if t.shuffle else 0,
     }

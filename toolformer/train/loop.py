@@ -54,6 +54,8 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])
+    if config.get("torch_threads"):  # Ray sets OMP_NUM_THREADS=1 in workers: give each its share of the cores
+        torch.set_num_threads(int(config["torch_threads"]))
     cpu = not (config["use_gpu"] and torch.cuda.is_available())
     bf16 = not cpu  # the paper trains in bf16; on CPU fp32 keeps the checkpoint exact for the engine tests
     tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
