@@ -91,3 +91,59 @@ def test_a_units_seed_does_not_reach_the_items(shared_data, seed):
     a = [x.uid for x in language.false_call_examples(data_dir(cfg), "webtext", 20, cfg.eval.items_seed)]
     b = [x.uid for x in language.false_call_examples(data_dir(cfg), "webtext", 20, 0)]
     assert a == b
+
+
+def test_the_dev_split_is_the_same_problems_for_every_seed_model_and_control(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from toolformer.train.data import dev_split_ids, fixed_dev
+
+    ids = [f"asdiv-{i:04d}" for i in range(120)]
+    plain = {i: f"Problem {i}: 3 plus 4 is 7." for i in ids}
+    pq.write_table(pa.table({"text_id": ids, "text": [plain[i] for i in ids]}), tmp_path / "texts.parquet")
+    pq.write_table(pa.table({"text_id": ids}), tmp_path / "annotations.parquet")
+    held = dev_split_ids(ids, 0.1, 32)
+    assert len(held) == 32
+
+    def cstar(seed: int) -> str:  # each seed keeps calls in other texts; some dev problems are among them
+        kept = [i for k, i in enumerate(ids) if (k + seed) % 3 == 0]
+        path = tmp_path / f"cstar{seed}.parquet"
+        pq.write_table(pa.table({"text_id": kept, "text": [plain[i].replace("7", "[Calculator(3 + 4) -> 7] 7")
+                                                          for i in kept]}), path)
+        return str(path)
+
+    seen = {}
+    for seed in (0, 1, 2):
+        f = cstar(seed)
+        m_ids, m_texts = fixed_dev(str(tmp_path), [f], 0.1, 32, baseline=False)
+        c_ids, c_texts = fixed_dev(str(tmp_path), [f], 0.1, 32, baseline=True)
+        assert m_ids == c_ids == held  # every seed, the model and its control: the same problems
+        assert c_texts == [plain[i] for i in held]  # the control reads them plain
+        kept = set(pq.read_table(f).column("text_id").to_pylist())
+        assert m_texts == [plain[i].replace("7", "[Calculator(3 + 4) -> 7] 7") if i in kept else plain[i]
+                           for i in held]  # the model: its own C* version where it kept a call
+        seen[seed] = m_texts
+    assert seen[0] != seen[1]  # the seeds' C* differ, their dev problems do not
+
+
+def test_the_plan_estimates_every_unit_and_learns_rates_from_a_timeline(capsys):
+    from toolformer.experiment import plan
+    from toolformer.math_plan import FIRST_RATES, estimate, measured_rates, print_plan
+
+    cfg = load_config("jobs/configs/math.yaml")
+    units = plan(cfg)
+    total = print_plan(cfg, units, dict(FIRST_RATES))
+    out = capsys.readouterr().out
+    assert all(u.name in out for u in units) and "estimated total" in out and total > 0
+    est = {u.name: estimate(cfg, u, dict(FIRST_RATES)) for u in units}
+    assert est["seed0/no_result_check/r1"]["annotate"] == 0.0  # reuses the default annotation
+    assert est["seed0/no_boundary_positions/r1"]["annotate"] == 0.0  # ... the union over both position sets
+    assert "baseline" in est["seed0/default/r1"] and "baseline" not in est["seed0/default/r2"]  # baseline_rounds [1]
+    timeline = [{"unit": "seed0/default/r1", "status": "done",
+                 "phases_s": {"annotate": 300.0, "finetune": 370.0, "baseline": 310.0, "evaluate": 400.0}}]
+    rates = measured_rates(cfg, timeline, dict(FIRST_RATES))
+    assert rates["annotate_texts_per_s"] == round(cfg.corpus.limit / 300.0, 4)
+    assert rates["finetune_s_per_text_epoch"] > 0 and rates["eval_items_per_s"] > 0
+    assert "measured" in rates["source"]
+    assert measured_rates(cfg, [], dict(FIRST_RATES)) is None

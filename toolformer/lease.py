@@ -13,8 +13,9 @@ more than the lease it replaced: ``_lease.epoch`` keeps the count across release
 - Create, renew, take-over and release are compare-and-swap on the holder's token (``conditional.py``): a driver
   never renews or deletes a lease it no longer holds.
 - A driver that has not renewed for ``ttl_s - margin_s`` stops writing (``check`` raises ``LeaseLost``) before
-  anyone may take over: the deadline is read from the monotonic clock, so a driver frozen past its TTL (SIGSTOP,
-  a long GC pause, a suspended VM) finds out at its next check, before its next write.
+  anyone may take over: the deadline is read from a clock that never jumps and keeps counting while the machine is
+  suspended (``CLOCK_BOOTTIME`` on Linux; ``CLOCK_MONOTONIC`` stops during a suspend), so a driver frozen past its
+  TTL (SIGSTOP, a long GC pause, a suspended VM) finds out at its next check, before its next write.
 - Every commit carries the lease's owner and epoch (``Fence``): the store refuses it when the run's lease is no
   longer that one. On a local or POSIX disk the check and the write happen under the lease's lock, so a takeover
   cannot slip between them; on object stores the check immediately precedes the write.
@@ -92,6 +93,17 @@ class Fence:
             yield
 
 
+def deadline_clock() -> float:
+    """Seconds on the lease deadline's clock: CLOCK_BOOTTIME where the system has it (it counts a suspended VM's
+    time, which the TTL does on every other driver's wall clock), the monotonic clock elsewhere."""
+    if _BOOTTIME is not None:
+        return time.clock_gettime(_BOOTTIME)
+    return time.monotonic()
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 class Lease:
     def __init__(self, store: Store, ttl_s: float = 120.0, heartbeat_s: float = 15.0,
                  log: Callable[[str], None] = print, margin_s: float | None = None):
@@ -105,7 +117,7 @@ class Lease:
         self.epoch = 0
         self.lost: str | None = None
         self.renewals = 0
-        self._renewed = time.monotonic()
+        self._renewed = deadline_clock()
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,7 +178,7 @@ class Lease:
                 if held is not None:
                     self.say(f"taking over the run's lease from host {held.get('host')} pid {held.get('pid')}: "
                              f"{why} (epoch {self.epoch})")
-                self._renewed = time.monotonic()
+                self._renewed = deadline_clock()
                 self._start_heartbeat()
                 return self
         raise LeaseHeld(f"{self.store.uri}: could not take the lease (other drivers keep racing for it)")
@@ -188,7 +200,7 @@ class Lease:
                 if not self.cas.replace_locked(LEASE, self._data(), held):
                     self.lost = "the lease changed under this driver while it renewed it"
                     return
-            self._renewed = time.monotonic()
+            self._renewed = deadline_clock()
             self.renewals += 1
 
     def _start_heartbeat(self) -> None:
@@ -208,7 +220,7 @@ class Lease:
         """Raise ``LeaseLost`` when this driver must stop writing: its lease was taken, or it could not renew it
         for ``ttl_s - margin_s`` (after which another driver may soon take over)."""
         with self._mutex:
-            silent = time.monotonic() - self._renewed
+            silent = deadline_clock() - self._renewed
             if not self.lost and silent > self.ttl_s - self.margin_s:
                 self.lost = (f"the lease was not renewed for {silent:.0f} s (ttl {self.ttl_s:g} s less a margin of "
                              f"{self.margin_s:g} s): another driver may take the run over")

@@ -58,14 +58,28 @@ def page(s: dict, notes: str) -> str:
          "- Evaluation (the paper's Table 4 sets, kept apart from training): ASDiv's held-out fold (problems with a "
          f"numeric answer), SVAMP ({_svamp(cfg)}), MAWPS (the shipped dev 50). Greedy decoding, a call when `[` is "
          "among the top 10 tokens, lenient scoring (the first number, or the first after `=`).",
-         f"- Seeds {cfg.get('seeds')}: each seed re-annotates (sampling) and re-finetunes. Finetune: {cfg.get('epochs')} "
-         f"epochs at lr {cfg.get('lr')}, a checkpoint per epoch, the best chosen by perplexity on a 10 % dev split of "
-         "C* (never an evaluation set). Matched control: the same texts with the calls taken out, the same epochs, "
-         "lr, schedule and checkpoint rule (so fewer steps: its texts are shorter).",
+         f"- Seeds {cfg.get('seeds')}: the seed drives the annotation's sampling and the training data order (C*'s "
+         "texts shuffled before packing, the packed sequences reshuffled every epoch, both seeded). Finetune: "
+         f"{cfg.get('epochs')} epochs at lr {cfg.get('lr')}, {cfg.get('num_workers')} Ray Train worker, a checkpoint "
+         "at each epoch end, the best chosen by perplexity on the dev split (never an evaluation set). The dev split: "
+         f"{_pct(cfg.get('dev_split'))} of the round's problems, at least {cfg.get('dev_size')}, chosen by a hash of the "
+         "problem id alone, so the same problems for every seed, for the model (its C* version of each, with the "
+         "calls it kept) and for its control (plain); never trained on. Matched control: the same C* texts with "
+         "the calls taken out, the same epochs, lr, schedule and checkpoint rule (fewer steps: its texts are shorter).",
          f"- C* options (default on: boundary positions {cfg.get('boundary_positions')}, result check "
-         f"{cfg.get('result_check')}), each switched off on the same seeds: {', '.join(cfg.get('ablations') or []) or 'none'}.",
-         "- Round 2: annotated by each seed's round-1 model on fresh problems, finetuned from it; its control "
-         "continues the round-1 control on the same texts without calls.",
+         f"{cfg.get('result_check')}), each switched off on seed(s) {cfg.get('ablation_seeds') or cfg.get('seeds')}: "
+         f"{', '.join(cfg.get('ablations') or []) or 'none'}. Neither annotates again: the result check is a merge "
+         "rule (the default annotation, merged without it); the boundary option reads one annotation over the union "
+         "of both settings' positions, each setting merging exactly the positions it chooses (tested equal to "
+         "annotating each setting alone: tests/test_position_sets.py).",
+         f"- Round 2 on seed(s) {cfg.get('later_round_seeds') or cfg.get('seeds')}: annotated by the round-1 model on "
+         "the next problems, finetuned from it" + ("" if 2 in (cfg.get("baseline_rounds") or [2]) else
+                                                   "; no round-2 control (optional in the issue, left out for time)") + ".",
+         f"- Items: every model of the main comparison (round 1's default models and controls of every seed, the base "
+         f"rows) reads the same ids; the ablations and round 2 read "
+         + (", ".join(f"{k}: `{v}`" for k, v in (cfg.get("secondary_task_ids") or {}).items()) or "the same sets")
+         + " (a fixed seeded subset, stated here) and the same ASDiv fold. The false-call prompts are one fixed "
+         "sample for every model (eval.items_seed).",
          f"- Units with results: {', '.join(s.get('units_done') or []) or 'none yet'}; started, no results yet: "
          f"{', '.join(s.get('units_started') or []) or 'none'}.", ""]
     L += _timing(s)
@@ -155,6 +169,10 @@ def page(s: dict, notes: str) -> str:
     return "\n".join(L)
 
 
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * float(x):g} %"
+
+
 def _svamp(cfg: dict) -> str:
     ids = (cfg.get("task_ids") or {}).get("svamp")
     return f"a fixed seeded subset, `{ids}`, cut for time" if ids else "all 1,000"
@@ -164,10 +182,18 @@ def _timing(s: dict) -> list[str]:
     tl = s.get("timeline") or []
     if not tl:
         return []
+    start, end = min(x["start"] for x in tl), max(x["end"] for x in tl)
     total = sum(x["minutes"] for x in tl)
-    lines = ["## How long it took", "", f"{len(tl)} unit runs, {total:.0f} min of wall time in all (2 cores, nice 19, "
-             "shared with other work):", "", "| unit | status | minutes |", "|---|---|---|"]
-    lines += [f"| {x['unit']} | {x['status']} | {x['minutes']} |" for x in tl]
+    lines = ["## How long it took", "",
+             f"{len(tl)} unit runs, {total:.0f} min of unit time, {(end - start) / 60:.0f} min from the first unit's "
+             "start to the last one's end (the stored timeline: `benchmarks/results/math/timeline.jsonl`). Phases in "
+             "minutes; the load average when the unit started says whether it ran alone (2 cores).", "",
+             "| unit | status | minutes | phases (min) | load at start | commit |", "|---|---|---|---|---|---|"]
+    for x in tl:
+        phases = ", ".join(f"{k} {v / 60:.1f}" for k, v in (x.get("phases_s") or {}).items() if v is not None)
+        load = x.get("load_at_start")
+        lines.append(f"| {x['unit']} | {x['status']} | {x['minutes']} | {phases or '–'} | "
+                     f"{load[0] if load else '–'} | {x.get('commit') or '–'} |")
     return lines + [""]
 
 

@@ -71,3 +71,40 @@ def print_plan(cfg: RunConfig, units: list, rates: dict | None = None) -> float:
         print(f"  {u.name:32s} ~{minutes:5.1f} min  ({parts})")
     print(f"estimated total: ~{total:.0f} min")
     return total
+
+
+def measured_rates(cfg: RunConfig, timeline: list[dict], base: dict | None = None) -> dict | None:
+    """Rates read back from a stored timeline (the units' own phase timings), for the next ``--plan``: annotated
+    problems per second, finetune seconds per problem-epoch, evaluated items per second. None without units."""
+    from toolformer.experiment import Unit
+
+    rates = dict(base or load_rates())
+    limit, epochs = cfg.corpus.limit or 0, cfg.train.epochs or 1
+    ann, ft, ev = [], [], []
+    for x in timeline:
+        ph = x.get("phases_s") or {}
+        if x.get("status") != "done":
+            continue
+        if (ph.get("annotate") or 0) > 30 and limit:
+            ann.append(limit / ph["annotate"])
+        for k in ("finetune", "baseline"):
+            if (ph.get(k) or 0) > rates["finetune_overhead_s"] and limit:
+                ft.append((ph[k] - rates["finetune_overhead_s"]) / (epochs * limit) / (0.8 if k == "baseline" else 1))
+        if ph.get("evaluate"):
+            unit = Unit.parse(x["unit"])
+            counted = estimate(cfg, unit, {**rates, "eval_items_per_s": 1.0, "engine_start_s": 0.0})["evaluate"]
+            models = 2 if unit.seed is None or "baseline" in ph else 1
+            spent = ph["evaluate"] - rates["engine_start_s"] * (1 if unit.seed is None else models)
+            if spent > 0:
+                ev.append(counted / spent)
+    if not (ann or ft or ev):
+        return None
+    mean = lambda xs: round(sum(xs) / len(xs), 4)  # noqa: E731
+    if ann:
+        rates["annotate_texts_per_s"] = mean(ann)
+    if ft:
+        rates["finetune_s_per_text_epoch"] = mean(ft)
+    if ev:
+        rates["eval_items_per_s"] = mean(ev)
+    rates["source"] = f"measured from the stored timeline ({len(timeline)} unit runs)"
+    return rates

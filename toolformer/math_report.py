@@ -300,6 +300,14 @@ def store_units(cfg: RunConfig, data: dict, out: Path) -> None:
                    for setting, per_task in per_setting.items()}
             for unit, per_setting in data["right"].items()}
     (out / "items.json").write_text(json.dumps({"uids": uids, "right": rows}))
+    if (root / "timeline.jsonl").is_file():  # start, end, phases and load of every unit run
+        (out / "timeline.jsonl").write_text(relative_paths((root / "timeline.jsonl").read_text(encoding="utf-8")),
+                                            encoding="utf-8")
+        from toolformer.math_plan import measured_rates
+
+        rates = measured_rates(cfg, data["timeline"])
+        if rates:  # what the next --plan estimates from
+            (out / "rates.json").write_text(json.dumps(rates, indent=1))
 
 
 def _prefixes() -> list[tuple[str, str]]:
@@ -354,7 +362,12 @@ def write_report(cfg: RunConfig, results_dir: str | Path = "benchmarks/results/m
                          "lr": cfg.train.lr, "holdout_fold": cfg.corpus.holdout_fold, "folds": cfg.corpus.folds,
                          "boundary_positions": cfg.annotate.boundary_positions,
                          "result_check": cfg.annotate.result_check, "run_dir": _run_dir(cfg.output_dir),
-                         "task_ids": dict(cfg.eval.task_ids), "dtype": cfg.model.dtype}
+                         "task_ids": dict(cfg.eval.task_ids), "dtype": cfg.model.dtype,
+                         "ablation_seeds": cfg.bootstrap.ablation_seeds, "later_round_seeds": cfg.bootstrap.later_round_seeds,
+                         "baseline_rounds": cfg.bootstrap.baseline_rounds,
+                         "secondary_task_ids": dict(cfg.bootstrap.secondary_task_ids),
+                         "dev_split": cfg.train.dev_split, "dev_size": cfg.train.dev_size,
+                         "num_workers": cfg.train.num_workers, "shuffle": cfg.train.shuffle}
     summary = relative_paths(json.loads(json.dumps(summary, default=str)))
     if summary["items_warning"]:  # loud: on stderr, at the top of the page, and in results.json
         import sys

@@ -65,6 +65,8 @@ def train_loop_per_worker(config: dict) -> None:
         config["deepspeed_config"], micro_batch=config["micro_batch"], accumulation=accumulation, lr=config["lr"],
         warmup_steps=int(config["warmup_ratio"] * config["max_steps"]), bf16=bf16, cpu=cpu,
     )
+    if cpu:
+        without_shm_jit()
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                            config=ds_cfg, dist_init_required=False)
     device = engine.device
@@ -164,6 +166,16 @@ def train_loop_per_worker(config: dict) -> None:
         state["epoch"] = epoch
         if by_epoch:
             checkpoint(dict(metrics, epoch=epoch, step=state["step"]))
+
+
+def without_shm_jit() -> None:
+    """DeepSpeed on CPU JIT-compiles a shared-memory all-reduce op at its first initialize, behind a lock file that
+    a killed build leaves behind: every later finetune on that machine then waits on it forever (seen here). Our
+    workers all-reduce through gloo, which needs no build: the op is marked unavailable, so nothing compiles and
+    nothing waits."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def epoch_order(seed: int, epoch: int, buffer: int) -> dict:
