@@ -24,10 +24,10 @@ from toolformer.config import RunConfig
 from toolformer.corpus import TextChunk
 from toolformer.engine import Engine
 from toolformer.schemas import WORK
-from toolformer.tools import ToolRequest, build_tool, canonical_name, tool_class
+from toolformer.tools import ToolRequest, canonical_name, tool_class
 from toolformer.tools.base import NO_RESULT, Tool
 from toolformer.tools.deadline import CallGroup, InProcessTool
-from toolformer.tools.worker import ToolSpec, ToolWorkers
+from toolformer.tools.runners import start_runners
 
 _CHUNK_FIELDS = ("text_id", "doc_id", "chunk", "url", "date", "title", "text")
 _COUNTERS = ("n_tokens", "n_positions", "n_pruned", "n_samples", "n_sampled_tokens", "n_closed", "n_parsed",
@@ -89,26 +89,8 @@ class ExecuteCalls:
 
     def setup(self) -> None:
         a = self.cfg.annotate
-        in_process = {canonical_name(t) for t in (a.tool_in_process or [])}
-        runners = {}
-        try:
-            for name in a.tools:
-                tool = canonical_name(name)
-                options = dict(a.tool_options.get(tool, {}) or {})
-                if a.tool_workers <= 0 or tool in in_process:
-                    runners[tool] = InProcessTool(build_tool(tool, **options))
-                else:
-                    runners[tool] = ToolWorkers(ToolSpec.of(tool, options), workers=a.tool_workers,
-                                                setup_timeout_s=a.tool_setup_timeout_s,
-                                                max_restarts=a.tool_max_restarts)
-                runners[tool].start()  # every worker's set-up runs while the next one starts
-            for runner in runners.values():
-                runner.wait_ready()
-        except BaseException:
-            for runner in runners.values():
-                runner.close()
-            raise
-        self.tools = runners
+        self.tools = start_runners(a.tools, a.tool_options, workers=a.tool_workers, in_process=a.tool_in_process or [],
+                                   setup_timeout_s=a.tool_setup_timeout_s, max_restarts=a.tool_max_restarts)
 
     def close(self) -> None:
         """End the tool workers (an actor's or a local run's end; interpreter exit does it too)."""

@@ -35,20 +35,28 @@ def settings(cfg: RunConfig, base_path: str) -> list[Setting]:
 
 
 def build_tools(cfg: RunConfig) -> dict:
-    from toolformer.tools import build_tool, canonical_name
+    """The evaluated tools, each call under its deadline as in annotation: worker processes a timeout ends (the
+    Calendar in process), ``annotate.tool_timeout_s`` per call. Close them with ``close_tools``."""
+    from toolformer.tools import canonical_name
+    from toolformer.tools.runners import BoundedTool, start_runners
 
-    tools = {}
-    for name in cfg.eval.tools:
-        tool = build_tool(name, **cfg.annotate.tool_options.get(canonical_name(name), {}))
-        tool.setup()
-        tools[name] = tool
-    return tools
+    a = cfg.annotate
+    runners = start_runners(cfg.eval.tools, a.tool_options, workers=a.tool_workers,
+                            in_process=a.tool_in_process or [], setup_timeout_s=a.tool_setup_timeout_s,
+                            max_restarts=a.tool_max_restarts)
+    per_tool = {canonical_name(k): v for k, v in (a.tool_timeout_s_per_tool or {}).items()}
+    return {name: BoundedTool(runners[canonical_name(name)], per_tool.get(canonical_name(name), a.tool_timeout_s))
+            for name in cfg.eval.tools}
+
+
+def close_tools(tools: dict) -> None:
+    for tool in tools.values():
+        close = getattr(tool, "close", None)
+        if close is not None:
+            close()
 
 
 def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
-    from toolformer.engine import build_engine
-    from toolformer.models import resolve_model
-
     e = cfg.eval
     examples = []
     for task in e.tasks:
@@ -60,6 +68,16 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
                                   ids=e.task_ids.get(task))
     log(f"{len(examples)} examples from {len(e.tasks)} tasks")
     tools = build_tools(cfg)
+    try:
+        return _evaluate(cfg, e, examples, tools, log)
+    finally:
+        close_tools(tools)
+
+
+def _evaluate(cfg: RunConfig, e, examples: list, tools: dict, log: Callable[[str], None]) -> dict:
+    from toolformer.engine import build_engine
+    from toolformer.models import resolve_model
+
     decode = DecodeConfig(max_new_tokens=e.max_new_tokens, top_k=e.top_k, max_calls=e.max_calls, stop=["\n"])
     base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
     from toolformer.evaluation import language
@@ -70,6 +88,8 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     results, engines, ppl = [], {}, {}
     for setting in settings(cfg, base):
         t_setting = time.perf_counter()  # the setting's whole cost: engine start (when new), tasks, false calls, ppl
+        for t in tools.values():
+            t.errors = {}
         if setting.model not in engines:
             for old in engines.values():
                 old.close()
@@ -91,6 +111,8 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
                 ppl[setting.model] = language.perplexity(engines[setting.model], ppl_texts)
             r["perplexity"] = ppl[setting.model]
         r["seconds"] = round(time.perf_counter() - t_setting, 1)
+        # why this setting's tool calls got no result (a timeout that ended the call, an exception), per tool
+        r["tool_errors"] = {name: dict(t.errors) for name, t in tools.items() if getattr(t, "errors", None)}
         results.append(r)
     for engine in engines.values():
         engine.close()
