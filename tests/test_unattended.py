@@ -181,8 +181,13 @@ def test_a_run_that_keeps_stopping_on_the_execution_refuses_to_loop(tmp_path):
     store.write_json({"stops": [stop, stop]}, *RUN_FAILURES)
     a._refuse_looping()  # two: the next run may still try
     store.write_json({"stops": [stop | {"config_hash": "other"}, stop, stop, stop]}, *RUN_FAILURES)
-    with pytest.raises(ExecutionError, match="last 3 runs .* delete failures/_run/annotate.json"):
+    with pytest.raises(ExecutionError, match="last 3 runs .* with shards.retry_after_stops=true"):
         a._refuse_looping()
+    lifted = RayAnnotator(load_config(None, [f"output_dir={tmp_path}", "shards.max_failures=3",
+                                             "shards.retry_after_stops=true"]), log=lambda _: None)
+    assert config_hash(lifted.cfg) == config_hash(cfg)  # the flag is not a setting of the run
+    lifted._refuse_looping()  # the flag lifts the refusal for this start; the stops stay recorded
+    assert len(store.read_json(*RUN_FAILURES)["stops"]) == 4
     store.write_json({"stops": [stop, stop, stop | {"done": 1}]}, *RUN_FAILURES)  # something committed since
     a._refuse_looping()
     other = RayAnnotator(load_config(None, [f"output_dir={tmp_path}", "shards.max_failures=3", "seed=1"]),

@@ -17,7 +17,8 @@ Failure semantics (docs: "What happens when something fails"):
 - an error of the execution itself (an actor that cannot start, a lost cluster, a cut pass that held no shard,
   every fresh shard of the first pass failing) stops the run with ``ExecutionError`` and charges nobody. Such
   stops are counted per config (``failures/_run/annotate.json``); after ``shards.max_failures`` of them in a row
-  with nothing committed, the run refuses to start until the cause is fixed, so a resubmitting job cannot loop;
+  with nothing committed, the run refuses to start (a resubmitting job cannot loop) until a start with
+  ``shards.retry_after_stops=true`` (any commit resets the count);
 - metrics, telemetry and progress never raise into a pass (``observe.Guard``);
 - one driver per run (``toolformer/lease.py``): every state write is fenced by the lease's epoch; a driver that
   cannot renew in time stops writing before another may take over.
@@ -151,11 +152,15 @@ class RayAnnotator:
             if stop["config_hash"] != h or stop["done"] != done:
                 break
             streak.append(stop)
-        if len(streak) >= n:
+        if len(streak) >= n and self.cfg.shards.retry_after_stops:
+            self.log(f"the last {len(streak)} runs stopped on an error of the execution; starting anyway "
+                     "(shards.retry_after_stops=true)")
+        elif len(streak) >= n:
             raise ExecutionError(
                 f"the last {len(streak)} runs of this config on {self.store.uri} stopped on an error of the execution "
                 f"and committed nothing (last: {streak[0]['error'].splitlines()[0][:600]}). Fix the cause (or the "
-                f"config) and delete {'/'.join(RUN_FAILURES)} to run again.")
+                f"config), then run the same command with shards.retry_after_stops=true (the stops stay recorded in "
+                f"{'/'.join(RUN_FAILURES)}; any commit resets the count).")
 
     # -- the run -------------------------------------------------------------------------------------------------
     def run(self) -> dict:

@@ -191,6 +191,9 @@ class ShardsConfig:
     # A driver that could not renew its lease for lease_ttl_s minus this stops writing, before another may take
     # over (None: the larger of two heartbeats and a quarter of the TTL).
     lease_margin_s: Optional[float] = None
+    # A run whose last max_failures starts all stopped on an error of the execution, with nothing committed since,
+    # refuses to start (a resubmitting job would loop); true lifts that for this start, once the cause is fixed.
+    retry_after_stops: bool = False
 
 
 @dataclass
