@@ -147,3 +147,23 @@ def test_the_plan_estimates_every_unit_and_learns_rates_from_a_timeline(capsys):
     assert rates["finetune_s_per_text_epoch"] > 0 and rates["eval_items_per_s"] > 0
     assert "measured" in rates["source"]
     assert measured_rates(cfg, [], dict(FIRST_RATES)) is None
+
+
+def test_the_false_call_diagnosis_reads_the_generations_as_the_evaluation_counts_them():
+    from toolformer.math_diagnosis import false_call_diagnosis
+
+    calc = lambda x: [{"tool": "Calculator", "input": x, "result": "1", "ok": True}]  # noqa: E731
+    rows = [
+        {"setting": "finetuned + tools", "task": "false_call_lama", "generation": "He had 3 cats and 4 dogs. How many "
+         "pets? [Calculator(3 + 4) -> 7] 7", "calls": calc("3 + 4")},
+        {"setting": "finetuned + tools", "task": "false_call_lama", "generation": "Answer: [Calculator(5 + 3) -> 8] 8",
+         "calls": calc("5 + 3")},
+        {"setting": "finetuned + tools", "task": "false_call_lama", "generation": "Paris.", "calls": []},
+        # written by the model as text after its one call: not a call the decoder parsed, as the evaluation counts
+        {"setting": "finetuned + tools", "task": "false_call_lama", "generation": "x [Calculator(1 + 1) -> 2]",
+         "calls": []},
+        {"setting": "finetuned + tools", "task": "svamp", "generation": "[Calculator(1 + 1) -> 2]", "calls": calc("1 + 1")},
+    ]
+    v = false_call_diagnosis(rows)["finetuned + tools"]["lama"]
+    assert (v["prompts"], v["with_call"], v["with_call_share"]) == (4, 2, 50.0)
+    assert v["question_before_call"] == 1 and v["operands_written_before"] == 1 and len(v["examples"]) == 2

@@ -120,3 +120,38 @@ def load_questions(cfg, sets: tuple[str, ...]) -> tuple[dict[str, dict[str, str]
         except Exception as e:  # the report never fails for want of the questions
             problems.append(f"{task}: {type(e).__name__}: {e}")
     return out, ("; ".join(problems) or None)
+
+
+_QUESTION = re.compile(r"\?|\b(?:how many|how much|how long|how far|what is the total)\b", re.I)
+
+
+def false_call_diagnosis(rows: list[dict], examples: int = 3) -> dict:
+    """Per setting and false-call set (prompts with no arithmetic): how many generations wrote a Calculator call;
+    of those, how many first turned the text into a question (``?``, "how many", ...: the word-problem form C*
+    taught) and how many call with numbers the generation itself wrote before the call; a few examples."""
+    out: dict = {}
+    for r in rows:
+        if not str(r.get("task", "")).startswith("false_call_"):
+            continue
+        v = out.setdefault(r["setting"], {}).setdefault(r["task"].removeprefix("false_call_"),
+                                                         {"prompts": 0, "with_call": 0, "question_before_call": 0,
+                                                          "operands_written_before": 0, "examples": []})
+        v["prompts"] += 1
+        gen = r.get("generation") or ""
+        call = next((c for c in r.get("calls") or [] if c.get("tool") == "Calculator"), None)
+        if call is None:  # counted as the evaluation counts a false call: the decoder parsed a Calculator call
+            continue
+        v["with_call"] += 1
+        at = gen.find("[Calculator")
+        before = gen[:at] if at >= 0 else gen
+        v["question_before_call"] += bool(_QUESTION.search(before))
+        ops, written = numbers(call.get("input") or ""), set(numbers(before))
+        v["operands_written_before"] += bool(ops) and all(x in written for x in ops)
+        if len(v["examples"]) < examples:
+            v["examples"].append(" ".join(gen.split())[:160])
+    for per_set in out.values():
+        for v in per_set.values():
+            v["with_call_share"] = _share(v["with_call"], v["prompts"])
+            v["question_before_call_share_of_calls"] = _share(v["question_before_call"], v["with_call"])
+            v["operands_written_before_share_of_calls"] = _share(v["operands_written_before"], v["with_call"])
+    return out

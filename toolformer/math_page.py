@@ -256,4 +256,19 @@ def _diagnosis(s: dict) -> list[str]:
     q = d.get("questions") or {}
     if q.get("problem"):
         L += ["", f"Questions not read for the operand check: {q['problem']}."]
+    fc = d.get("false_calls") or {}
+    if any(fc.values()):
+        L += ["", "False calls, from the generations on the prompts with no arithmetic: the share that wrote a "
+              "Calculator call; of those, the share that first turned the text into a question (`?`, \"how many\", "
+              "...: the word-problem form C* taught) and the share whose operands are numbers the generation itself "
+              "wrote before the call.", "",
+              "| unit | setting | set | prompts | with a call % | question first % of calls | own numbers % of calls "
+              "| examples |", "|---" * 8 + "|"]
+        for unit, settings in sorted(fc.items()):
+            for name, per_set in settings.items():
+                for task, v in per_set.items():
+                    ex = " / ".join(f"`{e}`" for e in v["examples"][:2]).replace("|", "\\|")
+                    L.append(f"| {unit} | {name} | {task} | {v['prompts']} | {v['with_call_share']} | "
+                             f"{v['question_before_call_share_of_calls'] if v['with_call'] else '–'} | "
+                             f"{v['operands_written_before_share_of_calls'] if v['with_call'] else '–'} | {ex or '–'} |")
     return L

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from toolformer.config import RunConfig
-from toolformer.math_diagnosis import diagnose_unit, generation_copy_errors, load_questions
+from toolformer.math_diagnosis import diagnose_unit, false_call_diagnosis, generation_copy_errors, load_questions
 from toolformer.math_goals import goals
 from toolformer.math_paired import (BASE, CONTROL, PROMPTED, SETS, TOOLS, comparisons, items_check, items_warning,
                                     mcnemar)
@@ -103,13 +103,14 @@ def collect(cfg: RunConfig, questions: dict | None = None) -> dict:
     questions_note = None
     if questions is None:
         questions, questions_note = load_questions(cfg, SETS)
-    data: dict = {"units": {}, "right": {}, "diagnosis": {},
+    data: dict = {"units": {}, "right": {}, "diagnosis": {}, "false_calls": {},
                   "questions": {"sets": {t: len(q) for t, q in questions.items()}, "problem": questions_note}}
     base_eval, base_right, base_diag = collect_eval(root / "base" / "eval", questions)
     if base_eval:
         data["units"]["base"] = {"eval": base_eval}
         data["right"]["base"] = base_right
         data["diagnosis"]["base"] = base_diag
+        data["false_calls"]["base"] = false_call_diagnosis(_read_jsonl(root / "base" / "eval" / "generations.jsonl"))
     for sdir in sorted(root.glob("seed*")):
         for setting_dir in sorted(p for p in sdir.iterdir() if p.is_dir()):
             for rdir in sorted((setting_dir / "rounds").glob("r*")):
@@ -125,6 +126,9 @@ def collect(cfg: RunConfig, questions: dict | None = None) -> dict:
                 data["right"][name] = right
                 if diag:
                     data["diagnosis"][name] = diag
+                fc = false_call_diagnosis(_read_jsonl(rdir / "eval" / "generations.jsonl"))
+                if fc:
+                    data["false_calls"][name] = fc
     data["timeline"] = _read_jsonl(root / "timeline.jsonl")
     return data
 
@@ -212,6 +216,7 @@ def summarize(cfg: RunConfig, data: dict) -> dict:
     diagnosis = {"rows": data["diagnosis"], "questions": data.get("questions"),
                  "cstar_copy_errors": {u: d["cstar"]["copy_errors"] for u, d in data["units"].items()
                                        if d.get("cstar")},
+                 "false_calls": data.get("false_calls") or {},
                  "note": "per unit, setting and set: answers with a call (%), where the first call sits (before the "
                          "answer's first number or after one), its operands (all in the question or not), copy "
                          "errors in the generations (and in C*: cstar_copy_errors), right without / with a call"}
