@@ -168,3 +168,4 @@ def test_the_false_call_diagnosis_reads_the_generations_as_the_evaluation_counts
     v = false_call_diagnosis(rows)["finetuned + tools"]["lama"]
     assert (v["prompts"], v["with_call"], v["with_call_share"]) == (4, 2, 50.0)
     assert v["question_before_call"] == 1 and v["operands_written_before"] == 1 and len(v["examples"]) == 2
+    assert v["answer_before_call"] == 1

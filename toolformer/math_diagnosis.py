@@ -135,7 +135,8 @@ def false_call_diagnosis(rows: list[dict], examples: int = 3) -> dict:
             continue
         v = out.setdefault(r["setting"], {}).setdefault(r["task"].removeprefix("false_call_"),
                                                          {"prompts": 0, "with_call": 0, "question_before_call": 0,
-                                                          "operands_written_before": 0, "examples": []})
+                                                          "answer_before_call": 0, "operands_written_before": 0,
+                                                          "examples": []})
         v["prompts"] += 1
         gen = r.get("generation") or ""
         call = next((c for c in r.get("calls") or [] if c.get("tool") == "Calculator"), None)
@@ -145,6 +146,7 @@ def false_call_diagnosis(rows: list[dict], examples: int = 3) -> dict:
         at = gen.find("[Calculator")
         before = gen[:at] if at >= 0 else gen
         v["question_before_call"] += bool(_QUESTION.search(before))
+        v["answer_before_call"] += bool(re.search(r"\banswer\b", before, re.I))  # C*'s "Answer: [Calculator(...)"
         ops, written = numbers(call.get("input") or ""), set(numbers(before))
         v["operands_written_before"] += bool(ops) and all(x in written for x in ops)
         if len(v["examples"]) < examples:
@@ -153,5 +155,6 @@ def false_call_diagnosis(rows: list[dict], examples: int = 3) -> dict:
         for v in per_set.values():
             v["with_call_share"] = _share(v["with_call"], v["prompts"])
             v["question_before_call_share_of_calls"] = _share(v["question_before_call"], v["with_call"])
+            v["answer_before_call_share_of_calls"] = _share(v["answer_before_call"], v["with_call"])
             v["operands_written_before_share_of_calls"] = _share(v["operands_written_before"], v["with_call"])
     return out

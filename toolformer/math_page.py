@@ -198,16 +198,28 @@ def _timing(s: dict) -> list[str]:
 
 
 def _items(s: dict) -> list[str]:
-    """Whether every evaluated model read the same items, per set."""
-    check = (s.get("items") or {}).get("every_model") or {}
-    if not check.get("per_set"):
-        return []
-    L = ["", "## The same items for every model", "",
-         f"Every evaluated setting read the same item ids: **{'yes' if check['items_equal'] else 'NO'}**.", "",
-         "| set | rows | items (union) | common to all | counts | rows that differ |", "|---|---|---|---|---|---|"]
-    for task, v in check["per_set"].items():
-        diff = "; ".join(f"{k}: {d['n']} ({d['missing']} missing)" for k, d in v["differing"].items()) or "none"
-        L.append(f"| {task} | {v['rows']} | {v['n_union']} | {v['n_common']} | {v['counts']} | {diff} |")
+    """Whether the evaluated models read the same items, per set: the main comparison (round 1's default models,
+    their controls, the base rows) on the full sets, the ablations and later rounds on their stated subset."""
+    items = s.get("items") or {}
+    L = []
+    for key, title in (("goal_models", "round 1's default models, their controls and the base rows"),
+                       ("secondary", "the ablations and round 2")):
+        check = items.get(key) or {}
+        if not check.get("per_set"):
+            continue
+        if not L:
+            L = ["", "## The same items for every model", ""]
+        L += [f"{title[0].upper() + title[1:]}: every setting read the same item ids: "
+              f"**{'yes' if check['items_equal'] else 'NO'}**.", "",
+              "| set | rows | items (union) | common to all | counts | rows that differ |", "|---|---|---|---|---|---|"]
+        for task, v in check["per_set"].items():
+            diff = "; ".join(f"{k}: {d['n']} ({d['missing']} missing)" for k, d in v["differing"].items()) or "none"
+            L.append(f"| {task} | {v['rows']} | {v['n_union']} | {v['n_common']} | {v['counts']} | {diff} |")
+        L.append("")
+    within = items.get("secondary_within_main") or {}
+    if within:
+        L.append("The ablations' and round 2's items lie within the main comparison's, per set: " +
+                 ", ".join(f"{t} {'yes' if ok else 'NO'}" for t, ok in within.items()) + ".")
     return L
 
 
@@ -260,15 +272,17 @@ def _diagnosis(s: dict) -> list[str]:
     if any(fc.values()):
         L += ["", "False calls, from the generations on the prompts with no arithmetic: the share that wrote a "
               "Calculator call; of those, the share that first turned the text into a question (`?`, \"how many\", "
-              "...: the word-problem form C* taught) and the share whose operands are numbers the generation itself "
-              "wrote before the call.", "",
-              "| unit | setting | set | prompts | with a call % | question first % of calls | own numbers % of calls "
-              "| examples |", "|---" * 8 + "|"]
+              "...: the word-problem form C* taught), the share that wrote `Answer` before the call (C*'s "
+              "`Answer: [Calculator(...)`), and the share whose operands are numbers the generation itself wrote "
+              "before the call.", "",
+              "| unit | setting | set | prompts | with a call % | question first % of calls | `Answer` first % of calls "
+              "| own numbers % of calls | examples |", "|---" * 9 + "|"]
         for unit, settings in sorted(fc.items()):
             for name, per_set in settings.items():
                 for task, v in per_set.items():
                     ex = " / ".join(f"`{e}`" for e in v["examples"][:2]).replace("|", "\\|")
                     L.append(f"| {unit} | {name} | {task} | {v['prompts']} | {v['with_call_share']} | "
                              f"{v['question_before_call_share_of_calls'] if v['with_call'] else '–'} | "
+                             f"{v.get('answer_before_call_share_of_calls') if v['with_call'] else '–'} | "
                              f"{v['operands_written_before_share_of_calls'] if v['with_call'] else '–'} | {ex or '–'} |")
     return L

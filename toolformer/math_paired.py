@@ -100,6 +100,21 @@ def items_check(right: dict, units: list[str] | None = None) -> dict:
     return {"items_equal": all(v["equal"] for v in out.values()), "per_set": out}
 
 
+def ids_within(right: dict, inner: list[str], outer: list[str]) -> dict[str, bool]:
+    """Per set: whether every item id the ``inner`` units read is one the ``outer`` units read (a stated subset
+    lies within the full set)."""
+    def ids(units: list[str]) -> dict[str, set]:
+        out: dict[str, set] = {}
+        for unit in units:
+            for per_task in (right.get(unit) or {}).values():
+                for task, items in per_task.items():
+                    out.setdefault(task, set()).update(items)
+        return out
+
+    a, b = ids(inner), ids(outer)
+    return {t: v <= b.get(t, set()) for t, v in sorted(a.items())}
+
+
 def items_warning(check: dict) -> str | None:
     """One loud line when the item sets differ, else None."""
     bad = {t: v for t, v in check["per_set"].items() if not v["equal"]}

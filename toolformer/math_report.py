@@ -18,8 +18,8 @@ from pathlib import Path
 from toolformer.config import RunConfig
 from toolformer.math_diagnosis import diagnose_unit, false_call_diagnosis, generation_copy_errors, load_questions
 from toolformer.math_goals import goals
-from toolformer.math_paired import (BASE, CONTROL, PROMPTED, SETS, TOOLS, comparisons, items_check, items_warning,
-                                    mcnemar)
+from toolformer.math_paired import (BASE, CONTROL, PROMPTED, SETS, TOOLS, comparisons, ids_within, items_check,
+                                    items_warning, mcnemar)
 from toolformer.stats import wilson
 
 __all__ = ["mcnemar", "wilson", "write_report", "collect", "summarize", "generation_copy_errors"]
@@ -211,8 +211,13 @@ def summarize(cfg: RunConfig, data: dict) -> dict:
                 language.setdefault(unit, {})[name] = {"false_call": e.get("false_call"),
                                                        "perplexity": (e.get("perplexity") or {}).get("perplexity")}
     goal_units = ["base", *(f"seed{s}/default/r1" for s in seeds)]
-    check = {"every_model": items_check(data["right"]), "goal_models": items_check(data["right"], goal_units)}
-    warning = items_warning(check["every_model"])
+    # the main comparison reads the full sets; the ablations and later rounds a stated fixed subset
+    # (bootstrap.secondary_task_ids): each group must read the same ids, and a subset must lie within the full set
+    others = [u for u in data["right"] if u not in goal_units]
+    check = {"goal_models": items_check(data["right"], goal_units), "secondary": items_check(data["right"], others),
+             "secondary_within_main": ids_within(data["right"], others, goal_units),
+             "every_model": items_check(data["right"])}
+    warning = " ".join(w for w in (items_warning(check["goal_models"]), items_warning(check["secondary"])) if w) or None
     diagnosis = {"rows": data["diagnosis"], "questions": data.get("questions"),
                  "cstar_copy_errors": {u: d["cstar"]["copy_errors"] for u, d in data["units"].items()
                                        if d.get("cstar")},
@@ -222,7 +227,8 @@ def summarize(cfg: RunConfig, data: dict) -> dict:
                          "errors in the generations (and in C*: cstar_copy_errors), right without / with a call"}
     return {"rows": rows, "pooled": pooled, "paired": paired, "ablation": ablation, "language": language,
             "goals": goals(data, seeds, paired["r1"]),
-            "items_equal": check["every_model"]["items_equal"], "items": check, "items_warning": warning,
+            "items_equal": check["goal_models"]["items_equal"] and check["secondary"]["items_equal"],
+            "items": check, "items_warning": warning,
             "tests": {"per seed": "exact McNemar (two-sided, binomial on the discordant pairs), Wilson 95 % intervals",
                       "pooled over seeds": "paired sign-flip permutation test over items on d_i = mean over seeds "
                                            "of right with tools - mean over seeds of right with the other (base: "
@@ -323,7 +329,10 @@ def _prefixes() -> list[tuple[str, str]]:
     pairs = {}
     for p in {str(shared_data()), str(shared_data().resolve())}:
         pairs[p.rstrip("/")] = "${shared_data:}"
-    for p in {str(repo_root()), str(repo_root().resolve())}:
+    checkouts = {str(repo_root()), str(repo_root().resolve())}
+    if (Path.cwd() / "toolformer").is_dir() and (Path.cwd() / "jobs").is_dir():  # a run made in another worktree
+        checkouts |= {str(Path.cwd()), str(Path.cwd().resolve())}
+    for p in checkouts:
         pairs[p.rstrip("/") + "/"] = ""
         pairs[p.rstrip("/")] = "."
     return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
