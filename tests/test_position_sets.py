@@ -15,27 +15,19 @@ from toolformer.config import config_hash, load_config
 from toolformer.engine.base import StartProbs
 from toolformer.merge import kept_candidates
 from toolformer.schemas import ANNOTATIONS
+from test_positions_merge import BoundsEngine as _BoundsEngine
 
 
-class BoundsEngine:
-    """Top-k style bounds for known exact values (0.04 where unknown); exact values on request, counted."""
-
-    start_ids = [1, 2]
+class BoundsEngine(_BoundsEngine):
+    """The position tests' fake engine (top-k style bounds, exact values on request), counting position scans."""
 
     def __init__(self, exact, known):
-        self.exact, self.known, self.asked, self.scans = exact, known, [], 0
+        super().__init__(exact, known)
+        self.scans = 0
 
     def start_probs(self, seqs, starts, top_k=None):
         self.scans += 1
-        return [StartProbs(np.where(k, p, 0.0), np.where(k, p, 0.04)) for p, k in zip(self.exact, self.known)]
-
-    def token_logprobs_after(self, prefixes, token_ids):
-        rows = []
-        for prefix in prefixes:
-            b, j = prefix[0], len(prefix) - 1  # the fake sequences encode (text index, position)
-            self.asked.append((b, j))
-            rows.append(np.log([self.exact[b][j] / 2, self.exact[b][j] / 2]))
-        return np.array(rows)
+        return super().start_probs(seqs, starts, top_k)
 
 
 EXACT = [np.array([0.30, 0.01, 0.035, 0.02, 0.12, 0.001, 0.25, 0.033]),

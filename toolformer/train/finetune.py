@@ -90,9 +90,9 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
     # Materialized now, while every CPU is free: once the Ray Train workers hold the CPUs, a lazy step left in
     # these datasets would wait for a CPU forever.
     train, dev_ds = train.materialize(), dev_ds.materialize()
-    held_set = set(held)
-    in_cstar = sum(1 for f in files for i in pq.read_table(f, columns=["text_id"]).column("text_id").to_pylist()
-                   if i in held_set)
+    # held texts that C* holds (no longer trained on): read per file, filtered to the held ids
+    in_cstar = sum(pq.read_table(f, columns=["text_id"], filters=[("text_id", "in", held)]).num_rows
+                   for f in files) if held else 0
     figures = {"train_texts": cstar.count() - in_cstar, "train_sequences": max(n_train, per_step),
                "train_tokens_per_epoch": n_tokens, "dev_texts": len(dev), "dev_from": "cstar" if t.dev_split > 0 else "plain"}
     log(f"{figures['train_texts']} texts → {n_train} sequences of {t.seq_len} ({n_tokens} tokens); dev: {len(dev)} "
