@@ -68,7 +68,10 @@ def test_markers_failures_and_quarantine(tmp_path):
     table = pa.table({"x": [1, 2]})
     state.commit("shard-00000", {"annotations": table}, {"docs": 3})
     assert state.done() == {"shard-00000"}
-    assert pq.read_table(store.path("annotations", "shard-00000.parquet")).num_rows == 2
+    committed = state.output("shard-00000", "annotations")  # the attempt's own file, named by the marker
+    assert committed.startswith("annotations/shard-00000.") and committed != "annotations/shard-00000.parquet"
+    assert pq.read_table(store.path(committed)).num_rows == 2
+    assert state.stats() == [{"docs": 3}]  # carried by the marker
     assert not state.record_failure("shard-00001", RuntimeError("flaky"))
     assert state.pending(m) == ["shard-00001", "shard-00002"]  # failed once: still pending, retried
     try:
@@ -78,6 +81,6 @@ def test_markers_failures_and_quarantine(tmp_path):
     q = json.loads((tmp_path / "run" / "quarantine" / "annotate" / "shard-00001.json").read_text())
     assert q["attempts"] == 2 and "ValueError: broken shard" in q["error"] and "Traceback" in q["traceback"]
     assert state.pending(m) == ["shard-00002"]
-    assert state.committed_outputs(m, "annotations") == [store.path("annotations", "shard-00000.parquet")]
+    assert state.committed_outputs(m, "annotations") == [store.path(committed)]
     # No temporary files are left behind by the atomic writes.
     assert not list((tmp_path / "run").rglob("*.tmp"))

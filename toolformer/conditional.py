@@ -6,6 +6,8 @@
     cas.replace("_lease.json", data, rec)         # True only if it is still the version read
     cas.delete("_lease.json", rec)                # True only if it is still the version read
     with cas.exclusive("_lease.json"): ...        # a critical section against every other driver's (local only)
+    cas.put_if_absent("markers/a/s.json", data)   # one create-if-absent, no lock: an object written once (a marker)
+    cas.update_json("failures/a/s.json", fn)      # read, change, write back unless someone wrote meanwhile (retried)
 
 - local disk (and any POSIX mount): every operation runs under ``flock`` on ``<name>.lock`` (bounded wait), a
   create hard-links a fully written temporary file (``link`` fails if the name exists), a replace is an atomic
@@ -14,6 +16,12 @@
   (conditional writes, through boto3);
 - GCS: ``if_generation_match`` on upload and delete (through google-cloud-storage);
 - any other store: read, compare, write: not atomic, and said so once in the log.
+
+``put_if_absent`` is what makes a shard committed once: its marker is created by that one operation (local: the
+hard link; S3: ``If-None-Match: *``; GCS: ``if_generation_match=0``), never by an existence check then a put.
+``update_json`` is for the small records several writers may change (a shard's failure record): on S3 and GCS the
+write back is conditional on the version read, so two writers never lose each other's change; on a local disk
+the writers that matter hold the lease's lock (``Fence.hold``) around it.
 """
 
 from __future__ import annotations
@@ -23,16 +31,22 @@ import json
 import logging
 import os
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from toolformer.shards import Store
+if TYPE_CHECKING:  # only a type here: shards.py uses this module (markers, failure records)
+    from toolformer.shards import Store
 
 LOCK_WAIT_S = 30.0  # how long a driver waits for another one inside a critical section (a few file operations)
+UPDATE_TRIES = 8  # conditional read-change-write rounds before giving up (each lost only to another writer's write)
 log = logging.getLogger(__name__)
 
 
 class LockTimeout(RuntimeError):
     """Another process kept the run's lock longer than ``LOCK_WAIT_S``."""
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, default=str).encode()
 
 
 def parsed(raw: bytes) -> dict:
@@ -106,6 +120,27 @@ class Conditional:
         self.store.delete_file(name)
         return True
 
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Create ``name`` unless it exists (True: created). Not atomic on this generic store."""
+        if self.store.exists(name):
+            return False
+        self.store.write_bytes(data, name)
+        return True
+
+    def update_json(self, name: str, change: Callable[[Any], Any]) -> Any:
+        """Write back ``change(current)`` (current: the parsed object, None when absent; a None result deletes it)
+        and return it. Here: read then write (a local disk's writers hold the lease's lock around it)."""
+        try:
+            current = json.loads(self.store.read_bytes(name))
+        except FileNotFoundError:
+            current = None
+        new = change(current)
+        if new is None:
+            self.store.delete_file(name)
+        else:
+            self.store.write_bytes(_dump(new), name)
+        return new
+
     # Inside ``exclusive``: the same operations (a local store overrides them not to take its lock twice).
     def create_locked(self, name: str, data: bytes) -> bool:
         return self.create(name, data)
@@ -156,6 +191,9 @@ class LocalConditional(Conditional):
     def create_locked(self, name: str, data: bytes) -> bool:
         return self._link(name, data)
 
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        return self._link(name, data)  # the link alone is atomic; an object never replaced needs no lock file
+
     def replace(self, name: str, data: bytes, seen: dict) -> bool:
         with self.exclusive(name):
             return self.replace_locked(name, data, seen)
@@ -178,68 +216,120 @@ class LocalConditional(Conditional):
             return True
 
 
-class S3Conditional(Conditional):
-    """S3 conditional writes: create with ``If-None-Match: *``, replace and delete with ``If-Match: <ETag>``."""
+class UpdateConflict(RuntimeError):
+    """Other writers kept changing a record for ``UPDATE_TRIES`` rounds."""
+
+
+class VersionedConditional(Conditional):
+    """A store whose objects carry a version that a write or delete can be made conditional on (S3, GCS)."""
 
     atomic = True
-    _FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412")
 
-    def _client(self):
-        import boto3  # pyarrow's S3 filesystem has no conditional put
+    def _get(self, name: str) -> tuple[bytes, Any] | None:  # (bytes, version), None when absent
+        raise NotImplementedError
 
-        return boto3.client("s3")
+    def _write(self, name: str, data: bytes, version: Any) -> bool:  # version None: only if absent
+        raise NotImplementedError
+
+    def _remove(self, name: str, version: Any) -> bool:
+        raise NotImplementedError
+
+    def read(self, name: str) -> dict | None:
+        got = self._get(name)
+        return None if got is None else parsed(got[0]) | {"_version": got[1]}
+
+    def create(self, name: str, data: bytes) -> bool:
+        return self._write(name, data, None)
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        return self._write(name, data, None)
+
+    def replace(self, name: str, data: bytes, seen: dict) -> bool:
+        return bool(seen.get("_version")) and self._write(name, data, seen["_version"])
+
+    def delete(self, name: str, seen: dict) -> bool:
+        return self._remove(name, seen.get("_version"))
+
+    def update_json(self, name: str, change: Callable[[Any], Any]) -> Any:
+        for attempt in range(UPDATE_TRIES):  # bounded: a round is lost only to another writer's write
+            got = self._get(name)
+            new = change(None if got is None else json.loads(got[0]))
+            version = None if got is None else got[1]
+            if new is None:
+                if got is None or self._remove(name, version):
+                    return None
+            elif self._write(name, _dump(new), version):
+                return new
+            time.sleep(0.05 * (attempt + 1))
+        raise UpdateConflict(f"{self.store.path(name)}: changed by other writers {UPDATE_TRIES} times in a row")
+
+
+_s3_clients: dict = {}
+
+
+def s3_client():
+    """One boto3 client per process and endpoint (``AWS_ENDPOINT_URL`` points it at another S3 API: a test's)."""
+    import boto3  # pyarrow's S3 filesystem has no conditional put
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint not in _s3_clients:
+        _s3_clients[endpoint] = boto3.client("s3")
+    return _s3_clients[endpoint]
+
+
+class S3Conditional(VersionedConditional):
+    """S3 conditional writes: create with ``If-None-Match: *``, replace and delete with ``If-Match: <ETag>``
+    (botocore sends both on PutObject since 1.35.x; see cluster/requirements-gpu.txt)."""
+
+    _FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409")
 
     def _key(self, name: str) -> tuple[str, str]:
         bucket, key = self.store.path(name).split("/", 1)
         return bucket, key
 
-    def read(self, name: str) -> dict | None:
+    def _refused(self, exc) -> bool:
+        return exc.response.get("Error", {}).get("Code") in self._FAILED
+
+    def _get(self, name: str) -> tuple[bytes, Any] | None:
         from botocore.exceptions import ClientError
 
         bucket, key = self._key(name)
         try:
-            obj = self._client().get_object(Bucket=bucket, Key=key)
+            obj = s3_client().get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
-        return parsed(obj["Body"].read()) | {"_version": obj["ETag"]}
+        return obj["Body"].read(), obj["ETag"]
 
-    def _put(self, name: str, data: bytes, **cond) -> bool:
+    def _write(self, name: str, data: bytes, version: Any) -> bool:
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._key(name)
+        cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, **cond)
+            return True
+        except ClientError as exc:
+            if self._refused(exc):
+                return False
+            raise
+
+    def _remove(self, name: str, version: Any) -> bool:
         from botocore.exceptions import ClientError
 
         bucket, key = self._key(name)
         try:
-            self._client().put_object(Bucket=bucket, Key=key, Body=data, **cond)
+            s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=version or "*")
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in self._FAILED:
-                return False
-            raise
-
-    def create(self, name: str, data: bytes) -> bool:
-        return self._put(name, data, IfNoneMatch="*")
-
-    def replace(self, name: str, data: bytes, seen: dict) -> bool:
-        return bool(seen.get("_version")) and self._put(name, data, IfMatch=seen["_version"])
-
-    def delete(self, name: str, seen: dict) -> bool:
-        from botocore.exceptions import ClientError
-
-        bucket, key = self._key(name)
-        try:
-            self._client().delete_object(Bucket=bucket, Key=key, IfMatch=seen.get("_version", "*"))
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in self._FAILED:
+            if self._refused(exc):
                 return False
             raise
 
 
-class GCSConditional(Conditional):
+class GCSConditional(VersionedConditional):
     """GCS preconditions: ``if_generation_match=0`` to create, ``=<generation>`` to replace or delete."""
-
-    atomic = True
 
     def _blob(self, name: str):
         from google.cloud import storage
@@ -247,37 +337,34 @@ class GCSConditional(Conditional):
         bucket, key = self.store.path(name).split("/", 1)
         return storage.Client().bucket(bucket).blob(key)
 
-    def read(self, name: str) -> dict | None:
-        from google.api_core.exceptions import NotFound
+    def _get(self, name: str) -> tuple[bytes, Any] | None:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
 
         blob = self._blob(name)
-        try:
-            blob.reload()
-            raw = blob.download_as_bytes(if_generation_match=blob.generation)
-        except NotFound:
-            return None
-        return parsed(raw) | {"_version": blob.generation}
+        for _ in range(UPDATE_TRIES):  # the bytes of the generation read: replaced between the two calls, read again
+            try:
+                blob.reload()
+                return blob.download_as_bytes(if_generation_match=blob.generation), blob.generation
+            except NotFound:
+                return None
+            except PreconditionFailed:
+                continue
+        raise UpdateConflict(f"{self.store.path(name)}: replaced {UPDATE_TRIES} times while being read")
 
-    def _upload(self, name: str, data: bytes, generation: int) -> bool:
+    def _write(self, name: str, data: bytes, version: Any) -> bool:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         try:
-            self._blob(name).upload_from_string(data, if_generation_match=generation)
+            self._blob(name).upload_from_string(data, if_generation_match=0 if version is None else int(version))
             return True
         except (PreconditionFailed, NotFound):
             return False
 
-    def create(self, name: str, data: bytes) -> bool:
-        return self._upload(name, data, 0)
-
-    def replace(self, name: str, data: bytes, seen: dict) -> bool:
-        return bool(seen.get("_version")) and self._upload(name, data, int(seen["_version"]))
-
-    def delete(self, name: str, seen: dict) -> bool:
+    def _remove(self, name: str, version: Any) -> bool:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         try:
-            self._blob(name).delete(if_generation_match=seen.get("_version"))
+            self._blob(name).delete(if_generation_match=version)
             return True
         except (PreconditionFailed, NotFound):
             return False

@@ -18,7 +18,9 @@ more than the lease it replaced: ``_lease.epoch`` keeps the count across release
   TTL (SIGSTOP, a long GC pause, a suspended VM) finds out at its next check, before its next write.
 - Every commit carries the lease's owner and epoch (``Fence``): the store refuses it when the run's lease is no
   longer that one. On a local or POSIX disk the check and the write happen under the lease's lock, so a takeover
-  cannot slip between them; on object stores the check immediately precedes the write.
+  cannot slip between them; on object stores the check immediately precedes the marker's create-if-absent.
+- A commit task checks the lease's deadline as the driver does (``Fence.hold``): the fence carries what was left of
+  the driver's deadline when it was handed out, and the task counts it down on its own ``CLOCK_BOOTTIME``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class StaleLease(RuntimeError):
     """A write fenced by a lease that is no longer the run's: refused."""
 
 
+class LeaseExpired(StaleLease):
+    """A write fenced by a lease whose deadline may have passed (another driver may take over): refused."""
+
+
 def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -73,15 +79,46 @@ def _pid_alive(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class Fence:
-    """What a write must still match to land: the run's lease owner and epoch. Picklable (commit tasks get one)."""
+    """What a write must still match to land: the run's lease owner and epoch, and (from ``Lease.fence``) its
+    deadline. Picklable: a commit task gets one.
+
+    The deadline, counted the way the driver counts its own: ``budget_s`` is what was left of the driver's
+    ``ttl - margin`` when the fence was handed out, counted from the renewal stamped ``renewed_at``. The holder of
+    the fence counts time since ``issued_at`` (the driver's wall clock) and since it first used the fence (on its
+    own ``CLOCK_BOOTTIME``, which a paused or suspended task cannot escape), and takes the larger: a task queued
+    or frozen past the budget refuses. Each renewal the driver made since (the lease record's ``renewed_at``,
+    both stamps from the driver's clock) adds the time between the two renewals, so a slow commit of a live driver
+    is not refused."""
 
     uri: str
     owner: str
     epoch: int
+    budget_s: float | None = None  # None: no deadline (a fence built by hand)
+    renewed_at: float = 0.0
+    issued_at: float = 0.0
+
+    def __getstate__(self) -> dict:  # a task's own clock reading never travels with the fence
+        return {k: v for k, v in self.__dict__.items() if k != "_armed"}
+
+    def arm(self) -> "Fence":
+        """Start this process's count of the deadline (a commit task calls it first thing); returns self."""
+        if "_armed" not in self.__dict__:
+            object.__setattr__(self, "_armed", deadline_clock())
+        return self
+
+    def left_s(self, held: dict) -> float | None:
+        """Seconds left before the lease ``held`` (this fence's) may be taken over, less the margin."""
+        if self.budget_s is None:
+            return None
+        self.arm()
+        elapsed = max(deadline_clock() - self.__dict__["_armed"], time.time() - self.issued_at)
+        renewed_since = max(0.0, float(held.get("renewed_at") or 0.0) - self.renewed_at)
+        return self.budget_s + renewed_since - elapsed
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
-        """Run the block only while the run's lease is this one (under the lease's lock on a local disk)."""
+        """Run the block only while the run's lease is this one and its deadline has not passed (under the
+        lease's lock on a local disk)."""
         cas = conditional(Store(self.uri))
         with cas.exclusive(LEASE):
             held = cas.read(LEASE)
@@ -90,6 +127,11 @@ class Fence:
                     f"epoch {held.get('epoch')} held by host {held.get('host')} pid {held.get('pid')}")
                 raise StaleLease(f"{self.uri}: a write of lease epoch {self.epoch} refused: the run's lease is now "
                                  f"{now}")
+            left = self.left_s(held)
+            if left is not None and left <= 0:
+                raise LeaseExpired(f"{self.uri}: a write of lease epoch {self.epoch} refused: the lease was not "
+                                   f"renewed in time ({-left:.1f} s past its deadline less the margin): another "
+                                   "driver may take the run over")
             yield
 
 
@@ -118,6 +160,7 @@ class Lease:
         self.lost: str | None = None
         self.renewals = 0
         self._renewed = deadline_clock()
+        self._renewed_at = self._writing_at = 0.0  # the renewed_at stamp of the record written at _renewed
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,7 +173,9 @@ class Lease:
                 "command": " ".join(sys.argv)[:500]}
 
     def _data(self) -> bytes:
-        return json.dumps(self.record(), indent=2).encode()
+        rec = self.record()
+        self._writing_at = rec["renewed_at"]
+        return json.dumps(rec, indent=2).encode()
 
     def read(self) -> dict | None:
         return self.cas.read(LEASE)
@@ -178,7 +223,7 @@ class Lease:
                 if held is not None:
                     self.say(f"taking over the run's lease from host {held.get('host')} pid {held.get('pid')}: "
                              f"{why} (epoch {self.epoch})")
-                self._renewed = deadline_clock()
+                self._renewed, self._renewed_at = deadline_clock(), self._writing_at
                 self._start_heartbeat()
                 return self
         raise LeaseHeld(f"{self.store.uri}: could not take the lease (other drivers keep racing for it)")
@@ -200,7 +245,7 @@ class Lease:
                 if not self.cas.replace_locked(LEASE, self._data(), held):
                     self.lost = "the lease changed under this driver while it renewed it"
                     return
-            self._renewed = deadline_clock()
+            self._renewed, self._renewed_at = deadline_clock(), self._writing_at
             self.renewals += 1
 
     def _start_heartbeat(self) -> None:
@@ -228,7 +273,11 @@ class Lease:
             raise LeaseLost(f"{self.store.uri}: {self.lost}; this driver stops writing")
 
     def fence(self) -> Fence:
-        return Fence(self.store.uri, self.owner, self.epoch)
+        """The fence of a write made now (a commit task's): the owner, the epoch and what is left of the deadline."""
+        with self._mutex:
+            left = self.ttl_s - self.margin_s - (deadline_clock() - self._renewed)
+            return Fence(self.store.uri, self.owner, self.epoch, budget_s=left, renewed_at=self._renewed_at,
+                         issued_at=time.time())
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:

@@ -27,9 +27,9 @@ class AnnotationRun:
         """Committed parts in manifest order; an error naming the missing step when there are none."""
         if self.sharded:
             manifest = Manifest.load(self.store)
-            done = RunState(self.store, "annotate").done()
-            parts = [RunPart(s.shard_id, i, f"texts/{s.shard_id}.parquet", f"annotations/{s.shard_id}.parquet")
-                     for i, s in enumerate(manifest.shards) if s.shard_id in done]
+            state = RunState(self.store, "annotate")
+            done = state.done()
+            parts = [self._part(state, s.shard_id, i) for i, s in enumerate(manifest.shards) if s.shard_id in done]
             if not parts:
                 raise SystemExit(f"no annotated shards in {self.store.uri}: run jobs.annotate with the same config first")
             return parts
@@ -38,8 +38,17 @@ class AnnotationRun:
                 raise SystemExit(f"{self.store.path(name)} not found: run jobs.annotate with the same config first")
         return [RunPart(LOCAL_PART, 0, "texts.parquet", "annotations.parquet")]
 
+    @staticmethod
+    def _part(state: RunState, shard_id: str, index: int) -> RunPart:
+        """A committed shard's files, as its marker names them (one marker read for both)."""
+        marker = state.marker(shard_id) or {}
+        return RunPart(shard_id, index, state.output(shard_id, "texts", marker),
+                       state.output(shard_id, "annotations", marker))
+
     def texts_path(self, shard_id: str) -> str:
-        return "texts.parquet" if shard_id == LOCAL_PART else f"texts/{shard_id}.parquet"
+        if shard_id == LOCAL_PART:
+            return "texts.parquet"
+        return RunState(self.store, "annotate").output(shard_id, "texts")
 
     def info(self) -> dict:
         if not self.sharded:

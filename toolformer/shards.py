@@ -5,21 +5,26 @@ A run directory (local path or object-store URI such as ``s3://bucket/run``) hol
     manifest.json                     shard id, file, input URIs, doc and text counts, sha256 (written once)
     config.yaml                       the resolved config prepare ran with, and its hash
     shards/<shard>.parquet            the documents, chunked into texts (SHARD schema)
-    <stage outputs>/<shard>.parquet   texts/, annotations/ ...
+    <output>/<shard>.<attempt>.parquet  texts/, annotations/ ...: each commit attempt writes names of its own
     _staging/<pass>/<shard>/*.parquet scored batches of shards not yet committed (deleted once committed)
     progress/*.json                   periodic progress summaries of the annotate job
-    stats/<stage>/<shard>.json        per-shard counts and timings
-    markers/<stage>/<shard>.json      the commit point: written last, after every output of the shard
+    markers/<stage>/<shard>.json      the commit point, created last and once: the attempt, the paths of its
+                                      outputs, the shard's counts and timings (``stats``), who committed it
+    stats/<stage>/<shard>.json        per-shard counts of runs committed before the marker carried them
     failures/<stage>/<shard>.json     one entry per failed attempt (error and traceback)
     quarantine/<stage>/<shard>.json   shards given up on after too many failures; the run goes on
 
 On a local disk every file is written to a temporary name and renamed; on an object store a put is atomic
-per object and the marker, written after the outputs, is what makes a shard done. Pending work is
+per object and the marker, created after the outputs, is what makes a shard done. Pending work is
 ``manifest - done - quarantined``, so re-running the same command resumes.
 
 Writes that decide a shard's state (a marker, a failure, a quarantine) can be fenced: ``RunState(..., fence=f)``
 runs each under ``f()`` (``toolformer.lease.Fence.hold``), which refuses it once the run's lease is another
-driver's; a marker that exists already is never written again (a shard is committed once).
+driver's. The marker is created by one create-if-absent (``conditional.put_if_absent``): a shard is committed
+once, by one attempt. Its outputs are written under names of that attempt and the marker names them, so a writer
+that lost the run (or a slower attempt) can never replace the files of a committed shard; whatever reads a
+committed shard follows its marker (``RunState.output``). An attempt that does not commit deletes its files; one
+that dies first leaves files no marker names, which nothing reads.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from toolformer.conditional import conditional
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -231,14 +238,17 @@ class RunState:
         else:
             message = error
         with self.fence():
-            if self.store.exists("markers", self.stage, f"{shard_id}.json"):
+            if self.store.exists(*self._marker(shard_id)):
                 return (False, None) if with_id else False
             attempt = uuid.uuid4().hex[:12]
-            attempts = self.failures(shard_id) + [{"at": _now(), "id": attempt, "error": message[:2000],
-                                                   "traceback": tb[-20000:]}]
-            self.store.write_json({"shard_id": shard_id, "attempts": attempts}, "failures", self.stage,
-                                  f"{shard_id}.json")
+            entry = {"at": _now(), "id": attempt, "error": message[:2000], "traceback": tb[-20000:]}
+            # Conditional on the version read (object stores): a charge written meanwhile is kept, not lost.
+            record = conditional(self.store).update_json(
+                self._failures(shard_id),
+                lambda old: {"shard_id": shard_id, "attempts": (old or {}).get("attempts", []) + [entry]})
+            attempts = record["attempts"]
             if fatal or len(attempts) >= self.max_failures:
+                # written whole, and the same whoever writes it: a plain put, not a read-modify-write
                 self.store.write_json(
                     {"shard_id": shard_id, "attempts": len(attempts), "error": message[:2000],
                      "traceback": tb[-20000:], "at": _now()},
@@ -249,42 +259,86 @@ class RunState:
 
     def retract(self, shard_id: str, attempt: str) -> None:
         """Take back one recorded attempt (and the quarantine it caused): it was not the shard's fault."""
+
+        def without(old: dict | None) -> dict | None:
+            kept = [a for a in (old or {}).get("attempts", []) if a.get("id") != attempt]
+            return {"shard_id": shard_id, "attempts": kept} if kept else None  # None: the record is deleted
+
         with self.fence():
-            attempts = [a for a in self.failures(shard_id) if a.get("id") != attempt]
-            if attempts:
-                self.store.write_json({"shard_id": shard_id, "attempts": attempts}, "failures", self.stage,
-                                      f"{shard_id}.json")
-            else:
-                self.store.delete_file("failures", self.stage, f"{shard_id}.json")
-            if len(attempts) < self.max_failures:
+            record = conditional(self.store).update_json(self._failures(shard_id), without)
+            if len((record or {}).get("attempts", [])) < self.max_failures:
                 self.store.delete_file("quarantine", self.stage, f"{shard_id}.json")
 
+    def _marker(self, shard_id: str) -> tuple[str, ...]:
+        return ("markers", self.stage, f"{shard_id}.json")
+
+    def _failures(self, shard_id: str) -> str:
+        return f"failures/{self.stage}/{shard_id}.json"
+
     def commit(self, shard_id: str, outputs: dict[str, pa.Table], stats: dict, stamp: dict | None = None) -> dict:
-        """Write every output of a shard, its stats, then the marker (with ``stamp``: who committed it): the shard
-        is done once the marker is. ``AlreadyCommitted`` when its marker exists (before anything is written, or
-        at the marker)."""
-        marker_path = ("markers", self.stage, f"{shard_id}.json")
+        """Write every output of a shard under names of this attempt, then create its marker (naming them, with
+        ``stats`` and ``stamp``: who committed it): the shard is done once the marker is. ``AlreadyCommitted`` when
+        its marker exists (before anything is written, or at the marker: then this attempt's files are deleted)."""
         with self.fence():  # a driver that lost the run writes no output at all
-            if self.store.exists(*marker_path):
+            if self.store.exists(*self._marker(shard_id)):
                 raise AlreadyCommitted(f"{shard_id} is committed already")
-        files = {}
-        for name, table in outputs.items():
-            self.store.write_table(table, name, f"{shard_id}.parquet")
-            files[name] = {"path": f"{name}/{shard_id}.parquet", "rows": table.num_rows}
-        self.store.write_json(stats, "stats", self.stage, f"{shard_id}.json")
-        marker = {"shard_id": shard_id, "stage": self.stage, "outputs": files, "committed": _now(), **(stamp or {})}
-        with self.fence():
-            if self.store.exists(*marker_path):
-                raise AlreadyCommitted(f"{shard_id} was committed by another attempt meanwhile")
-            self.store.write_json(marker, *marker_path)
+        attempt = uuid.uuid4().hex[:12]
+        files: dict[str, dict] = {}
+        step = "outputs"
+        try:
+            for name, table in outputs.items():
+                files[name] = {"path": f"{name}/{shard_id}.{attempt}.parquet", "rows": table.num_rows}
+                self.store.write_table(table, files[name]["path"])
+            marker = {"shard_id": shard_id, "stage": self.stage, "attempt": attempt, "outputs": files,
+                      "stats": stats, "committed": _now(), **(stamp or {})}
+            data = json.dumps(marker, indent=2, default=str).encode()
+            with self.fence():  # refused once the lease is another's or past its deadline: nothing is committed
+                step = "marker"  # from here the outcome may be unknown (a put that failed late): files are kept
+                created = conditional(self.store).put_if_absent("/".join(self._marker(shard_id)), data)
+                step = "done"
+        except BaseException:
+            if step == "outputs":
+                self._discard(files)
+            raise
+        if not created:
+            self._discard(files)
+            raise AlreadyCommitted(f"{shard_id} was committed by another attempt meanwhile")
         return marker
 
+    def _discard(self, files: dict[str, dict]) -> None:
+        """Delete an attempt's own files (no marker names them); best effort: an orphan is never read."""
+        for f in files.values():
+            try:
+                self.store.delete_file(f["path"])
+            except OSError:
+                pass
+
+    def marker(self, shard_id: str) -> dict | None:
+        """The shard's marker; None while it is not committed."""
+        try:
+            return self.store.read_json(*self._marker(shard_id))
+        except FileNotFoundError:
+            return None
+
+    def output(self, shard_id: str, name: str, marker: dict | None = None) -> str:
+        """The path (relative to the run) of a committed shard's output ``name``, as its marker names it. Markers
+        without it (written by hand) mean the fixed name of runs committed before attempt-unique names."""
+        m = self.marker(shard_id) if marker is None else marker
+        return ((m or {}).get("outputs") or {}).get(name, {}).get("path") or f"{name}/{shard_id}.parquet"
+
     def stats(self, shard_ids: Iterable[str] | None = None) -> list[dict]:
-        ids = sorted(self.done()) if shard_ids is None else shard_ids
-        return [self.store.read_json("stats", self.stage, f"{s}.json") for s in ids
-                if self.store.exists("stats", self.stage, f"{s}.json")]
+        """The counts of committed shards: carried by their markers (older runs: ``stats/<stage>/<shard>.json``)."""
+        out = []
+        for s in (sorted(self.done()) if shard_ids is None else shard_ids):
+            m = self.marker(s)
+            if m is not None and "stats" in m:
+                out.append(m["stats"])
+            elif m is not None and self.store.exists("stats", self.stage, f"{s}.json"):
+                out.append(self.store.read_json("stats", self.stage, f"{s}.json"))
+        return out
 
     def committed_outputs(self, manifest: Manifest, name: str) -> list[str]:
-        """Paths of a stage output for every done shard, in manifest order (what merge reads)."""
+        """Paths of a stage output for every done shard, in manifest order, as the markers name them (what merge
+        reads)."""
         done = self.done()
-        return [self.store.path(name, f"{s.shard_id}.parquet") for s in manifest.shards if s.shard_id in done]
+        return [self.store.path(self.output(s.shard_id, name)) for s in manifest.shards if s.shard_id in done]

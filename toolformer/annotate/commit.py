@@ -1,6 +1,7 @@
 """Committing a shard of the Ray job, in a Ray task and in Arrow: gather its staged rows, check that they
 account for every text and tool, put them in a deterministic order, and write texts, annotations, stats and
-(last) the marker. Memory is bounded by one shard.
+(last) the marker. Memory is bounded by one shard. The files are the attempt's own (``shards.RunState.commit``): a
+commit task of a driver that lost the run writes nothing a committed shard reads.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ def latency_samples(rows: pa.Table, k: int = LATENCY_SAMPLES) -> dict[str, list[
 def commit_shard(run_uri: str, shard: ShardInfo, tools: list[str], staging: str, max_failures: int = 3,
                  fence=None) -> dict:
     """Check, order and commit one shard's staged rows; returns its stats (+ ``latency_ms`` samples). With a
-    ``fence`` (``toolformer.lease.Fence``) the store refuses the commit once the run's lease is another driver's."""
+    ``fence`` (``toolformer.lease.Fence``) the store refuses the commit once the run's lease is another driver's,
+    or once the driver's deadline (as handed out with the fence) has passed on this task's own clock."""
+    if fence is not None:
+        fence.arm()  # the deadline counts down from here on this node's CLOCK_BOOTTIME (and from its issue)
     store = Store(run_uri)
     texts = conform(store.read_table(shard.path), SHARD)
     if texts.num_rows != shard.n_texts:
