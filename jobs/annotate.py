@@ -11,6 +11,9 @@ shard through one Ray Data execution (actor pools and engines start once), commi
 is whole; re-running the same command resumes where it stopped. Per shard: ``texts/``, ``annotations/``,
 ``stats/annotate/``, ``markers/annotate/``; ``progress/`` summaries and ``stats.json`` for the run.
 ``annotate.runner=local`` runs everything in this process instead (no Ray, no shards; the reference).
+
+Exit codes: 0 every shard committed; 3 the run ended with quarantined shards (its last line says how many and
+where to look); 1 the run stopped (its message says why and what to do; a rerun of the same command resumes).
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ def _run(cfg: RunConfig):
     print(format_funnel(stats["funnel"], stats.get("docs_skipped")))
     print(format_yields(stats["funnel"]))
     print(f"annotations: {cfg.output_dir}")
+    if cfg.annotate.runner == "ray":
+        from toolformer.annotate.ray_job import EXIT_QUARANTINED, quarantine_line
+
+        line = quarantine_line(stats)
+        if line:  # the run is over, but not every shard made it: its own exit code, said last
+            print(line, flush=True)
+            end = SystemExit(EXIT_QUARANTINED)
+            end.last_line = line  # type: ignore[attr-defined]  # said again after the log's place
+            raise end
     return stats
 
 

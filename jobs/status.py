@@ -13,6 +13,7 @@ from typing import Sequence
 
 
 def run_status(output_dir: str) -> dict:
+    from toolformer.annotate.blame import read_nodes
     from toolformer.report import sum_funnels
     from toolformer.shards import Manifest, RunState, Store
 
@@ -35,9 +36,25 @@ def run_status(output_dir: str) -> dict:
                  "skipped_by_prepare": manifest.skips.get("total", 0)},
         "calls_kept": {tool: v.get("kept_at_tool_tau_f", 0) for tool, v in f.items()},
         "candidates": {tool: v.get("candidates", 0) for tool, v in f.items()},
+        "failures_by_cause": _causes(store, state.failed()),
+        "nodes": read_nodes(store),  # deaths per node, by cause and by who paid; excluded nodes
         "docs_per_s_recent": round(rate, 3) if rate else None,
         "eta_s": round(pending_docs / rate) if rate else None,
     }
+
+
+def _causes(store, failed: set[str]) -> dict[str, int]:
+    """Charges to shards by cause (the error's first word: ActorDied, Stalled, ShardIncomplete, ...)."""
+    out: dict[str, int] = {}
+    for sid in sorted(failed):
+        try:
+            attempts = store.read_json("failures", "annotate", f"{sid}.json")["attempts"]
+        except Exception:  # noqa: BLE001 - a record being rewritten: counted next time
+            continue
+        for a in attempts:
+            cause = a.get("error", "").removeprefix("fatal: ").split(":", 1)[0].strip()[:40] or "error"
+            out[cause] = out.get(cause, 0) + 1
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -68,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"documents: {d['processed']} processed, {d['pending']} pending, {d['skipped_by_prepare']} skipped by prepare")
     for tool, kept in s["calls_kept"].items():
         print(f"  {tool}: {kept} calls kept of {s['candidates'][tool]} candidates")
+    if s["failures_by_cause"]:
+        print("charges to shards by cause: " + ", ".join(f"{c} {n}" for c, n in sorted(s["failures_by_cause"].items())))
+    for nid, n in sorted(s["nodes"].items(), key=lambda kv: -kv[1]["deaths"]):
+        causes = ", ".join(f"{c} {k}" for c, k in sorted(n["by_cause"].items()))
+        paid = ", ".join(f"{w} {k}" for w, k in sorted(n["charged_to"].items()))
+        print(f"  node {n['ip']} ({nid[:8]}): {n['deaths']} actor deaths ({causes}; charged to: {paid})"
+              + (f", EXCLUDED since {n['excluded_at']}" if n["excluded_at"] else ""))
     for q, err in s["quarantined"].items():
         print(f"  quarantined {q}: {err[:200]}")
     if s["eta_s"] is not None:

@@ -61,8 +61,18 @@ def job_console(run_dir: str | os.PathLike | None, job: str, verbose: bool = Fal
     _state.update(quiet=True, log=path)
     try:
         yield path
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # an expected stop: its message, not a traceback (which goes to the log)
+            sys.stderr.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            sys.stderr.flush()
+            terminal.write(f"stopped: {exc.code}\nfull log: {path}\n")
+            raise SystemExit(1) from None
+        if exc.code not in (0, None):  # an exit with its own code: the log's place, then the job's last word
+            last = getattr(exc, "last_line", None)
+            terminal.write(f"full log: {path}\n" + (f"{last}\n" if last else ""))
+        raise
     except BaseException as exc:
-        if not isinstance(exc, (KeyboardInterrupt, SystemExit)) or (isinstance(exc, SystemExit) and exc.code not in (0, None)):
+        if not isinstance(exc, KeyboardInterrupt):
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             sys.stderr.write(text)
             sys.stderr.flush()

@@ -17,6 +17,8 @@ Faults that fire every time (no flag file), for the chaos soak and the failure t
   holds one of these shards: a poison batch;
 - ``TOOLFORMER_FAULT_STALL_SHARD=<shard_id>[,...]``: an LM stage actor hangs on every batch that holds one of
   these shards (with ``TOOLFORMER_FAULT_STALL_ONCE_FILE`` also set: only the first time), for the LM watchdog;
+- ``TOOLFORMER_FAULT_HANG_SETUP=<stage>``: that stage's actors hang in their set-up (an engine that never starts),
+  for ``ray.lm_setup_timeout_s``;
 - ``TOOLFORMER_FAULT_HANG_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_HANG_TEXT=<text_id>``): that tool's calls
   (of that text only) hang, for the per-call tool timeout;
 - ``TOOLFORMER_FAULT_GIL_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_GIL_TEXT=<text_id>``): that tool's calls
@@ -63,6 +65,13 @@ def batch_fault(stage: str, shard_ids: list[str]) -> None:
         once = env.get("TOOLFORMER_FAULT_STALL_ONCE_FILE")
         if not once or fire_once(once, f"stalled in stage {stage}"):
             time.sleep(HANG_SECONDS)
+
+
+def setup_fault(stage: str) -> None:
+    """A stage actor is about to set up: hang here if a test asked (an engine start that never returns)."""
+    if os.environ.get("TOOLFORMER_FAULT_HANG_SETUP") == stage:
+        print(f"fault injection: the {stage} actor hangs in its set-up", file=sys.stderr, flush=True)
+        time.sleep(HANG_SECONDS)
 
 
 def tool_fault(tool: str, text_id: str | None) -> None:

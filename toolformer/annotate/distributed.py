@@ -31,8 +31,8 @@ from toolformer.annotate.stages import ExecuteCalls, SampleCalls, SampleExecuteS
 from toolformer.annotate.telemetry import ActorTelemetry, StageClock
 from toolformer.arrow import empty_lists
 from toolformer.config import RayConfig, RunConfig, StageResources
-from toolformer.annotate.failures import InflightRecord, Watchdog
-from toolformer.faults import LM_STAGES, batch_fault, fault_point
+from toolformer.annotate.failures import InflightRecord, SetupWatchdog, Watchdog
+from toolformer.faults import LM_STAGES, batch_fault, fault_point, setup_fault
 from toolformer.schemas import SHARD, STAGED, WORK, conform
 from toolformer.shards import Store, sha256_bytes
 
@@ -99,9 +99,13 @@ class StageActor:
         self.chunk_rows = max(0, int(chunk_rows))
         self.telemetry = ActorTelemetry(stage, sink_name, started)
         self.telemetry.setting_up()  # heartbeats while the engine loads: set-up is progress, not silence
+        # bounded: an engine that hangs in set-up ends this actor, which Ray replaces (a restart)
+        bound = SetupWatchdog(cfg.ray.lm_setup_timeout_s if stage in LM_STAGES else None, stage)
+        setup_fault(stage)
         self.stage = STAGES[stage](cfg)
         if hasattr(self.stage, "setup"):
             self.stage.setup()
+        bound.done()
         self.inflight = InflightRecord(run_uri, staging, stage)
         # the stage's clock: engine and tool time; the watchdog is told about engine calls only
         self.clock: StageClock = getattr(self.stage, "clock", None) or StageClock()
@@ -206,7 +210,8 @@ def stage_write(batch: pa.Table, run_uri: str, staging: str) -> pa.Table:
     return pa.table({"shard_id": sids, "rows": counts, "error": errors}, schema=SUMMARY)
 
 
-def _pool_args(res: StageResources, r: RayConfig, cfg: RunConfig | None = None) -> dict[str, Any]:
+def _pool_args(res: StageResources, r: RayConfig, cfg: RunConfig | None = None,
+               avoid: dict[str, str] | None = None) -> dict[str, Any]:
     """A pool's ``map_batches`` arguments; with ``cfg`` (an LM pool), a placement group per actor for TP/PP.
 
     One shard per task and one task in flight per actor: an actor that dies (OOM, segfault, the watchdog) costs
@@ -231,6 +236,8 @@ def _pool_args(res: StageResources, r: RayConfig, cfg: RunConfig | None = None) 
         args["num_gpus"] = res.num_gpus
     if res.resources:
         args["resources"] = dict(res.resources)
+    if avoid:  # the run's excluded nodes (blame.NodeLedger.selector)
+        args["label_selector"] = dict(avoid)
     if cfg is not None:  # the GPUs (and custom resources) of a parallel engine are the placement group's
         for key, value in lm_pool_args(cfg, res).items():
             if value is None:
@@ -264,14 +271,16 @@ def pool_names(cfg: RunConfig) -> list[str]:
     return ["select", *(("lm",) if cfg.ray.fuse_lm else ("sample", "execute", "score"))]
 
 
-def annotation_dataset(cfg: RunConfig, run_uri: str, shards: list, staging: str, sink_name: str | None = None):
-    """The lazy Ray Dataset of one pass: every given shard through every stage; yields SUMMARY rows."""
+def annotation_dataset(cfg: RunConfig, run_uri: str, shards: list, staging: str, sink_name: str | None = None,
+                       avoid: dict[str, str] | None = None):
+    """The lazy Ray Dataset of one pass: every given shard through every stage; yields SUMMARY rows. ``avoid``:
+    a label selector that keeps every task and actor off the run's excluded nodes."""
     import ray.data
 
     r = cfg.ray
     configure_data_context(r)
     io = dict(batch_format="pyarrow", num_cpus=r.io_num_cpus, memory=r.io_memory_gb * GIB,
-              max_retries=max(0, r.batch_attempts - 1))
+              max_retries=max(0, r.batch_attempts - 1), **({"label_selector": dict(avoid)} if avoid else {}))
     texts_per_batch = max(1, cfg.annotate.batch_size)
     rows_per_batch = texts_per_batch * max(1, len(cfg.annotate.tools))
     refs = [{"shard_id": s.shard_id, "path": s.path, "sha256": s.sha256} for s in shards]
@@ -284,7 +293,7 @@ def annotation_dataset(cfg: RunConfig, run_uri: str, shards: list, staging: str,
     def pool(name: str, default_chunk: int, lm: RunConfig | None):
         res = getattr(r, name)
         return dict(fn_constructor_args=(cfg, name, sink_name, run_uri, staging, res.batch_size or default_chunk),
-                    **_pool_args(res, r, lm))
+                    **_pool_args(res, r, lm, avoid))
 
     ds = ds.map_batches(StageActor, **pool("select", texts_per_batch, None))
     for name in (("lm",) if r.fuse_lm else ("sample", "execute", "score")):

@@ -112,6 +112,31 @@ class Watchdog:
         os._exit(self.EXIT_CODE)
 
 
+class SetupWatchdog:
+    """Ends this process when its set-up (the engine start) is not done after ``timeout_s``
+    (``ray.lm_setup_timeout_s``): Ray replaces the actor (a restart), and a pool that never gets ready dies for
+    good, which ends the pass with the pool's actors and nodes named. ``done`` stops it."""
+
+    EXIT_CODE = 71
+
+    def __init__(self, timeout_s: float | None, stage: str):
+        self.stage = stage
+        self._done = threading.Event()
+        if timeout_s and timeout_s > 0:
+            threading.Thread(target=self._watch, args=(float(timeout_s),), name="setup-watchdog", daemon=True).start()
+
+    def done(self) -> None:
+        self._done.set()
+
+    def _watch(self, timeout_s: float) -> None:
+        if self._done.wait(timeout_s):
+            return
+        print(f"setup watchdog: the ray.{self.stage} actor (pid {os.getpid()}) on node {socket.gethostname()} "
+              f"({_node_id() or 'no Ray'}) was not ready after ray.lm_setup_timeout_s={timeout_s:g} s: ended to be "
+              f"replaced", file=sys.stderr, flush=True)
+        os._exit(self.EXIT_CODE)
+
+
 def inflight_deaths(store: Store, staging: str) -> dict[str, list[dict]]:
     """Shard id → the in-flight records left by actors that died holding it (one per death)."""
     out: dict[str, list[dict]] = {}

@@ -4,7 +4,8 @@ The driver reads the execution's few summary rows (shard id, rows written, error
 waits for them with a bound, so it can also watch the pools (``supervise.PassWatch``), collect commits and check
 its lease while the execution runs. Failures are charged to their shard the moment they are known: an error row,
 a failed commit, a shard whose block Ray gave up on (its actor died ``ray.batch_attempts`` times), the shards a
-cut pass leaves behind in dead or stuck actors.
+cut pass leaves behind in dead or stuck actors. A death is charged to the shard or to its node by
+``blame.NodeLedger``; a node excluded mid-pass cuts the pass, so the next one builds its pools without it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ QUEUE_WAIT_S = 1.0  # the driver's longest wait for a summary row before it look
 class Outcome:
     committed: list[str] = field(default_factory=list)
     charged: list[str] = field(default_factory=list)
+    node_paid: list[str] = field(default_factory=list)  # left uncharged: a node's death (retried later)
     verdict: Verdict | None = None
     systemic: str | None = None  # the first pass failed as a whole: its charges were taken back
 
@@ -52,8 +54,10 @@ class Commits:
         import ray
 
         a = self.a
+        # max_retries: Ray reruns a task whose worker or node died (never one that raised): a lost node is not
+        # the shard's fault, and its staged rows are still there
         task = ray.remote(commit_shard).options(num_cpus=a.cfg.ray.io_num_cpus,
-                                                memory=a.cfg.ray.io_memory_gb * 1024**3, max_retries=1)
+                                                memory=a.cfg.ray.io_memory_gb * 1024**3, max_retries=3)
         fence = a.lease.fence() if a.lease is not None else None
         ref = task.remote(a.store.uri, a.manifest.shard(sid), a.tools, self.staging, a.cfg.shards.max_failures, fence)
         self.inflight[ref] = (sid, time.monotonic())
@@ -138,10 +142,12 @@ class Pass:
         self.fresh = {s for s in shard_ids if not a.state.failures(s)}
         self.fresh_failed: list[tuple[str, str]] = []  # (shard, attempt id) charged this pass, fresh shards
         self.commits = Commits(a, self.staging)
+        self.nodes_at_start = set(a.ledger.refresh() and a.ledger.alive())
+        self.node_cut: Verdict | None = None  # a node excluded mid-pass: the pass is cut and rebuilt without it
 
     # -- charges -----------------------------------------------------------------------------------------------
     def charge(self, sid: str, error: str | BaseException, details: str = "") -> None:
-        if sid in self.out.charged or sid in self.out.committed:
+        if sid in self.out.charged or sid in self.out.committed or sid in self.out.node_paid:
             return
         attempt = self.a.charge(sid, error, details)
         self.out.charged.append(sid)
@@ -155,9 +161,13 @@ class Pass:
     # -- the pass ----------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
         a = self.a
-        ds = annotation_dataset(a.cfg, a.store.uri, self.shards, self.staging, self.sink_name)
+        avoid = a.ledger.selector()
+        if avoid:
+            a.log(f"pools of this pass avoid the excluded nodes: {avoid}")
+        ds = annotation_dataset(a.cfg, a.store.uri, self.shards, self.staging, self.sink_name, avoid=avoid)
         watch = PassWatch(pool_names(a.cfg), a.store, self.staging, progress_timeout(a.cfg), a.cfg.ray.batch_attempts,
-                          self.sink, poll_s=min(10.0, max(1.0, progress_timeout(a.cfg) / 10)))
+                          self.sink, poll_s=min(10.0, max(1.0, progress_timeout(a.cfg) / 10)),
+                          setup_timeout_s=a.cfg.ray.lm_setup_timeout_s)
         rows: queue.Queue = queue.Queue(maxsize=8)
         stop = threading.Event()
         reader = threading.Thread(target=_consume, args=(ds, rows, stop), name="pass-rows", daemon=True)
@@ -184,6 +194,7 @@ class Pass:
                     self._death(sid, recs, watch)
                 if self._systemic():
                     break
+                verdict = verdict or self.node_cut
                 if verdict is not None:
                     self.out.verdict = verdict
                     a.log(f"pass cut: {verdict.kind}: {verdict.message}")
@@ -215,7 +226,7 @@ class Pass:
 
     def _rows(self, batch) -> None:
         for sid, n, err in zip(*(batch.column(c).to_pylist() for c in ("shard_id", "rows", "error"))):
-            if sid in self.out.charged or sid in self.settled:
+            if sid in self.out.charged or sid in self.settled or sid in self.out.node_paid:
                 continue
             if err:
                 message, _, rest = err.partition("\n")
@@ -236,13 +247,38 @@ class Pass:
 
     def _death(self, sid: str, records: list[dict], watch: PassWatch) -> None:
         """Ray gave up on this shard's block (its actor died ``ray.batch_attempts`` times computing it)."""
-        from toolformer.annotate.failures import explain, worker_exits
+        from toolformer.annotate.failures import worker_exits
 
-        if sid in self.settled or sid in self.out.charged:
+        if sid in self.settled or sid in self.out.charged or sid in self.out.node_paid:
             return
         watch.charged.add(sid)
-        self.a.actor_deaths += len(records)
-        self.charge(sid, *explain(sid, records, worker_exits({r["pid"] for r in records})))
+        self._blame(sid, records, worker_exits({r["pid"] for r in records}))
+        self._exclude(watch)
+
+    def _blame(self, sid: str, records: list[dict], exits: dict[int, str]) -> None:
+        """Charge these deaths to the shard or to the node(s) (``blame.py``); a node's leaves the shard pending."""
+        from toolformer.annotate.failures import explain
+
+        a = self.a
+        a.actor_deaths += len(records)
+        who, why = a.ledger.blame(sid, records, exits)
+        if who == "shard":
+            message, details = explain(sid, records, exits)
+            self.charge(sid, f"{message} [charged to the shard: {why}]", details)
+            return
+        self.out.node_paid.append(sid)
+        a.log(f"  {sid}: its actor died {len(records)} time(s) ({why}): charged to the node; the shard is "
+              f"retried in the retry pass")
+
+    def _exclude(self, watch: PassWatch) -> None:
+        """Exclude the nodes the ledger says to; one still alive cuts the pass (its pools would keep using it)."""
+        a = self.a
+        new = a.ledger.maybe_exclude(a.state.failed())
+        if new and self.node_cut is None:
+            dead, live = watch.inflight(watch.live_pids())
+            names = ", ".join(a.ledger._ip(n) for n in new)
+            self.node_cut = Verdict("node_excluded", f"node(s) {names} excluded from the run's pools: the pass is "
+                                    f"cut and the next one starts its pools without them", [], dead, live)
 
     def _guarded(self, fn):
         try:
@@ -252,34 +288,49 @@ class Pass:
 
     def _settle(self, watch: PassWatch) -> None:
         """The pass is over: charge what it leaves unsettled, by what is known of each shard."""
-        from toolformer.annotate.failures import explain, inflight_deaths, worker_exits
+        from toolformer.annotate.failures import inflight_deaths, worker_exits
 
-        verdict = self.out.verdict
-        # A shard whose batch an actor died computing and whose retry then committed is never charged, so its deaths
-        # are counted here (those of charged shards are counted where they are charged).
-        left = self._guarded(lambda: inflight_deaths(self.a.store, self.staging)) or {}
-        self.a.actor_deaths += sum(len(v) for s, v in left.items() if s in self.settled and s not in self.out.charged)
+        a, verdict = self.a, self.out.verdict
+        left = self._guarded(lambda: inflight_deaths(a.store, self.staging)) or {}
+        # A cut pass: its forced shutdown killed the actors, so only the deaths seen before the cut count.
         deaths = verdict.dead_shards if verdict else left
-        open_ = [s for s in self.ids if s not in self.settled and s not in self.out.charged]
+        # A shard whose batch an actor died computing and whose retry then committed is never charged: its deaths
+        # are noted on their nodes' ledger (a node that keeps killing workers is excluded even when retries work).
+        recovered = {s: v for s, v in left.items() if s in self.settled and s not in self.out.charged}
+        if recovered:
+            exits = worker_exits({d["pid"] for v in recovered.values() for d in v})
+            for sid, recs in recovered.items():
+                a.actor_deaths += len(recs)
+                self._guarded(lambda: a.ledger.blame(sid, recs, exits, committed=True))
+        open_ = [s for s in self.ids if s not in self.settled and s not in self.out.charged
+                 and s not in self.out.node_paid]
         if verdict is None and any(s not in deaths for s in open_):
             # Ray Data ends an execution whose last actor died for good with the blocks it still held errored, not
             # computed: shards without a death of their own were only waiting for that pool.
             dead = self._guarded(watch.died_for_good) or []
             if dead:
                 verdict = self.out.verdict = Verdict("pool_dead", dead_message(dead, deaths), dead, deaths, {})
-                self.a.log(f"pass ended with a dead pool: {verdict.message}")
+                a.log(f"pass ended with a dead pool: {verdict.message}")
         exits = worker_exits({d["pid"] for s in open_ for d in deaths.get(s, [])})
+        lost = self.nodes_at_start - a.ledger.alive() if a.ledger.refresh() else set()
         for sid in open_:
             if sid in deaths:
-                self.a.actor_deaths += len(deaths[sid])
-                self.charge(sid, *explain(sid, deaths[sid], exits))
+                self._blame(sid, deaths[sid], exits)
             elif verdict is not None and verdict.kind == "stalled" and sid in verdict.live_shards:
                 self.charge(sid, f"Stalled: {sid} was being computed when the run stopped progressing: "
                                  f"{verdict.message}")
+            elif verdict is None and lost:
+                # no death of its own on record (its actor's record went with the node, or a task of it ran there)
+                detail = (f"ShardIncomplete: the pass ended with {self.counts[sid]} of {self.expected[sid]} rows "
+                          f"written while {len(lost)} node(s) were lost")
+                a.ledger.lost_nodes_event(sid, lost, detail)
+                self.out.node_paid.append(sid)
+                a.log(f"  {sid}: {detail}: charged to the node(s); the shard is retried in the retry pass")
             elif verdict is None:
                 self.charge(sid, f"ShardIncomplete: the pass ended with {self.counts[sid]} of {self.expected[sid]} "
                                  f"rows written (a task of it failed in Ray: see the log)")
             # else: a cut pass leaves it pending, uncharged: it was only waiting for a dead pool
+        self._exclude(watch)
 
 
 __all__ = ["COMMIT_TIMEOUT_S", "Commits", "FATAL", "Outcome", "Pass", "progress_timeout"]

@@ -1,24 +1,29 @@
 """The annotate job on Ray: every pending shard streamed through actor pools, each committed as soon as it is whole.
 
 A pass is one Ray Data execution (``passes.py``): actor pools and their engines start once per pass. The driver
-holds the manifest and counters, never rows. The run:
+holds the manifest and counters, never rows. The run heals within one submission:
 
 1. **fresh passes** over the shards never charged: a pass whose pool dies for good (every actor spent its
-   restarts) or that stops progressing (``ray.progress_timeout_s``) is cut, the shards in its dead or stuck actors
-   are charged, and the others resume in the next pass with fresh actors, so healthy shards still commit;
-2. if a pool died in a fresh pass, the run stops there with ``PoolsDied`` (exit 1) naming the pool, its actors'
-   states and the shards charged, and what to change; a rerun goes on with step 3;
-3. **retry passes**: shards charged before are retried apart from healthy ones, ``ray.retry_pass_shards`` at a
-   time, until they commit or are quarantined at ``shards.max_failures`` (a failure there is the shard's own).
+   restarts), that stops progressing (``ray.progress_timeout_s``) or that excluded a node is cut; the shards in
+   its dead or stuck actors are charged (or their nodes are: ``blame.py``), and the others go on in a new pass
+   with fresh actors, so healthy shards still commit;
+2. **one retry pass** at the end: the shards charged before, and those a node's death left uncharged, all
+   together, each in a block of its own (a poison shard kills only its own batch); repeated until each commits or
+   is quarantined at ``shards.max_failures``;
+3. the run stops (exit 1, ``ExecutionError``, with the message) only when ``ray.max_passes_without_progress``
+   passes in a row committed no shard and charged none; a run that ends with quarantined shards exits with
+   ``EXIT_QUARANTINED`` (3) and says so in its last line (``jobs/annotate.py``).
 
 Failure semantics (docs: "What happens when something fails"):
-- a failure tied to one shard (its read, its rows in a stage, an actor that died computing it, its commit) is
-  charged to that shard alone, with its cause, the moment it is known (a driver killed mid-pass loses no charge);
-- an error of the execution itself (an actor that cannot start, a lost cluster, a cut pass that held no shard,
-  every fresh shard of the first pass failing) stops the run with ``ExecutionError`` and charges nobody. Such
-  stops are counted per config (``failures/_run/annotate.json``); after ``shards.max_failures`` of them in a row
-  with nothing committed, the run refuses to start (a resubmitting job cannot loop) until a start with
-  ``shards.retry_after_stops=true`` (any commit resets the count);
+- a failure tied to one shard (its read, its rows in a stage, an actor that died computing it when the death
+  follows the shard, its commit) is charged to that shard alone, with its cause, the moment it is known (a driver
+  killed mid-pass loses no charge); an actor lost with its node, or dying on one node only while others could
+  run it, is charged to the node (``failures/_nodes/``), and a node that keeps killing shards is excluded;
+- an error of the execution itself (an actor that cannot start, a lost cluster, every fresh shard of the first
+  pass failing) stops the run with ``ExecutionError`` and charges nobody. Such stops are counted per config
+  (``failures/_run/annotate.json``); after ``shards.max_failures`` of them in a row with nothing committed, the
+  run refuses to start (a resubmitting job cannot loop) until a start with ``shards.retry_after_stops=true``
+  (any commit resets the count);
 - metrics, telemetry and progress never raise into a pass (``observe.Guard``);
 - one driver per run (``toolformer/lease.py``): every state write is fenced by the lease's epoch; a driver that
   cannot renew in time stops writing before another may take over.
@@ -32,6 +37,7 @@ import uuid
 from contextlib import nullcontext
 from typing import Callable
 
+from toolformer.annotate.blame import NodeLedger
 from toolformer.annotate.commit import STAGE
 from toolformer.annotate.distributed import FATAL
 from toolformer.annotate.observe import Guard, Metrics, Progress
@@ -49,8 +55,16 @@ class ExecutionError(SystemExit):
     """The execution itself broke (not one shard): the run stops and no shard is charged."""
 
 
-class PoolsDied(SystemExit):
-    """A pool died for good in a fresh pass: the healthy shards committed, the culprits are charged, the run stops."""
+EXIT_QUARANTINED = 3  # the run ended, every shard committed or quarantined, and some are quarantined
+
+
+def quarantine_line(stats: dict) -> str | None:
+    """The last line of a run that ended with quarantined shards (None when there are none)."""
+    q = stats["shards"]["quarantined"]
+    if not q:
+        return None
+    return (f"ended with {q} of {stats['shards']['total']} shards quarantined (failures/{STAGE}/ and "
+            f"quarantine/{STAGE}/ say why; `python -m jobs.status {stats['output_dir']}`): exit {EXIT_QUARANTINED}")
 
 
 class RayAnnotator:
@@ -66,7 +80,10 @@ class RayAnnotator:
         self.guard = Guard(log)
         self.progress = Progress(self)
         self.actor_deaths = 0
-        self.pool_deaths: list[str] = []
+        self.pool_deaths: list[str] = []  # each pass cut by a pool that died for good
+        self.cuts: list[str] = []  # every pass cut, with its verdict
+        self.causes: dict[str, int] = {}  # this run's charges to shards, by cause
+        self.ledger = NodeLedger(self.store, cfg.ray, cfg.shards.max_failures, fence=self._fence, log_fn=log)
         self.sink_name: str | None = None
 
     def _fence(self):
@@ -106,6 +123,9 @@ class RayAnnotator:
                                                              tb=tb or rest, with_id=True)
         else:
             quarantined, attempt = self.state.record_failure(sid, error, with_id=True)
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        cause = text.removeprefix(FATAL).split(":", 1)[0].strip()[:40] or "error"
+        self.causes[cause] = self.causes.get(cause, 0) + 1
         self.guard("progress", self.progress.fail, sid)
         self.log(f"  {sid}: {'quarantined' if quarantined else 'failed, will retry'}: "
                  f"{(error if isinstance(error, str) else repr(error)).splitlines()[0][:300]}")
@@ -190,11 +210,6 @@ class RayAnnotator:
                 f"again; {len(self.state.done())} shards committed are kept.") from exc
         if out.systemic:
             raise self._stopped(out.systemic)
-        v = out.verdict
-        if v is not None and not out.committed and not out.charged:
-            raise self._stopped(f"the run stopped: {v.message}\nNo shard was in flight, so none was charged: the "
-                                f"cluster cannot run the pools (resources, restarts). Fix that and run the same "
-                                f"command again.")
         return out
 
     def _run(self) -> dict:
@@ -225,48 +240,50 @@ class RayAnnotator:
                     import ray
 
                     self.telemetry = self.guard("telemetry", lambda: ray.get(sink.snapshot.remote(), timeout=60)) or {}
-        out = self.summary(t_run, skipped, passes)
-        if self.pool_deaths:
-            raise PoolsDied(self._pools_died())
-        return out
-
-    def _pools_died(self) -> str:
-        charged = sorted(self.state.failed() - self.state.done() - self.state.quarantined())
-        r = self.cfg.ray
-        return (f"a pool died for good {len(self.pool_deaths)} time(s) in this run (last: {self.pool_deaths[-1]})\n"
-                f"Every healthy shard was tried with fresh actors; {len(self.state.done())} shards are committed. "
-                f"Charged, to retry: {', '.join(charged) or 'none'} (failures/{STAGE}/). To change: give the pools "
-                f"more restarts (ray.max_actor_restarts={r.max_actor_restarts}) or more actors (ray.<pool>.actors), "
-                f"or fix what kills them (the failure records name the cause). Run the same command again: it "
-                f"retries the charged shards one at a time and quarantines them at shards.max_failures.")
+        return self.summary(t_run, skipped, passes)
 
     def _passes(self, pending: list[str], sink, sink_name: str) -> int:
-        passes = 0
-        fresh = [s for s in pending if not self.state.failures(s)]
-        while fresh:
+        """Fresh passes, then retry passes, until every shard is committed or quarantined, or
+        ``ray.max_passes_without_progress`` passes in a row committed and charged nothing (module docstring)."""
+        budget = max(1, self.cfg.ray.max_passes_without_progress)
+        wanted = set(pending)
+        passes = idle = 0
+        last = None
+        while True:
+            left = [s for s in self.state.pending(self.manifest) if s in wanted]
+            suspects = self.ledger.suspects()
+            fresh = [s for s in left if not self.state.failures(s) and s not in suspects]
+            group = fresh or left
+            if not group:
+                return passes
+            if idle >= budget:
+                raise self._stopped(self._no_progress(idle, budget, last, left))
+            retry = not fresh
+            if retry and self.cfg.ray.retry_pass_shards:
+                group = group[:max(1, self.cfg.ray.retry_pass_shards)]
             passes += 1
-            if passes > 1:
-                self.log(f"pass {passes}: {len(fresh)} shards resume with fresh actors")
-            out = self._pass(fresh, sink, sink_name, first=passes == 1)
-            if out.verdict is not None and out.verdict.kind == "pool_dead":
-                self.pool_deaths.append(out.verdict.message)
+            if retry:
+                self.log(f"pass {passes}: retrying {len(group)} shards together, each in a block of its own: "
+                         f"{', '.join(group[:20])}{' ...' if len(group) > 20 else ''}")
+            elif passes > 1:
+                self.log(f"pass {passes}: {len(group)} shards resume with fresh actors")
+            out = self._pass(group, sink, sink_name, first=passes == 1)
+            if out.verdict is not None:
+                last = f"{out.verdict.kind}: {out.verdict.message}"
+                self.cuts.append(last[:2000])
+                if out.verdict.kind == "pool_dead":
+                    self.pool_deaths.append(out.verdict.message[:2000])
             self.guard("progress", self.progress.maybe_flush, force=True)
-            left = set(self.state.pending(self.manifest))
-            fresh = [s for s in fresh if s in left and not self.state.failures(s)]
-        if self.pool_deaths:
-            return passes  # the run stops here (PoolsDied); a rerun retries the charged shards apart
-        size = max(1, self.cfg.ray.retry_pass_shards)
-        retry = [s for s in self.state.pending(self.manifest) if s in set(pending)]
-        while retry:
-            for i in range(0, len(retry), size):
-                passes += 1
-                group = retry[i:i + size]
-                self.log(f"pass {passes}: retrying {', '.join(group)} apart")
-                self._pass(group, sink, sink_name, first=False)
-                self.guard("progress", self.progress.maybe_flush, force=True)
-            # Each retry pass commits or charges every shard it holds, so this ends by quarantine.
-            retry = [s for s in self.state.pending(self.manifest) if s in set(retry)]
-        return passes
+            idle = 0 if (out.committed or out.charged) else idle + 1
+
+    def _no_progress(self, idle: int, budget: int, last: str | None, left: list[str]) -> str:
+        r = self.cfg.ray
+        return (f"{idle} passes in a row committed no shard and charged none (ray.max_passes_without_progress="
+                f"{budget}); the last ended: {(last or 'without a verdict')[:1500]}\n{len(self.state.done())} shards "
+                f"are committed and kept; {len(left)} still pending. The cluster cannot run the pools: check its "
+                f"nodes and resources (ray.<pool>.actors, ray.max_actor_restarts={r.max_actor_restarts}, "
+                f"ray.lm_setup_timeout_s={r.lm_setup_timeout_s}) and the nodes excluded (python -m jobs.status), "
+                f"then run the same command again.")
 
     def summary(self, t_run: float, skipped: int, passes: int) -> dict:
         stats = self.state.stats()
@@ -281,6 +298,9 @@ class RayAnnotator:
             "actors": summarize(self.telemetry) if self.telemetry else None,
             "actor_deaths_in_batches": self.actor_deaths,  # each one a retry of its shard's batch
             "pool_deaths": self.pool_deaths,
+            "pass_cuts": self.cuts,
+            "charges_by_cause": self.causes,  # this run's charges to shards
+            "nodes": self.ledger.summary(),  # every node's deaths, by cause and by who paid; excluded ones
             "observability_failures": dict(self.guard.failures),
         }
         with self._fence():

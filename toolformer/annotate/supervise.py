@@ -107,12 +107,16 @@ class PoolState:
     def describe(self) -> str:
         states = ", ".join(f"{n} {s}" for s, n in sorted(self.states.items())) or "no actor"
         restarts = [a["restarts"] for a in self.actors if a.get("restarts") is not None]
-        return f"ray.{self.name}: {states}" + (f" (restarts used: {restarts})" if restarts else "")
+        nodes = sorted({a["node"] for a in self.actors if a.get("node")})
+        deaths = [a["death"] for a in self.actors if a.get("death")]
+        return (f"ray.{self.name}: {states}" + (f" (restarts used: {restarts})" if restarts else "")
+                + (f" on node(s) {', '.join(nodes)}" if nodes else "")
+                + (f"; last death: {deaths[-1][:300]}" if deaths else ""))
 
 
 @dataclass
 class Verdict:
-    kind: str  # pool_dead | stalled
+    kind: str  # pool_dead | stalled | node_excluded
     message: str
     pools: list[PoolState]
     dead_shards: dict[str, list[dict]]  # shard → records of actors that died computing it
@@ -123,7 +127,7 @@ class PassWatch:
     """The driver's view of one pass: progress, pools, actors that died holding a shard."""
 
     def __init__(self, pools: list[str], store: Store, staging: str, timeout_s: float, batch_attempts: int,
-                 sink=None, poll_s: float = 5.0):
+                 sink=None, poll_s: float = 5.0, setup_timeout_s: float | None = None):
         self.pools, self.store, self.staging = pools, store, staging
         self.timeout_s, self.batch_attempts, self.sink, self.poll_s = timeout_s, max(1, batch_attempts), sink, poll_s
         self.executor = None
@@ -132,6 +136,7 @@ class PassWatch:
         self._sink_seen: object = None
         self._first_seen: dict[str, float] = {}  # in-flight record → when the driver first saw it
         self.charged: set[str] = set()
+        self.setup_timeout_s = setup_timeout_s
 
     # -- progress --------------------------------------------------------------------------------------------
     def progressed(self) -> None:
@@ -146,8 +151,15 @@ class PassWatch:
             snap = ray.get(self.sink.snapshot.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - telemetry never decides alone; rows and commits still count
             return
-        key = {k: (r.get("batches"), r.get("rows"), r.get("busy_s"), r.get("setup_s"), r.get("progress"),
-                   r.get("setup_beats"))
+        now = time.time()
+        bound = self.setup_timeout_s
+
+        def beats(r: dict):
+            # an actor setting up past ray.lm_setup_timeout_s is not progress (it should have ended itself)
+            over = bound and r.get("setup_s") is None and now - float(r.get("started") or now) > bound
+            return None if over else r.get("setup_beats")
+
+        key = {k: (r.get("batches"), r.get("rows"), r.get("busy_s"), r.get("setup_s"), r.get("progress"), beats(r))
                for k, r in (snap or {}).items()}
         if key != self._sink_seen:
             self._sink_seen = key
@@ -178,7 +190,7 @@ class PassWatch:
             for aid in ids:
                 row = table.get(aid) or {}
                 actors.append({"id": aid[:12], "state": row.get("State", "UNKNOWN"), "pid": row.get("Pid"),
-                               "restarts": row.get("NumRestarts"),
+                               "restarts": row.get("NumRestarts"), "node": _ip(row),
                                "death": _death(row.get("DeathCause")) if row.get("State") == "DEAD" else None})
             out.append(PoolState(name, actors, pending=len(pool._pending_actors), completed=op.has_completed()))
         return out
@@ -260,7 +272,7 @@ class PassWatch:
             ctx = getattr(cause, "actor_died_error_context", None)
             reason = common_pb2.ActorDiedErrorContext.Reason.Name(ctx.reason) if ctx is not None else ""
             if row.get("State") == "DEAD" and reason in _DIED:
-                by_pool.setdefault(i, []).append({"id": aid[:12], "state": "DEAD", "pid": row.get("Pid"),
+                by_pool.setdefault(i, []).append({"id": aid[:12], "state": "DEAD", "pid": row.get("Pid"), "node": _ip(row),
                                                   "restarts": row.get("NumRestarts"), "death": _death(cause)})
         names = self.pools
         return [PoolState(names[i] if i < len(names) else f"pool{i}", actors) for i, actors in sorted(by_pool.items())]
@@ -282,6 +294,13 @@ def _actor_table() -> dict[str, dict]:
     from ray._private.state import state as gcs
 
     return gcs.actor_table(None, job_id=ray.JobID.from_hex(ray.get_runtime_context().get_job_id()))
+
+
+def _ip(row: dict) -> str | None:
+    try:
+        return (row.get("Address") or {}).get("IpAddress") or None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _death(cause) -> str | None:

@@ -251,9 +251,21 @@ class RayConfig:
     # pools, when nothing was in flight). None: 2 x lm_batch_timeout_s (an engine call that long is ended by the
     # watchdog first; a big model's first start also counts as silence, so keep it above that).
     progress_timeout_s: Optional[float] = None
-    # Shards that failed are retried apart from healthy ones, this many per pass (1: each alone, so a poison
-    # shard can take down no other).
-    retry_pass_shards: int = 1
+    # Shards that failed (or whose node died under them) are retried after the fresh ones, together in one pass,
+    # each in a block of its own (a poison shard kills only its own batch); a number caps the shards per retry pass.
+    retry_pass_shards: Optional[int] = None
+    # Heal in the job: a pass whose pools died or that stalled is followed by a new pass with fresh pools, within
+    # the same submission; the run stops (exit 1, with the message) only after this many passes in a row that
+    # committed no shard and charged none.
+    max_passes_without_progress: int = 3
+    # Blame the node, not the shard: a node whose workers died holding this many different shards within the
+    # window is excluded from the run's pools (a label selector on ray.io/node-id); a node that is gone is never
+    # a shard's fault (toolformer/annotate/blame.py).
+    node_max_failures: int = 2
+    node_failure_window_s: float = 3600.0
+    # An LM actor whose set-up (engine start, model load) is not done after this long ends itself and is replaced
+    # (a restart); its set-up heartbeats count as progress only within this bound. None: no bound.
+    lm_setup_timeout_s: Optional[float] = 1800.0
 
 
 @dataclass

@@ -1,0 +1,242 @@
+"""Who pays for an actor that died: the node it ran on, or the shard it was computing.
+
+On spot GPUs most deaths are the machine's: a node preempted, scaled down or lost takes every actor on it, and a
+node that keeps killing its workers (a bad GPU, a full disk, a noisy neighbour) kills whichever shard it holds.
+Charging those to the shards in flight quarantines healthy shards in time. So, like Spark's ``excludeOnFailure``:
+
+- **a node that is gone** (its raylet dead, drained, preempted: the GCS node table says so) is never a shard's
+  fault; the death is the node's. Only a shard whose node losses follow it onto ``shards.max_failures`` distinct
+  nodes is charged (a shard that really brings whole machines down still ends quarantined);
+- **a worker that died on a node that stays up** (a crash, the OOM killer, the LM watchdog, a kill) is the node's
+  while the shard has died on that node alone and another node could run it; once its deaths follow it onto a
+  second node, or when no other live node could run its pool (one machine), it is the shard's own;
+- every death, whoever pays, is one event of its node's ledger (``failures/_nodes/<node>.json``: when, cause,
+  shard, who was charged), which ``jobs.status`` and ``stats.json`` show per node and per cause;
+- a node with deaths of ``ray.node_max_failures`` distinct shards (not counting shards charged since for deaths
+  of their own) within ``ray.node_failure_window_s`` is **excluded**: the next pools of the run get a label
+  selector ``ray.io/node-id: !in(...)`` (Ray >= 2.49), so no actor of this run is placed on it again.
+
+A shard left uncharged by a node's death is retried in the run's retry pass (each shard in a block of its own),
+not with the fresh shards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable
+
+from toolformer.shards import Store
+
+NODES = ("failures", "_nodes")
+MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the run
+log = logging.getLogger(__name__)
+
+# GCS NodeDeathInfo.Reason → our cause of an actor lost with its node
+_NODE_REASONS = {0: "node_lost", 1: "node_removed", 2: "node_lost", 3: "node_preempted", 4: "node_removed"}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def node_table() -> dict[str, dict]:
+    """Every node the cluster has known: id → alive, address, death reason, resources (GCS; no dashboard)."""
+    from ray._private.state import state
+
+    out = {}
+    for n in state.node_table():
+        out[n["NodeID"]] = {"alive": bool(n.get("Alive")), "ip": n.get("NodeManagerAddress"),
+                            "reason": int(n.get("DeathReason") or 0), "message": n.get("DeathReasonMessage") or "",
+                            "resources": dict(n.get("Resources") or {})}
+    return out
+
+
+def classify(record: dict, nodes: dict[str, dict], exits: dict[int, str]) -> tuple[str, str]:
+    """(cause, detail) of one death (an in-flight record its actor left): a node cause when the node is gone."""
+    node = nodes.get(record.get("node_id") or "")
+    if node is not None and not node["alive"]:
+        cause = _NODE_REASONS.get(node["reason"], "node_lost")
+        return cause, f"node {node['ip']} {cause.removeprefix('node_')}" + (
+            f": {node['message'][:200]}" if node["message"] else "")
+    note = record.get("note") or ""
+    exit_ = exits.get(record.get("pid"), "")
+    if note.startswith("watchdog"):
+        return "watchdog", note
+    if "OUT_OF_MEMORY" in exit_ or "OOM" in exit_ or "out of memory" in exit_.lower():
+        return "oom", exit_
+    return "worker_died", exit_ or "the worker process died (no exit detail recorded)"
+
+
+def is_node_loss(cause: str) -> bool:
+    return cause.startswith("node_")
+
+
+class NodeLedger:
+    """The run's per-node failure records, and the blame and exclusion rules above."""
+
+    def __init__(self, store: Store, ray_cfg, max_failures: int,
+                 fence: Callable[[], AbstractContextManager] | None = None, log_fn: Callable[[str], None] = print):
+        self.store, self.r, self.max_failures = store, ray_cfg, max(1, max_failures)
+        self.fence = fence or nullcontext
+        self.log = log_fn
+        self.nodes: dict[str, dict] = {}  # node table, refreshed by ``refresh``
+        self.records: dict[str, dict] = {}
+        for name in store.names(*NODES, suffix=".json"):
+            try:
+                rec = store.read_json(*NODES, name)
+                self.records[rec["node_id"]] = rec
+            except Exception:  # noqa: BLE001 - a half-written record (object store): start that node afresh
+                continue
+
+    # -- the cluster -------------------------------------------------------------------------------------------
+    def refresh(self) -> dict[str, dict]:
+        try:
+            self.nodes = node_table()
+        except Exception:  # noqa: BLE001 - GCS unreachable for a moment: keep the last view
+            log.debug("could not read the node table", exc_info=True)
+        return self.nodes
+
+    def alive(self) -> set[str]:
+        return {n for n, info in self.nodes.items() if info["alive"]}
+
+    def elsewhere(self, node_id: str | None, stage: str) -> bool:
+        """Another live, not excluded node could run this pool's actors (its GPUs and custom resources)."""
+        res = getattr(self.r, stage, None)
+        need = {k for k, v in ((res.resources or {}).items() if res is not None else []) if v}
+        if res is not None and res.num_gpus:
+            need.add("GPU")
+        excluded = self.excluded()
+        for nid, info in self.nodes.items():
+            if nid == node_id or not info["alive"] or nid in excluded:
+                continue
+            if all(info["resources"].get(k, 0) > 0 for k in need) and info["resources"].get("CPU", 0) > 0:
+                return True
+        return False
+
+    # -- the ledger --------------------------------------------------------------------------------------------
+    def _record(self, node_id: str) -> dict:
+        info = self.nodes.get(node_id, {})
+        return self.records.setdefault(node_id, {"node_id": node_id, "ip": info.get("ip"), "events": [],
+                                                 "excluded_at": None, "excluded_for": None})
+
+    def _save(self, node_id: str) -> None:
+        rec = self.records[node_id]
+        rec["events"] = rec["events"][-MAX_EVENTS:]
+        with self.fence():
+            self.store.write_json(rec, *NODES, f"{node_id}.json")
+
+    def add(self, node_id: str | None, shard: str, cause: str, detail: str, charged_to: str) -> None:
+        node_id = node_id or "unknown"
+        self._record(node_id)["events"].append({"at": _now(), "t": time.time(), "shard": shard, "cause": cause,
+                                                "detail": detail[:400], "charged_to": charged_to})
+        self._save(node_id)
+
+    def shard_nodes(self, shard: str, losses: bool) -> set[str]:
+        """Nodes where this shard's actors died (node losses or worker deaths), as the ledger has them."""
+        return {nid for nid, rec in self.records.items() for e in rec["events"]
+                if e["shard"] == shard and is_node_loss(e["cause"]) == losses}
+
+    def suspects(self) -> set[str]:
+        """Shards a node's death left uncharged: retried in the retry pass, each alone in its block."""
+        return {e["shard"] for rec in self.records.values() for e in rec["events"] if e["charged_to"] == "node"}
+
+    # -- blame -------------------------------------------------------------------------------------------------
+    def blame(self, shard: str, deaths: list[dict], exits: dict[int, str], committed: bool = False) -> tuple[str, str]:
+        """Record each death of ``shard``'s actors on its node and say who pays: ("shard" | "node" | "none",
+        a one-line reason). ``committed``: its batch's retry committed it (nobody pays; the node is noted)."""
+        self.refresh()
+        causes = [(d, *classify(d, self.nodes, exits)) for d in deaths]
+        lost = {d.get("node_id") for d, c, _ in causes if is_node_loss(c)}
+        died = {d.get("node_id") for d, c, _ in causes if not is_node_loss(c)}
+        lost_all = lost | self.shard_nodes(shard, losses=True)
+        died_all = died | self.shard_nodes(shard, losses=False)
+        if committed:
+            who, why = "none", "its retry committed"
+        elif died and (len(died_all) >= 2 or not any(self.elsewhere(n, d["stage"]) for d, _, _ in causes
+                                                     for n in [d.get("node_id")])):
+            who = "shard"
+            why = (f"its actors died on {len(died_all)} nodes" if len(died_all) >= 2
+                   else "no other live node could run its pool")
+        elif lost and len(lost_all) >= self.max_failures:
+            who, why = "shard", f"{len(lost_all)} nodes were lost while it ran on them"
+        else:
+            who = "node"
+            why = ", ".join(sorted({f"{c} on {self._ip(d.get('node_id'))}" for d, c, _ in causes}))
+        for d, cause, detail in causes:
+            # a death its retry recovered from: the node's where another node could have run it
+            paid = who if not committed else ("node" if self.elsewhere(d.get("node_id"), d["stage"]) else "none")
+            self.add(d.get("node_id"), shard, cause, detail, paid)
+        return who, why
+
+    def lost_nodes_event(self, shard: str, lost: set[str], detail: str) -> None:
+        """A shard that ended incomplete with no death of its own while nodes were lost: the nodes pay."""
+        for nid in sorted(lost) or ["unknown"]:
+            cause = _NODE_REASONS.get(self.nodes.get(nid, {}).get("reason", 0), "node_lost")
+            self.add(nid, shard, cause, detail, "node")
+
+    def _ip(self, node_id: str | None) -> str:
+        info = self.nodes.get(node_id or "") or self.records.get(node_id or "", {})
+        return f"{info.get('ip') or '?'} ({(node_id or 'unknown')[:8]})"
+
+    # -- exclusion ---------------------------------------------------------------------------------------------
+    def excluded(self) -> set[str]:
+        return {nid for nid, rec in self.records.items() if rec.get("excluded_at")}
+
+    def maybe_exclude(self, charged_shards: set[str]) -> list[str]:
+        """Exclude every node with node-charged deaths of ``ray.node_max_failures`` distinct shards within the
+        window (shards charged since for deaths of their own do not count: they were the cause). Returns the
+        nodes newly excluded that are still alive (their pools must be rebuilt without them)."""
+        limit, window = max(1, self.r.node_max_failures), float(self.r.node_failure_window_s)
+        now, out = time.time(), []
+        for nid, rec in self.records.items():
+            if rec.get("excluded_at") or nid == "unknown":
+                continue
+            shards = {e["shard"] for e in rec["events"]
+                      if e["charged_to"] == "node" and now - e.get("t", 0) <= window and e["shard"] not in charged_shards}
+            if len(shards) >= limit:
+                rec["excluded_at"], rec["excluded_for"] = _now(), sorted(shards)
+                self._save(nid)
+                alive = self.nodes.get(nid, {}).get("alive", False)
+                self.log(f"node {self._ip(nid)} excluded from this run's pools: its workers died holding "
+                         f"{len(shards)} different shards within {window:g} s (ray.node_max_failures={limit})"
+                         + ("" if alive else "; it is gone already"))
+                if alive:
+                    out.append(nid)
+        return out
+
+    def selector(self) -> dict[str, str] | None:
+        """The label selector that keeps a pool off the excluded nodes still alive (None: nothing to avoid)."""
+        avoid = sorted(self.excluded() & self.alive())
+        return {"ray.io/node-id": f"!in({','.join(avoid)})"} if avoid else None
+
+    # -- reporting ---------------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Per node: deaths by cause, who paid, excluded or not (for stats.json and jobs.status)."""
+        return summarize_nodes(self.records.values())
+
+
+def summarize_nodes(records) -> dict:
+    out = {}
+    for rec in records:
+        causes: dict[str, int] = {}
+        paid: dict[str, int] = {}
+        for e in rec["events"]:
+            causes[e["cause"]] = causes.get(e["cause"], 0) + 1
+            paid[e["charged_to"]] = paid.get(e["charged_to"], 0) + 1
+        out[rec["node_id"]] = {"ip": rec.get("ip"), "deaths": len(rec["events"]), "by_cause": causes,
+                               "charged_to": paid, "excluded_at": rec.get("excluded_at")}
+    return out
+
+
+def read_nodes(store: Store) -> dict:
+    """The node ledger of a run as ``summarize_nodes`` gives it (for jobs.status; no Ray needed)."""
+    recs = []
+    for name in store.names(*NODES, suffix=".json"):
+        try:
+            recs.append(store.read_json(*NODES, name))
+        except Exception:  # noqa: BLE001
+            continue
+    return summarize_nodes(recs)
