@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from toolformer.lease import LEASE, STORE_DOWN_ENV, Lease, LeaseHeld, LeaseLost, StaleLease
+from toolformer.lease import LEASE, STORE_DOWN_ENV, Lease, LeaseExpired, LeaseHeld, LeaseLost, StaleLease
 from toolformer.shards import AlreadyCommitted, RunState, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +81,28 @@ def test_a_driver_that_cannot_renew_stops_before_the_ttl(tmp_path):
         with pytest.raises(LeaseLost):
             with lease.writing():
                 pass
+    finally:
+        lease.release()
+
+
+def test_a_commit_task_refuses_past_the_drivers_deadline_unless_the_driver_renewed(tmp_path):
+    """The fence a commit task gets carries what was left of the driver's deadline; the task counts it down on its
+    own clock and refuses once it is spent, even before anyone took over, unless the driver renewed since."""
+    lease = Lease(Store(tmp_path), ttl_s=2.0, heartbeat_s=0.2, log=lambda _: None, margin_s=0.8).acquire()
+    try:
+        lease._stop.set()  # no more renewals, as a frozen driver's
+        lease._thread.join()
+        fence = pickle.loads(pickle.dumps(lease.fence().arm()))  # as a commit task gets it
+        assert "_armed" not in fence.__dict__  # the driver's clock reading does not travel
+        with fence.hold():
+            pass
+        time.sleep(1.4)  # past ttl - margin: the lease still names this driver, no one has taken over
+        with pytest.raises(LeaseExpired, match="not renewed in time"):
+            with fence.hold():
+                pass
+        lease.renew()  # the driver renewed meanwhile: the same fence lets a write through again
+        with fence.hold():
+            pass
     finally:
         lease.release()
 

@@ -279,9 +279,11 @@ def s3_client():
 
 class S3Conditional(VersionedConditional):
     """S3 conditional writes: create with ``If-None-Match: *``, replace and delete with ``If-Match: <ETag>``
-    (botocore sends both on PutObject since 1.35.x; see cluster/requirements-gpu.txt)."""
+    (S3 added them in 2024; an older botocore has no such PutObject parameters: the pinned one does, see
+    requirements.txt and cluster/requirements-gpu.txt)."""
 
-    _FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409")
+    _FAILED = ("PreconditionFailed", "NoSuchKey", "412")
+    _CONFLICT = ("ConditionalRequestConflict", "409")  # another conditional write of the key in flight: ask again
 
     def _key(self, name: str) -> tuple[str, str]:
         bucket, key = self.store.path(name).split("/", 1)
@@ -289,6 +291,22 @@ class S3Conditional(VersionedConditional):
 
     def _refused(self, exc) -> bool:
         return exc.response.get("Error", {}).get("Code") in self._FAILED
+
+    def _conditional(self, call, **kwargs) -> bool:
+        """True when the conditional request went through, False when its precondition did not hold."""
+        from botocore.exceptions import ClientError
+
+        for attempt in range(UPDATE_TRIES):  # bounded: a 409 only while another request on the key is in flight
+            try:
+                call(**kwargs)
+                return True
+            except ClientError as exc:
+                if self._refused(exc):
+                    return False
+                if exc.response.get("Error", {}).get("Code") not in self._CONFLICT:
+                    raise
+            time.sleep(0.05 * (attempt + 1))
+        return False
 
     def _get(self, name: str) -> tuple[bytes, Any] | None:
         from botocore.exceptions import ClientError
@@ -303,29 +321,13 @@ class S3Conditional(VersionedConditional):
         return obj["Body"].read(), obj["ETag"]
 
     def _write(self, name: str, data: bytes, version: Any) -> bool:
-        from botocore.exceptions import ClientError
-
         bucket, key = self._key(name)
         cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
-        try:
-            s3_client().put_object(Bucket=bucket, Key=key, Body=data, **cond)
-            return True
-        except ClientError as exc:
-            if self._refused(exc):
-                return False
-            raise
+        return self._conditional(s3_client().put_object, Bucket=bucket, Key=key, Body=data, **cond)
 
     def _remove(self, name: str, version: Any) -> bool:
-        from botocore.exceptions import ClientError
-
         bucket, key = self._key(name)
-        try:
-            s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=version or "*")
-            return True
-        except ClientError as exc:
-            if self._refused(exc):
-                return False
-            raise
+        return self._conditional(s3_client().delete_object, Bucket=bucket, Key=key, IfMatch=version or "*")
 
 
 class GCSConditional(VersionedConditional):
