@@ -27,9 +27,11 @@ DISCRETE = ("text_id", "doc_id", "tool", "status", "heuristic", "n_tokens", "pos
 def annotations(run: Path) -> list[dict]:
     if (run / "annotations.parquet").exists():
         return pq.read_table(run / "annotations.parquet").to_pylist()
-    manifest = json.loads((run / "manifest.json").read_text())
-    return [r for s in manifest["shards"] if (run / "markers" / "annotate" / f"{s['shard_id']}.json").exists()
-            for r in pq.read_table(run / "annotations" / f"{s['shard_id']}.parquet").to_pylist()]
+    from toolformer.shards import Manifest, RunState, Store
+
+    store = Store(run)  # the committed shards' files, as their markers name them (each attempt writes its own)
+    paths = RunState(store, "annotate").committed_outputs(Manifest.load(store), "annotations")
+    return [r for p in paths for r in pq.read_table(p).to_pylist()]
 
 
 def same_annotations(a: list[dict], b: list[dict], tol: float = 1e-3) -> tuple[bool, str]:

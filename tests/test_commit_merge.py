@@ -3,7 +3,6 @@ orders a shard, the Arrow/Ray merge equals the one-process reference merge, the 
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import defaultdict
 
@@ -37,13 +36,15 @@ def test_commit_orders_checks_and_marks_a_shard(staged):
     manifest = _commit_all(staged)
     assert RunState(Store(staged), "annotate").done() == {s.shard_id for s in manifest.shards}
     assert not (staged / STAGING).exists() or not any((staged / STAGING).iterdir())
+    state = RunState(Store(staged), "annotate")
     for s in manifest.shards:
-        texts = pq.read_table(staged / "texts" / f"{s.shard_id}.parquet").column("text_id").to_pylist()
+        marker = state.marker(s.shard_id)  # names the attempt's own files, and carries the shard's stats
+        texts = pq.read_table(staged / marker["outputs"]["texts"]["path"]).column("text_id").to_pylist()
         assert texts == pq.read_table(staged / s.path).column("text_id").to_pylist()
-        rows = pq.read_table(staged / "annotations" / f"{s.shard_id}.parquet")
+        rows = pq.read_table(staged / marker["outputs"]["annotations"]["path"])
         keys = list(zip(rows.column("text_id").to_pylist(), rows.column("tool").to_pylist()))
         assert keys == [(t, tool) for t in texts for tool in TOOLS]  # text order, then tool order
-        stats = json.loads((staged / "stats" / "annotate" / f"{s.shard_id}.json").read_text())
+        stats = marker["stats"]
         assert stats["texts"] == s.n_texts and stats["rows"] == s.n_texts * len(TOOLS)
         times = ("lm_ms", "tool_ms")  # from the staged rows; the committed annotations carry no timings
         assert {t: {k: v for k, v in f.items() if k not in times} for t, f in stats["funnel"].items()} == funnel(rows)
@@ -57,7 +58,7 @@ def test_a_batch_staged_twice_counts_once(staged, tmp_path):
     shutil.copy(first, folder / "retried-copy.parquet")
     manifest = Manifest.load(Store(staged))
     commit_shard(str(staged), manifest.shard(sid), list(TOOLS), STAGING)
-    rows = pq.read_table(staged / "annotations" / f"{sid}.parquet")
+    rows = pq.read_table(staged / RunState(Store(staged), "annotate").output(sid, "annotations"))
     assert rows.num_rows == manifest.shard(sid).n_texts * len(TOOLS)
 
 
@@ -72,7 +73,7 @@ def test_a_missing_batch_fails_the_commit_and_writes_no_marker(staged):
 
 def test_arrow_funnel_equals_counting_rows(staged):
     _commit_all(staged)
-    table = pq.read_table(staged / "annotations" / "shard-00000.parquet")
+    table = pq.read_table(staged / RunState(Store(staged), "annotate").output("shard-00000", "annotations"))
     want: dict = defaultdict(lambda: defaultdict(int))
     for r in table.to_pylist():
         f = want[r["tool"]]

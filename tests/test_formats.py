@@ -76,7 +76,7 @@ def test_outputs_load_with_datasets_and_keep_nested_columns(tmp_path, monkeypatc
     from benchmarks.synthetic import TOOLS, make_staged_run
     from toolformer.annotate.commit import commit_shard
     from toolformer.cstar import cstar_files, run_merge
-    from toolformer.shards import Manifest, Store
+    from toolformer.shards import Manifest, RunState, Store
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     run = tmp_path / "run"
@@ -86,8 +86,8 @@ def test_outputs_load_with_datasets_and_keep_nested_columns(tmp_path, monkeypatc
     run_merge(str(run), 25_000, parallel=False)
     cstar = datasets.load_dataset("parquet", data_files=cstar_files(str(run)), split="train")
     assert cstar.num_rows > 0 and isinstance(cstar[0]["calls"], list) and set(cstar[0]["calls"][0]) >= {"tool", "gain"}
-    ann = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (run / "annotations").glob("*.parquet")),
-                                split="train")
+    committed = RunState(Store(run), "annotate").committed_outputs(Manifest.load(Store(run)), "annotations")
+    ann = datasets.load_dataset("parquet", data_files=committed, split="train")
     assert ann.num_rows == 60 * len(TOOLS) and "loss_call_result" in ann[0]["candidates"][0]
     card = (run / "cstar" / "README.md").read_text()
     assert card.startswith("---\n") and "license:" in card and "## Funnel" in card

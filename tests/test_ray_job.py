@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from merge_reference import reference_cstar, sharded_cstar
 
+from toolformer.shards import RunState, Store
+
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ["Calculator", "Calendar"]
 FUSED = ["ray.fuse_lm=true", "ray.lm.num_cpus=0.5"]  # one LM pool: one engine to start instead of two
@@ -135,13 +137,17 @@ def _copy(prepared: Path, dest: Path) -> Path:
     return dest
 
 
+def _committed(run: Path, sid: str, name: str = "annotations") -> Path:
+    """A committed shard's output, as its marker names it (each commit attempt writes files of its own)."""
+    return run / RunState(Store(run), "annotate").output(sid, name)
+
+
 def _annotations(run: Path, shards: set[str] | None = None) -> list[dict]:
     manifest = json.loads((run / "manifest.json").read_text())
     rows = []
     for s in manifest["shards"]:
-        path = run / "annotations" / f"{s['shard_id']}.parquet"
         if (shards is None or s["shard_id"] in shards) and (run / "markers" / "annotate" / f"{s['shard_id']}.json").exists():
-            rows += pq.read_table(path).to_pylist()
+            rows += pq.read_table(_committed(run, s["shard_id"])).to_pylist()
     return rows
 
 
@@ -176,7 +182,7 @@ def _accounted(run: Path) -> None:
         docs = set(pq.read_table(run / s["path"], columns=["doc_id"]).column("doc_id").to_pylist())
         assert len(docs) == s["n_docs"]
         assert (run / "markers" / "annotate" / f"{sid}.json").exists(), f"{sid} neither done nor quarantined"
-        rows = pq.read_table(run / "annotations" / f"{sid}.parquet").to_pylist()
+        rows = pq.read_table(_committed(run, sid)).to_pylist()
         assert {r["doc_id"] for r in rows} == docs
         total += len(docs)
     assert total == sum(s["n_docs"] for s in manifest["shards"])
@@ -231,7 +237,8 @@ def test_ray_job_equals_single_process(reference_run, config_file, tmp_path):
     local = tmp_path / "local"
     _job(["jobs.annotate", f"output_dir={local}", "annotate.runner=local"], config_file)
     _assert_same(_annotations(reference_run), pq.read_table(local / "annotations.parquet").to_pylist())
-    texts_ray = [r for s in sorted((reference_run / "texts").glob("*.parquet")) for r in pq.read_table(s).to_pylist()]
+    done = sorted(p.stem for p in (reference_run / "markers" / "annotate").glob("*.json"))
+    texts_ray = [r for s in done for r in pq.read_table(_committed(reference_run, s, "texts")).to_pylist()]
     assert texts_ray == pq.read_table(local / "texts.parquet").to_pylist()
     # The merge reads either layout the same way, and its sharded C* equals the single-process reference merge.
     for run in (reference_run, local):
