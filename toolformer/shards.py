@@ -177,13 +177,14 @@ class Manifest:
         return cls(**data)
 
     def save(self, store: Store) -> None:
-        """Written once: a run's shards never change under it (prepare into a new directory instead)."""
-        if store.exists("manifest.json"):
-            old = store.read_json("manifest.json")
-            if [s["sha256"] for s in old["shards"]] != [s.sha256 for s in self.shards]:
-                raise FileExistsError(f"{store.uri} already has a different manifest; use a new output_dir")
+        """Written once, by one create-if-absent: a run's shards never change under it (prepare into a new
+        directory instead)."""
+        data = json.dumps(asdict(self), indent=2, default=str).encode()
+        if conditional(store).put_if_absent("manifest.json", data):
             return
-        store.write_json(asdict(self), "manifest.json")
+        old = store.read_json("manifest.json")
+        if [s["sha256"] for s in old["shards"]] != [s.sha256 for s in self.shards]:
+            raise FileExistsError(f"{store.uri} already has a different manifest; use a new output_dir")
 
 
 def shard_name(index: int) -> str:
