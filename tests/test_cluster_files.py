@@ -573,3 +573,14 @@ def test_versions_agree_across_the_cluster_files():
     job_env = (yaml.safe_load(job["spec"]["runtimeEnvYAML"]).get("env_vars") or {})
     file_env = _load("cluster/runtime_env.yaml").get("env_vars") or {}
     assert job_env == file_env, (job_env, file_env)
+
+
+def test_the_rayjob_resubmits_once_because_the_job_heals_itself():
+    """docs/operations.md "Healing in the job": dead pools, stalls and lost nodes are healed inside one submission,
+    so the RayJob resubmits only once (a lost driver or head), and a run ended with quarantined shards (exit 3) is
+    not started over and over."""
+    import yaml
+
+    job = yaml.safe_load((REPO / "cluster" / "rayjob.yaml").read_text())
+    assert job["spec"]["backoffLimit"] == 1
+    assert "exit 3" in (REPO / "cluster" / "rayjob.yaml").read_text()

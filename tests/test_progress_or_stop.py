@@ -156,3 +156,23 @@ def test_a_hung_batch_without_a_watchdog_is_cut_and_charges_survive_a_driver_kil
     assert len(_attempts(run, "shard-00000")) == 2  # the killed driver's charge survived
     (stuck,) = _attempts(run, "shard-00001")
     assert stuck["error"].startswith("Stalled: shard-00001 was being computed"), stuck
+
+
+def test_an_engine_that_hangs_in_setup_is_replaced_then_the_run_stops_naming_the_pool(config, tmp_path):
+    """``ray.lm_setup_timeout_s``: an LM actor whose engine never starts ends itself at the bound and Ray replaces
+    it; once the pool's restarts are spent the pass ends naming the pool, its node and the set-up timeouts, and
+    after ``ray.max_passes_without_progress`` such passes the run stops with that message (exit 1), charging no
+    shard."""
+    run = tmp_path / "run"
+    _prepare(config, run, docs=2)
+    env = _env(TOOLFORMER_FAULT_HANG_SETUP="lm")
+    knobs = ["ray.max_actor_restarts=1", "ray.lm_setup_timeout_s=15", "ray.progress_timeout_s=90",
+             "ray.max_passes_without_progress=1"]
+    t0 = time.monotonic()
+    proc = _annotate(config, run, knobs, env, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "not ready after ray.lm_setup_timeout_s=15 s" in out and "ray.lm" in out, out[-3000:]
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]  # an expected stop: its message, not a traceback
+    assert not (run / "failures" / "annotate").exists() and not (run / "markers").exists()
+    assert time.monotonic() - t0 < 600

@@ -118,10 +118,11 @@ shards:
     return path
 
 
-def _job(args: list[str], config: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def _job(args: list[str], config: Path, env: dict | None = None, timeout: int = 900,
+         rc: int = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", *args[:1], "--config", str(config), *args[1:]]
     proc = subprocess.run(cmd, cwd=REPO, env=env or _ray_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == rc, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
 
@@ -318,7 +319,9 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
            "TOOLFORMER_FAULT_POISON_SHARD": "shard-00003",
            "TOOLFORMER_FAULT_STALL_SHARD": "shard-00004", "TOOLFORMER_FAULT_STALL_ONCE_FILE": str(tmp_path / "stalled"),
            "TOOLFORMER_FAULT_HANG_TOOL": hung["tool"], "TOOLFORMER_FAULT_HANG_TEXT": hung["text_id"]}
-    proc = _job(["jobs.annotate", *common, "annotate.tool_timeout_s=2", "ray.lm_batch_timeout_s=30"], config_file, env=env)
+    proc = _job(["jobs.annotate", *common, "annotate.tool_timeout_s=2", "ray.lm_batch_timeout_s=30"], config_file, env=env,
+                rc=3)  # the run ended with quarantined shards: its own code, said in its last line
+    assert "2 of 6 shards quarantined" in proc.stdout.strip().splitlines()[-1]
     assert (tmp_path / "killed").exists() and (tmp_path / "stalled").exists(), "a fault never fired"
     assert sorted(p.stem for p in (run / "quarantine" / "annotate").glob("*.json")) == ["shard-00001", "shard-00003"]
     assert sorted(p.stem for p in (run / "failures" / "annotate").glob("*.json")) == ["shard-00001", "shard-00003"]

@@ -51,7 +51,11 @@ def init_ray(cfg: RunConfig) -> None:
     to_driver = not is_quiet()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=to_driver)
+        # A cluster on loopback: Ray takes this machine's interface address as the driver's node address and then
+        # finds no raylet there (the driver never connects); pin it to loopback as the cluster's nodes are.
+        host = address.removeprefix("ray://").rsplit(":", 1)[0]
+        pin = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=to_driver, **pin)
     else:
         # A private Ray for this run; every listener stays on loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

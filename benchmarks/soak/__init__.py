@@ -13,8 +13,10 @@ is what costs), at least 200 shards of C4 web text, and faults:
   ``second_driver`` (refused, naming the holder), ``actor_kill`` (an LM actor SIGKILLed, restarted),
   ``node_remove`` / ``node_add`` (a worker node with an LM actor removed, a fresh one joining 30 s later),
   ``driver_kill`` (SIGKILLed; the same command takes the lease over);
-- short scenarios on runs of their own (``scenarios.py``): ``pool_dead`` (the pool dies for good), ``pause`` (a
-  driver paused past its TTL while another host takes over), ``charges_pending`` (a driver killed mid-pass).
+- short scenarios on runs of their own (``scenarios.py``): ``pool_dead`` (the pool dies for good; healed in one
+  submission), ``pause`` (a driver paused past its TTL while another host takes over, resumed while that one holds
+  the run), ``charges_pending`` (a driver killed mid-pass), ``node_kill`` (one node's LM actors killed again and
+  again: the node excluded, no shard charged).
 
 The same prepared shards are first annotated without faults (the uninterrupted run). Every check cites the
 evidence it rests on (``evidence.py``; ``report.py``) and fails when it is missing: committed output equal to the
@@ -41,7 +43,7 @@ from benchmarks.soak.outputs import Reference, manifest
 
 SHARD_FAULTS = ("corrupt", "stall", "hang", "gil", "poison", "no_eligible", "malformed")
 FIRED = ("second_driver", "actor_kill", "node_remove", "node_add", "driver_kill")
-SCENARIO_FAULTS = ("pool_dead", "pause", "charges_pending")
+SCENARIO_FAULTS = ("pool_dead", "pause", "charges_pending", "node_kill")
 FAULTS = SHARD_FAULTS + FIRED + SCENARIO_FAULTS
 
 __all__ = ["FAULTS", "Soak", "add_arguments", "run", "tiny_model"]

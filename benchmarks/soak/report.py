@@ -67,9 +67,9 @@ def main_checks(soak, c: Checks) -> dict:
     if t.get("poison"):
         q = record(run.joinpath(*QDIR, f"{t['poison']}.json"))
         proof = {"quarantine": q, "actor_log": logs["poison"][:1] or None}
-        if a.max_failures > 1:  # charged in a fresh pass, then retried apart from healthy shards (by whichever driver)
+        if a.max_failures > 1:  # charged in a fresh pass, then retried with the others in the retry pass
             logs_text = "\n".join(d.text() for d in soak.chaos.drivers)
-            proof["retried_apart"] = line(logs_text, f"retrying {t['poison']} apart")
+            proof["retried_together"] = line(logs_text, rf"retrying \d+ shards together.*{t['poison']}")
         c.add("poison_quarantined_with_its_cause", proof,
             lambda e: e["quarantine"]["attempts"] == a.max_failures and e["quarantine"]["error"].startswith("ActorDied")
             and "worker exit type" in e["quarantine"]["error"])
@@ -80,7 +80,10 @@ def main_checks(soak, c: Checks) -> dict:
         c.add("stall_ended_by_the_watchdog_and_committed", {
             "fired": soak.chaos.stall_flag.read_text().strip() if soak.chaos.stall_flag.exists() else None,
             "watchdog_line": logs["watchdog"][:1] or None,
-            "marker": record(run / "markers" / "annotate" / f"{t['stall']}.json")}, lambda e: True)
+            "marker": record(run / "markers" / "annotate" / f"{t['stall']}.json")},
+            # its own evidence: the flag the stalled batch set, the watchdog ending an LM batch, the shard committed
+            lambda e: "stalled in stage" in e["fired"] and "ray.lm_batch_timeout_s" in e["watchdog_line"][0]
+            and e["marker"]["shard_id"] == t["stall"])
     for fault in ("hang", "gil"):
         if t.get(fault):
             row = eq["ended_rows"].get(fault)
@@ -104,7 +107,13 @@ def main_checks(soak, c: Checks) -> dict:
               lambda e: (e["ray_state_after"]["num_restarts"] or 0) > (s.get("restarts_before") or 0))
     if "node_remove" in soak.faults and steps.get("node_remove"):
         s = steps["node_remove"]
-        c.add("node_removed_with_an_lm_actor", {"lm_actors_on_node": s.get("lm_actors_on_node")}, lambda e: True)
+        node = s.get("node_id")
+        # its own evidence: the node held LM actors, Ray saw them die with it, and the run's ledger charged the
+        # deaths to that node (not to a shard)
+        ledger = (stats.get("nodes") or {}).get(node) if node else None
+        c.add("node_removed_with_an_lm_actor", {"lm_actors_on_node": s.get("lm_actors_on_node"), "ledger": ledger},
+              lambda e: any(k.startswith("node_") for k in e["ledger"]["by_cause"])
+              and not e["ledger"]["charged_to"].get("shard"))
     if "driver_kill" in soak.faults:
         resub = next((d for d in soak.chaos.drivers if d.role == "chaos-2-resubmitted"), None)
         c.add("resubmitted_driver_took_the_lease_over", {
@@ -117,7 +126,8 @@ def main_checks(soak, c: Checks) -> dict:
     if "malformed" in soak.faults:
         c.add("malformed_input_skipped_at_prepare", {"by_reason": acct["skipped_at_prepare_by_reason"]},
               lambda e: e["by_reason"].get("malformed_json", 0) >= 1)
-    return {"stats": {k: stats.get(k) for k in ("shards", "passes", "seconds", "docs", "texts", "pool_deaths")},
+    return {"stats": {k: stats.get(k) for k in ("shards", "passes", "seconds", "docs", "texts", "pool_deaths",
+                                                "pass_cuts", "charges_by_cause", "nodes")},
             "equality": eq, "documents": acct, "quarantined": list(qset.values()), "actor_logs": logs}
 
 
@@ -125,20 +135,18 @@ def scenario_checks(soak, c: Checks) -> dict:
     sc = soak.scenarios
     if "pool_dead" in sc:
         r = sc["pool_dead"]
-        af = r["after_first"]
-        c.add("pool_dead_run_ends_nonzero_naming_the_pool", {
-            "rc": r["first"]["rc"], "line": line(r["log_first"], "a pool died for good"),
-            "seconds": af["seconds"]}, lambda e: e["rc"] not in (0, None) and "ray.lm" in e["line"])
-        c.add("pool_dead_healthy_committed_poison_charged", {
-            "markers": af["markers"], "failures": af["failures"], "first_errors": af["first_errors"],
-            "lease_released": not af["lease_left"]},
-            lambda e: e["markers"] == ["shard-00000", "shard-00005"] and e["failures"] == r["poison"]
-            and all(v.startswith("ActorDied") for v in e["first_errors"].values()) and e["lease_released"])
-        c.add("pool_dead_rerun_quarantines_apart", {
-            "rc": r["second"]["rc"], "quarantined": r["quarantined"], "attempts": r["attempts_final"],
-            "retried_apart": line(r["log_second"], "retrying shard-0000[1-4] apart")},
-            lambda e: e["rc"] == 0 and e["quarantined"] == r["poison"]
-            and all(n == soak.args.max_failures for n in e["attempts"].values()))
+        last = (r["first"].get("last_lines") or [""])[-1]
+        c.add("pool_dead_heals_in_one_submission_and_exits_3", {
+            "rc": r["first"]["rc"], "cut": line(r["log_first"], r"pass cut: pool_dead|pass ended with a dead pool"),
+            "last_line": last, "seconds": r["seconds"]},
+            lambda e: e["rc"] == 3 and "ray.lm" in e["cut"] and "4 of 6 shards quarantined" in e["last_line"])
+        c.add("pool_dead_healthy_committed_poison_quarantined_after_retries_together", {
+            "markers": r["markers_final"], "quarantined": r["quarantined"], "attempts": r["attempts_final"],
+            "errors": r["errors"], "retried_together": line(r["log_first"], r"retrying \d+ shards together"),
+            "lease_released": not r["lease_left"]},
+            lambda e: e["markers"] == ["shard-00000", "shard-00005"] and e["quarantined"] == r["poison"]
+            and all(n == soak.args.max_failures for n in e["attempts"].values())
+            and all(v.startswith("ActorDied") for v in e["errors"].values()) and e["lease_released"])
     if "pause" in sc and sc["pause"].get("first"):
         r = sc["pause"]
         epochs = {m["epoch"] for m in r["markers"].values()}
@@ -148,7 +156,11 @@ def scenario_checks(soak, c: Checks) -> dict:
             "rc": r["second"]["rc"], "line": line(r["log_second"], "taking over the run's lease")},
             lambda e: e["rc"] == 0 and "last renewed" in e["line"])
         c.add("pause_resumed_driver_stops_writing", {
-            "rc": r["first"]["rc"], "line": line(r["log_first"], "stops writing")}, lambda e: e["rc"] not in (0, None))
+            "rc": r["first"]["rc"], "line": line(r["log_first"], "stops writing|refused|another driver"),
+            "resumed_while_second_held_the_run": r["resumed_while_second_held_the_run"],
+            "first_ended_while_second_ran": r["first_ended_while_second_ran"]},
+            lambda e: e["rc"] not in (0, None) and e["resumed_while_second_held_the_run"] is True
+            and e["first_ended_while_second_ran"] is True)
         c.add("pause_nothing_committed_after_the_takeover_nor_twice", {
             "markers": len(r["markers"]), "epochs": sorted(e for e in epochs if e is not None),
             "first_driver_commits_after_takeover": late or ["none"]},
@@ -164,6 +176,9 @@ def scenario_checks(soak, c: Checks) -> dict:
             "attempts": [{k: a.get(k) for k in ("at", "error")} for a in r["final_attempts"]]},
             lambda e: e["rc"] == 0 and e["quarantined"] == ["shard-00001"]
             and len(e["attempts"]) == soak.args.max_failures and e["attempts"][0]["at"] <= r["killed_at"])
+    if "node_kill" in sc:
+        for name, check in sc["node_kill"]["checks"].items():
+            c.add(f"node_kill_{name}", {"check": check}, lambda e: e["check"]["ok"])
     return {name: {k: v for k, v in res.items() if not k.startswith("log_")} for name, res in sc.items()}
 
 

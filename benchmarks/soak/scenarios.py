@@ -1,11 +1,14 @@
 """The soak's short scenarios, each on a run of its own (the first documents of the same inputs) on the same
 cluster, after the main run:
 
-- ``pool_dead``: the issue's probe. One fused LM actor with one restart, four of six shards poison: the run must
-  end by itself, non-zero, naming the pool, with the two healthy shards committed and the four charged; the rerun
-  retries them apart and quarantines them;
+- ``pool_dead``: the issue's probe. One fused LM actor with one restart, four of six shards poison: one
+  submission heals the dead pool with fresh passes, commits the two healthy shards, retries the four together
+  (each in its own block) until quarantined, and exits with the quarantine code (3), saying so last;
 - ``pause``: a driver SIGSTOPped past its lease's TTL while a second driver, on another host (a UTS namespace of
-  its own), takes the run over and finishes it; resumed, the first commits nothing and exits non-zero;
+  its own), takes the run over; the first is resumed while the second still holds the run (it has committed
+  since, and is still running): the first commits nothing and exits non-zero, the second finishes;
+- ``node_kill``: the LM actors on one worker node SIGKILLed again and again while a run of its own annotates
+  (``nodes.py``): one submission, no shard charged or quarantined, the node excluded from the run's pools;
 - ``charges_pending``: a driver SIGKILLed mid-pass after a poison shard's failure was written (another shard
   hangs with no watchdog, so the pass cannot end): the charge survives, and the rerun's own brings it to quarantine.
 """
@@ -40,23 +43,18 @@ def pool_dead(soak) -> dict:
     run = _prepared(soak, "pool_dead", 6)
     poison = [f"shard-{i:05d}" for i in (1, 2, 3, 4)]
     env = {**soak.env, "TOOLFORMER_FAULT_POISON_SHARD": ",".join(poison)}
-    knobs = [*ONE_LM, "ray.max_actor_restarts=1", "ray.batch_attempts=2", "ray.progress_timeout_s=120"]
+    knobs = [*ONE_LM, "ray.max_actor_restarts=1", "ray.batch_attempts=2", "ray.progress_timeout_s=120",
+             f"shards.max_failures={soak.args.max_failures}"]
     soak.note("pool_dead", f"4 of 6 shards poison ({', '.join(poison)}), one LM actor with one restart")
     t0 = time.perf_counter()
-    first = soak.job("jobs.annotate", run, knobs, env, role="pool_dead-1")
+    first = soak.job("jobs.annotate", run, knobs, env, role="pool_dead")
     wait(first, soak.args.timeout)
-    rec1 = first.record()
-    after_first = {"markers": _names(run, "markers"), "failures": _names(run, "failures"),
-                   "attempts": {s: len(failures(run, s)) for s in poison},
-                   "first_errors": {s: (failures(run, s) or [{}])[0].get("error", "")[:160] for s in poison},
-                   "lease_left": (run / "_lease.json").exists(), "seconds": round(time.perf_counter() - t0, 1)}
-    second = soak.job("jobs.annotate", run, [*knobs, f"shards.max_failures={soak.args.max_failures}"], env,
-                      role="pool_dead-2")
-    wait(second, soak.args.timeout)
-    rec2 = second.record()
-    return {"poison": poison, "first": rec1, "after_first": after_first, "log_first": first.text(),
-            "second": rec2, "log_second": second.text(), "quarantined": _names(run, "quarantine"),
-            "attempts_final": {s: len(failures(run, s)) for s in poison}, "markers_final": _names(run, "markers")}
+    rec = first.record()
+    return {"poison": poison, "first": rec, "log_first": first.text(), "seconds": round(time.perf_counter() - t0, 1),
+            "markers_final": _names(run, "markers"), "quarantined": _names(run, "quarantine"),
+            "attempts_final": {s: len(failures(run, s)) for s in poison},
+            "errors": {s: (failures(run, s) or [{}])[0].get("error", "")[:200] for s in poison},
+            "lease_left": (run / "_lease.json").exists()}
 
 
 def pause(soak) -> dict:
@@ -76,15 +74,24 @@ def pause(soak) -> dict:
     time.sleep(ttl + 3)
     started_b = dt.datetime.now(dt.timezone.utc)
     second = soak.job("jobs.annotate", run, knobs, role="pause-B-other-host", prefix=OTHER_HOST)
-    wait(second, soak.args.timeout)
-    rec_b = second.record()
+    # resume the first while the second holds the run: it has taken the lease over and committed since
+    at_takeover = len(markers(run))
+    while second.proc.poll() is None and time.perf_counter() < deadline and not (
+            "taking over the run's lease" in second.text() and len(markers(run)) > at_takeover):
+        time.sleep(0.2)
+    holding = second.proc.poll() is None
     first.signal(signal.SIGCONT)
-    soak.note("pause", f"driver pid {first.proc.pid} resumed (SIGCONT) after the second finished")
+    soak.note("pause", f"driver pid {first.proc.pid} resumed (SIGCONT) while the second "
+                       f"{'still holds the run' if holding else 'had already ended'} ({len(markers(run))} committed)")
     wait(first, 180)
     rec_a = first.record()
+    first_ended_while_second_ran = second.proc.poll() is None
+    wait(second, soak.args.timeout)
+    rec_b = second.record()
     epochs = marker_epochs(run)
     return {"first": rec_a, "log_first": first.text(), "second": rec_b, "log_second": second.text(),
             "paused_at": paused_at.isoformat(timespec="seconds"), "second_started": started_b.isoformat(timespec="seconds"),
+            "resumed_while_second_held_the_run": holding, "first_ended_while_second_ran": first_ended_while_second_ran,
             "markers": epochs, "shards": 16}
 
 
@@ -115,4 +122,13 @@ def charges_pending(soak) -> dict:
             "markers": _names(run, "markers")}
 
 
-SCENARIOS = {"pool_dead": pool_dead, "pause": pause, "charges_pending": charges_pending}
+def node_kill(soak) -> dict:
+    from benchmarks.soak.nodes import NodeChaos
+
+    chaos = NodeChaos("node_kill", 16, 15.0, 8, soak.args.timeout, soak.work / "node_kill",
+                      [f"ray.lm.actors={soak.args.lm_actors}"], cluster=soak.cluster, config=soak.config, env=soak.env)
+    soak.note("node_kill", "the LM actors of one worker node SIGKILLed every 15 s while a run of 16 shards annotates")
+    return chaos()
+
+
+SCENARIOS = {"pool_dead": pool_dead, "pause": pause, "charges_pending": charges_pending, "node_kill": node_kill}

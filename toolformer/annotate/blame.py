@@ -8,8 +8,10 @@ Charging those to the shards in flight quarantines healthy shards in time. So, l
   fault; the death is the node's. Only a shard whose node losses follow it onto ``shards.max_failures`` distinct
   nodes is charged (a shard that really brings whole machines down still ends quarantined);
 - **a worker that died on a node that stays up** (a crash, the OOM killer, the LM watchdog, a kill) is the node's
-  while the shard has died on that node alone and another node could run it; once its deaths follow it onto a
-  second node, or when no other live node could run its pool (one machine), it is the shard's own;
+  while the shard has died on that node alone and another node could run it; it is the shard's own once its
+  deaths follow it onto a second node, when no other live node could run its pool (one machine), or when it kills
+  its actor on the same node again in a later pass while that node has killed no other shard (the node is
+  healthy but for this shard);
 - every death, whoever pays, is one event of its node's ledger (``failures/_nodes/<node>.json``: when, cause,
   shard, who was charged), which ``jobs.status`` and ``stats.json`` show per node and per cause;
 - a node with deaths of ``ray.node_max_failures`` distinct shards (not counting shards charged since for deaths
@@ -65,7 +67,7 @@ def classify(record: dict, nodes: dict[str, dict], exits: dict[int, str]) -> tup
     exit_ = exits.get(record.get("pid"), "")
     if note.startswith("watchdog"):
         return "watchdog", note
-    if "OUT_OF_MEMORY" in exit_ or "OOM" in exit_ or "out of memory" in exit_.lower():
+    if "NODE_OUT_OF_MEMORY" in exit_:  # Ray's memory monitor (the kernel's OOM killer reads as a plain death)
         return "oom", exit_
     return "worker_died", exit_ or "the worker process died (no exit detail recorded)"
 
@@ -83,6 +85,7 @@ class NodeLedger:
         self.fence = fence or nullcontext
         self.log = log_fn
         self.nodes: dict[str, dict] = {}  # node table, refreshed by ``refresh``
+        self.noted: set[str] = set()  # in-flight records already on the ledger (a node loss, noted when seen)
         self.records: dict[str, dict] = {}
         for name in store.names(*NODES, suffix=".json"):
             try:
@@ -128,10 +131,12 @@ class NodeLedger:
         with self.fence():
             self.store.write_json(rec, *NODES, f"{node_id}.json")
 
-    def add(self, node_id: str | None, shard: str, cause: str, detail: str, charged_to: str) -> None:
+    def add(self, node_id: str | None, shard: str, cause: str, detail: str, charged_to: str,
+            pass_id: str | None = None, record: str | None = None) -> None:
         node_id = node_id or "unknown"
         self._record(node_id)["events"].append({"at": _now(), "t": time.time(), "shard": shard, "cause": cause,
-                                                "detail": detail[:400], "charged_to": charged_to})
+                                                "detail": detail[:400], "charged_to": charged_to, "pass": pass_id,
+                                                "record": record})
         self._save(node_id)
 
     def shard_nodes(self, shard: str, losses: bool) -> set[str]:
@@ -144,9 +149,24 @@ class NodeLedger:
         return {e["shard"] for rec in self.records.values() for e in rec["events"] if e["charged_to"] == "node"}
 
     # -- blame -------------------------------------------------------------------------------------------------
-    def blame(self, shard: str, deaths: list[dict], exits: dict[int, str], committed: bool = False) -> tuple[str, str]:
+    def _again_on_a_healthy_node(self, shard: str, nodes: set, pass_id: str | None) -> bool:
+        """This shard died on one of these nodes in an earlier pass, and the node killed no other shard since the
+        window began: the node is fine but for this shard."""
+        now, window = time.time(), float(self.r.node_failure_window_s)
+        for nid in nodes:
+            events = [e for e in self.records.get(nid, {}).get("events", []) if now - e.get("t", 0) <= window
+                      and not is_node_loss(e["cause"])]
+            before = any(e["shard"] == shard and e.get("pass") != pass_id for e in events)
+            others = any(e["shard"] != shard and e["charged_to"] == "node" for e in events)
+            if before and not others:
+                return True
+        return False
+
+    def blame(self, shard: str, deaths: list[dict], exits: dict[int, str], committed: bool = False,
+              pass_id: str | None = None) -> tuple[str, str]:
         """Record each death of ``shard``'s actors on its node and say who pays: ("shard" | "node" | "none",
-        a one-line reason). ``committed``: its batch's retry committed it (nobody pays; the node is noted)."""
+        a one-line reason). ``committed``: its batch's retry committed it (nobody pays; the node is noted).
+        ``pass_id``: the pass these deaths happened in (a death again in a later pass follows the shard)."""
         self.refresh()
         causes = [(d, *classify(d, self.nodes, exits)) for d in deaths]
         lost = {d.get("node_id") for d, c, _ in causes if is_node_loss(c)}
@@ -160,22 +180,57 @@ class NodeLedger:
             who = "shard"
             why = (f"its actors died on {len(died_all)} nodes" if len(died_all) >= 2
                    else "no other live node could run its pool")
+        elif died and self._again_on_a_healthy_node(shard, died, pass_id):
+            who, why = "shard", "it killed its actor on the same node again in a later pass, and that node killed no other shard"
         elif lost and len(lost_all) >= self.max_failures:
             who, why = "shard", f"{len(lost_all)} nodes were lost while it ran on them"
         else:
             who = "node"
             why = ", ".join(sorted({f"{c} on {self._ip(d.get('node_id'))}" for d, c, _ in causes}))
         for d, cause, detail in causes:
+            if d.get("_name") in self.noted:  # on the ledger since it was seen: now its verdict
+                if not committed:
+                    self._settle_event(d["_name"], who)
+                continue
             # a death its retry recovered from: the node's where another node could have run it
             paid = who if not committed else ("node" if self.elsewhere(d.get("node_id"), d["stage"]) else "none")
-            self.add(d.get("node_id"), shard, cause, detail, paid)
+            self.add(d.get("node_id"), shard, cause, detail, paid, pass_id, d.get("_name"))
+            if d.get("_name"):
+                self.noted.add(d["_name"])
         return who, why
 
-    def lost_nodes_event(self, shard: str, lost: set[str], detail: str) -> None:
+    def note_deaths(self, dead: dict[str, list[dict]], pass_id: str | None = None) -> bool:
+        """Put each death on the ledger as soon as it is seen, so that a node that keeps killing workers is
+        excluded mid-pass and a driver killed before its pass ends loses none: a node loss, or a worker death where
+        another node could run the pool, is the node's for now; the shard's verdict (``blame``) may change that
+        when Ray gives up on its block. Returns whether anything new was noted."""
+        from toolformer.annotate.failures import worker_exits
+
+        new = [(sid, d) for sid, recs in dead.items() for d in recs if d.get("_name") and d["_name"] not in self.noted]
+        if not new:
+            return False
+        self.refresh()
+        exits = worker_exits({d["pid"] for _, d in new if isinstance(d.get("pid"), int)})
+        for sid, d in new:
+            cause, detail = classify(d, self.nodes, exits)
+            paid = "node" if is_node_loss(cause) or self.elsewhere(d.get("node_id"), d["stage"]) else "none"
+            self.add(d.get("node_id"), sid, cause, detail, paid, pass_id, d["_name"])
+            self.noted.add(d["_name"])
+        return True
+
+    def _settle_event(self, name: str, who: str) -> None:
+        for nid, rec in self.records.items():
+            for e in rec["events"]:
+                if e.get("record") == name and e["charged_to"] != who:
+                    e["charged_to"] = who
+                    self._save(nid)
+                    return
+
+    def lost_nodes_event(self, shard: str, lost: set[str], detail: str, pass_id: str | None = None) -> None:
         """A shard that ended incomplete with no death of its own while nodes were lost: the nodes pay."""
         for nid in sorted(lost) or ["unknown"]:
             cause = _NODE_REASONS.get(self.nodes.get(nid, {}).get("reason", 0), "node_lost")
-            self.add(nid, shard, cause, detail, "node")
+            self.add(nid, shard, cause, detail, "node", pass_id)
 
     def _ip(self, node_id: str | None) -> str:
         info = self.nodes.get(node_id or "") or self.records.get(node_id or "", {})

@@ -100,7 +100,7 @@ class StageActor:
         self.telemetry = ActorTelemetry(stage, sink_name, started)
         self.telemetry.setting_up()  # heartbeats while the engine loads: set-up is progress, not silence
         # bounded: an engine that hangs in set-up ends this actor, which Ray replaces (a restart)
-        bound = SetupWatchdog(cfg.ray.lm_setup_timeout_s if stage in LM_STAGES else None, stage)
+        bound = SetupWatchdog(cfg.ray.lm_setup_timeout_s if stage in LM_STAGES else None, stage, run_uri, staging)
         setup_fault(stage)
         self.stage = STAGES[stage](cfg)
         if hasattr(self.stage, "setup"):

@@ -30,6 +30,7 @@ import uuid
 from toolformer.shards import Store
 
 INFLIGHT = "_inflight"
+SETUP = "_setup"  # notes of actors ended by their set-up watchdog, read by the driver for its messages
 log = logging.getLogger(__name__)
 
 
@@ -119,8 +120,8 @@ class SetupWatchdog:
 
     EXIT_CODE = 71
 
-    def __init__(self, timeout_s: float | None, stage: str):
-        self.stage = stage
+    def __init__(self, timeout_s: float | None, stage: str, run_uri: str | None = None, staging: str | None = None):
+        self.stage, self.run_uri, self.staging = stage, run_uri, staging
         self._done = threading.Event()
         if timeout_s and timeout_s > 0:
             threading.Thread(target=self._watch, args=(float(timeout_s),), name="setup-watchdog", daemon=True).start()
@@ -131,9 +132,16 @@ class SetupWatchdog:
     def _watch(self, timeout_s: float) -> None:
         if self._done.wait(timeout_s):
             return
-        print(f"setup watchdog: the ray.{self.stage} actor (pid {os.getpid()}) on node {socket.gethostname()} "
-              f"({_node_id() or 'no Ray'}) was not ready after ray.lm_setup_timeout_s={timeout_s:g} s: ended to be "
-              f"replaced", file=sys.stderr, flush=True)
+        message = (f"setup watchdog: the ray.{self.stage} actor (pid {os.getpid()}) on node {socket.gethostname()} "
+                   f"({_node_id() or 'no Ray'}) was not ready after ray.lm_setup_timeout_s={timeout_s:g} s: ended to "
+                   f"be replaced")
+        print(message, file=sys.stderr, flush=True)
+        if self.run_uri and self.staging:
+            try:
+                Store(self.run_uri).write_json({"message": message, "at": time.time()}, self.staging, SETUP,
+                                               f"{self.stage}-{os.getpid()}.json")
+            except Exception:  # noqa: BLE001 - the line in its log still says it
+                pass
         os._exit(self.EXIT_CODE)
 
 
@@ -145,6 +153,7 @@ def inflight_deaths(store: Store, staging: str) -> dict[str, list[dict]]:
             rec = store.read_json(staging, INFLIGHT, name)
         except Exception:  # noqa: BLE001 - a record half-written as the actor died: nothing to learn from it
             continue
+        rec["_name"] = name
         for sid in rec.get("shards", []):
             out.setdefault(sid, []).append(rec)
     return out

@@ -22,6 +22,7 @@ from typing import Any
 from toolformer.annotate.commit import commit_shard
 from toolformer.annotate.distributed import FATAL, annotation_dataset, pool_names, shard_row_counts
 from toolformer.annotate.supervise import PassWatch, Verdict, dead_message
+from toolformer.lease import LeaseLost
 from toolformer.shards import AlreadyCommitted
 
 COMMIT_WAIT_S = 30  # how often a driver waiting on commits looks for hung ones
@@ -190,6 +191,8 @@ class Pass:
                     self._rows(item)
                 self._collect(watch, wait=False)
                 spent, verdict = watch.poll()
+                if a.guard("ledger", a.ledger.note_deaths, watch.last_dead, self.staging):
+                    self._exclude(watch)
                 for sid, recs in spent.items():
                     self._death(sid, recs, watch)
                 if self._systemic():
@@ -206,6 +209,9 @@ class Pass:
         if broke is not None or self._systemic():
             watch.cut("the pass stops")
         reader.join(timeout=60)
+        notes = watch.setup_notes() if broke is not None else ""
+        if notes and not isinstance(broke, LeaseLost):  # why the pool's actors never started
+            broke = RuntimeError(f"{type(broke).__name__}: {str(broke)[:1500]}{notes}")
         try:
             self._collect(watch, wait=True)
         finally:
@@ -261,7 +267,7 @@ class Pass:
 
         a = self.a
         a.actor_deaths += len(records)
-        who, why = a.ledger.blame(sid, records, exits)
+        who, why = a.ledger.blame(sid, records, exits, pass_id=self.staging)
         if who == "shard":
             message, details = explain(sid, records, exits)
             self.charge(sid, f"{message} [charged to the shard: {why}]", details)
@@ -301,7 +307,7 @@ class Pass:
             exits = worker_exits({d["pid"] for v in recovered.values() for d in v})
             for sid, recs in recovered.items():
                 a.actor_deaths += len(recs)
-                self._guarded(lambda: a.ledger.blame(sid, recs, exits, committed=True))
+                self._guarded(lambda: a.ledger.blame(sid, recs, exits, committed=True, pass_id=self.staging))
         open_ = [s for s in self.ids if s not in self.settled and s not in self.out.charged
                  and s not in self.out.node_paid]
         if verdict is None and any(s not in deaths for s in open_):
@@ -309,7 +315,8 @@ class Pass:
             # computed: shards without a death of their own were only waiting for that pool.
             dead = self._guarded(watch.died_for_good) or []
             if dead:
-                verdict = self.out.verdict = Verdict("pool_dead", dead_message(dead, deaths), dead, deaths, {})
+                verdict = self.out.verdict = Verdict("pool_dead", dead_message(dead, deaths) + watch.setup_notes(),
+                                                     dead, deaths, {})
                 a.log(f"pass ended with a dead pool: {verdict.message}")
         exits = worker_exits({d["pid"] for s in open_ for d in deaths.get(s, [])})
         lost = self.nodes_at_start - a.ledger.alive() if a.ledger.refresh() else set()
@@ -323,7 +330,7 @@ class Pass:
                 # no death of its own on record (its actor's record went with the node, or a task of it ran there)
                 detail = (f"ShardIncomplete: the pass ended with {self.counts[sid]} of {self.expected[sid]} rows "
                           f"written while {len(lost)} node(s) were lost")
-                a.ledger.lost_nodes_event(sid, lost, detail)
+                a.ledger.lost_nodes_event(sid, lost, detail, self.staging)
                 self.out.node_paid.append(sid)
                 a.log(f"  {sid}: {detail}: charged to the node(s); the shard is retried in the retry pass")
             elif verdict is None:

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from toolformer.annotate.failures import INFLIGHT
+from toolformer.annotate.failures import INFLIGHT, SETUP
 from toolformer.shards import Store
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class PassWatch:
         self._first_seen: dict[str, float] = {}  # in-flight record → when the driver first saw it
         self.charged: set[str] = set()
         self.setup_timeout_s = setup_timeout_s
+        self.last_dead: dict[str, list[dict]] = {}  # the deaths the last look saw
 
     # -- progress --------------------------------------------------------------------------------------------
     def progressed(self) -> None:
@@ -207,6 +208,7 @@ class PassWatch:
                 rec = self.store.read_json(self.staging, INFLIGHT, name)
             except Exception:  # noqa: BLE001 - half-written as its actor died
                 continue
+            rec["_name"] = name  # the ledger notes each death once
             seen = self._first_seen.setdefault(name, now)
             gone = _gone(rec, live_pids)
             # A record younger than two polls may belong to an actor the actor table does not show alive yet
@@ -242,18 +244,28 @@ class PassWatch:
             self._sink_progress()
         pids = self.live_pids()
         dead, live = self.inflight(pids, settled=bool(gone))
+        self.last_dead = dead
         spent = {s: recs for s, recs in dead.items()
                  if s not in self.charged and len(recs) >= self.batch_attempts}
         if gone:
-            return spent, Verdict("pool_dead", dead_message(gone, dead), pools, dead, live)
+            return spent, Verdict("pool_dead", dead_message(gone, dead) + self.setup_notes(), pools, dead, live)
         silent = time.monotonic() - self.t_progress
         if not final and silent > self.timeout_s:
             msg = (f"no progress for {silent:.0f} s (ray.progress_timeout_s={self.timeout_s:g}): no row reached the "
                    f"driver and no actor reported; pools: "
                    + ("; ".join(p.describe() for p in pools) or "unknown")
                    + (f"; shards in flight: {', '.join(sorted(live))}" if live else "; no shard in flight"))
-            return spent, Verdict("stalled", msg, pools, dead, live)
+            return spent, Verdict("stalled", msg + self.setup_notes(), pools, dead, live)
         return spent, None
+
+    def setup_notes(self) -> str:
+        """What the set-up watchdogs of this pass said (actors not ready in ray.lm_setup_timeout_s), if anything."""
+        try:
+            names = self.store.names(self.staging, SETUP, suffix=".json")
+            notes = [self.store.read_json(self.staging, SETUP, n)["message"] for n in names[-3:]]
+        except Exception:  # noqa: BLE001 - a message without them is still a message
+            return ""
+        return f" Set-up timeouts ({len(names)}): " + " | ".join(notes) if notes else ""
 
     def died_for_good(self) -> list[PoolState]:
         """Pools of this pass with an actor that died of itself and was not restarted (its restarts spent), from

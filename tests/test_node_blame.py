@@ -1,0 +1,161 @@
+"""Blame the node, not the shard (issue 34 item 2): the rules of ``blame.NodeLedger`` on a node table given by the
+test, then the two node scenarios on a real loopback cluster (``benchmarks/soak/nodes.py``), small:
+
+- a worker node removed hard again and again while the job runs: one submission, every shard committed, no
+  charge on any shard, the deaths on the removed nodes' ledgers;
+- the LM actors of one node SIGKILLed again and again: one submission, no shard charged, the node excluded and
+  no actor placed on it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolformer.annotate import blame
+from toolformer.annotate.blame import NodeLedger, read_nodes
+from toolformer.config import load_config
+from toolformer.shards import Store
+
+REPO = Path(__file__).resolve().parents[1]
+A, B, C, D = "a" * 56, "b" * 56, "c" * 56, "d" * 56
+
+
+def _node(alive: bool = True, reason: int = 0, gpu: bool = False) -> dict:
+    res = {"CPU": 1.0, **({"GPU": 1.0} if gpu else {})}
+    return {"alive": alive, "ip": "10.0.0.1", "reason": reason, "message": "", "resources": res}
+
+
+@pytest.fixture
+def nodes(monkeypatch) -> dict:
+    table = {A: _node(), B: _node(), C: _node(), D: _node()}
+    monkeypatch.setattr(blame, "node_table", lambda: {k: dict(v) for k, v in table.items()})
+    return table
+
+
+def _ledger(tmp_path, *overrides: str) -> NodeLedger:
+    cfg = load_config(None, [f"output_dir={tmp_path}", *overrides])
+    return NodeLedger(Store(tmp_path), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+
+
+def _death(node: str, pid: int = 1, note: str | None = None) -> dict:
+    return {"stage": "lm", "pid": pid, "node_id": node, "node": "h", "shards": ["s"], "note": note}
+
+
+def test_a_lost_node_is_never_the_shards_fault_until_it_follows_it_onto_max_failures_nodes(tmp_path, nodes):
+    led = _ledger(tmp_path, "shards.max_failures=3")
+    nodes[A].update(alive=False, reason=3)  # AUTOSCALER_DRAIN_PREEMPTED
+    assert led.blame("s1", [_death(A)], {})[0] == "node"
+    nodes[B].update(alive=False, reason=2)  # UNEXPECTED_TERMINATION
+    assert led.blame("s1", [_death(B)], {})[0] == "node"
+    nodes[C].update(alive=False, reason=2)
+    who, why = led.blame("s1", [_death(C)], {})
+    assert who == "shard" and "3 nodes were lost" in why
+    causes = {e["cause"] for rec in led.records.values() for e in rec["events"]}
+    assert causes == {"node_preempted", "node_lost"}
+
+
+def test_a_worker_death_is_the_nodes_until_it_follows_the_shard_onto_a_second_node(tmp_path, nodes):
+    led = _ledger(tmp_path)
+    assert led.blame("s1", [_death(A, 11)], {11: "Ray: worker exit type SYSTEM_ERROR: killed"})[0] == "node"
+    assert "s1" in led.suspects()  # retried in the retry pass, uncharged
+    who, why = led.blame("s1", [_death(B, 12)], {})
+    assert who == "shard" and "2 nodes" in why
+    # the watchdog's note and Ray's OOM exit are causes of their own, still worker deaths
+    assert blame.classify(_death(A, note="watchdog: the lm batch ran over"), led.nodes, {})[0] == "watchdog"
+    assert blame.classify(_death(A, 5), led.nodes, {5: "Ray: worker exit type NODE_OUT_OF_MEMORY: x"})[0] == "oom"
+
+
+def test_a_shard_that_kills_its_actor_again_on_a_node_healthy_but_for_it_pays(tmp_path, nodes):
+    """The poison shard that lands on the same node in its retry pass: the node killed no other shard, so the
+    shard pays; a node that killed other shards too keeps the blame."""
+    led = _ledger(tmp_path)
+    assert led.blame("s1", [_death(A)], {}, pass_id="p1")[0] == "node"
+    assert led.blame("s1", [_death(A), _death(A, 2)], {}, pass_id="p1")[0] == "node"  # the same pass: Ray's retries
+    who, why = led.blame("s1", [_death(A)], {}, pass_id="p2")
+    assert who == "shard" and "same node again in a later pass" in why
+    led = _ledger(tmp_path / "b")
+    led.blame("s1", [_death(B)], {}, pass_id="p1")
+    led.blame("s2", [_death(B)], {}, pass_id="p1")  # B kills others too
+    assert led.blame("s1", [_death(B)], {}, pass_id="p2")[0] == "node"
+
+
+def test_on_one_machine_a_worker_death_is_the_shards_own(tmp_path, nodes):
+    for other in (B, C, D):
+        nodes[other]["alive"] = False
+    led = _ledger(tmp_path)
+    who, why = led.blame("s1", [_death(A)], {})
+    assert who == "shard" and why == "no other live node could run its pool"
+    # a GPU pool: a live node without GPUs is no other place to run it
+    nodes[B].update(alive=True)
+    led = _ledger(tmp_path / "gpu", "ray.lm.num_gpus=1")
+    assert led.blame("s2", [_death(A)], {})[0] == "shard"
+
+
+def test_a_node_that_kills_different_shards_is_excluded_and_avoided(tmp_path, nodes):
+    said = []
+    led = _ledger(tmp_path, "ray.node_max_failures=2")
+    led.log = said.append
+    led.blame("s1", [_death(A)], {})
+    assert led.maybe_exclude(set()) == [] and led.selector() is None
+    led.blame("s1", [_death(A)], {})  # the same shard again: still one shard
+    assert led.maybe_exclude(set()) == []
+    led.blame("s2", [_death(A)], {})
+    assert led.maybe_exclude({"s2"}) == []  # a shard charged since for its own deaths does not count
+    assert led.maybe_exclude(set()) == [A] and led.excluded() == {A}
+    assert led.selector() == {"ray.io/node-id": f"!in({A})"} and "excluded from this run's pools" in said[-1]
+    # on a rebuilt ledger (a new driver of the run) the exclusion holds; once the node is gone it is not selected
+    led2 = _ledger(tmp_path, "ray.node_max_failures=2")
+    led2.refresh()
+    assert led2.excluded() == {A} and led2.selector() is not None
+    # an excluded node is no other place to run a pool: with C and D gone, a death on B is B's shard's own
+    nodes[C]["alive"] = nodes[D]["alive"] = False
+    led2.refresh()
+    assert not led2.elsewhere(B, "lm") and led2.elsewhere(A, "lm")
+    nodes[A]["alive"] = False
+    led2.refresh()
+    assert led2.selector() is None
+    summary = read_nodes(Store(tmp_path))
+    assert summary[A]["deaths"] == 3 and summary[A]["by_cause"] == {"worker_died": 3}
+    assert summary[A]["charged_to"] == {"node": 3} and summary[A]["excluded_at"]
+
+
+def test_old_events_fall_out_of_the_window(tmp_path, nodes):
+    led = _ledger(tmp_path, "ray.node_max_failures=2", "ray.node_failure_window_s=60")
+    led.blame("s1", [_death(A)], {})
+    led.blame("s2", [_death(A)], {})
+    for e in led.records[A]["events"]:
+        e["t"] -= 3600
+    assert led.maybe_exclude(set()) == []
+
+
+# -- the two node scenarios on a loopback cluster -----------------------------------------------------------------
+def _scenario(tmp_path, name: str, *args: str) -> dict:
+    out = tmp_path / "result.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "benchmarks.soak.nodes", "--scenario", name, *args, "--timeout", "900",
+           "--work-dir", str(tmp_path / "work"), "--results", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.exists(), f"no result (rc {proc.returncode}):\n{proc.stderr[-6000:]}"
+    result = json.loads(out.read_text())
+    failed = {k: v for k, v in result["checks"].items() if not v["ok"]}
+    assert not failed, f"checks failed:\n{json.dumps(failed, indent=1, default=str)[-8000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0
+    return result
+
+
+@pytest.mark.slow  # ~5 min: make test-slow; the benchmark's own runs are in benchmarks/results/nodes/
+def test_a_flaky_node_costs_no_shard_a_charge(tmp_path):
+    result = _scenario(tmp_path, "flaky_node", "--shards", "8", "--every-s", "40", "--max-events", "3")
+    assert result["stats"]["shards"]["done"] == result["shards"] and not result["stats"]["charges_by_cause"]
+
+
+@pytest.mark.slow  # ~5 min: make test-slow
+def test_a_node_that_kills_its_actors_is_excluded_and_no_shard_is_charged(tmp_path):
+    result = _scenario(tmp_path, "node_kill", "--shards", "8", "--every-s", "20", "--max-events", "6")
+    assert result["checks"]["node_excluded"]["ok"]
