@@ -8,8 +8,9 @@ On a cluster:  ray job submit --working-dir . -- python -m jobs.annotate --confi
 Shards the corpus first (the Ray preparer of jobs.prepare, under the same lease) if ``<output_dir>/manifest.json``
 is missing, then streams every pending
 shard through one Ray Data execution (actor pools and engines start once), committing each shard as soon as it
-is whole; re-running the same command resumes where it stopped. Per shard: ``texts/``, ``annotations/``,
-``stats/annotate/``, ``markers/annotate/``; ``progress/`` summaries and ``stats.json`` for the run.
+is whole; re-running the same command resumes where it stopped. Per shard: ``texts/`` and ``annotations/`` (files
+of the attempt that committed it), ``markers/annotate/`` (names them, carries its counts); ``progress/`` summaries
+and ``stats.json`` for the run.
 ``annotate.runner=local`` runs everything in this process instead (no Ray, no shards; the reference).
 
 Exit codes: 0 every shard committed; 3 the run ended with quarantined shards (its last line says how many and

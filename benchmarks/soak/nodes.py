@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import REPO
-from benchmarks.soak.harness import CONFIG, LM_CPUS, Driver, SoakCluster, is_lm, ray_actors, wait, write_inputs
+from benchmarks.soak.harness import CONFIG, LM_CPUS, Driver, SoakCluster, wait, write_inputs
 from benchmarks.soak.model import tiny_model
 
 SCENARIOS = ("flaky_node", "node_kill")
@@ -115,14 +115,24 @@ class NodeChaos:
         return Driver(cmd, self.env, self.work / "logs" / "annotate.log", "annotate", self.t0)
 
     # -- chaos -------------------------------------------------------------------------------------------------
-    def _lm_actors(self) -> list[dict]:
-        return [a for a in ray_actors(self.cluster.address) if a.get("state") == "ALIVE" and is_lm(a)]
-
     def _done(self) -> int:
         return len(list((self.run_dir / "markers" / "annotate").glob("*.json")))
 
+    def _busy(self) -> list[dict]:
+        """In-flight records of LM actors computing a shard now (``failures.InflightRecord``): what a fault must
+        hit to cost a shard anything (an idle actor that dies holds none)."""
+        out = []
+        for path in self.run_dir.glob("_staging/*/_inflight/*.json"):
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("stage") in ("lm", "sample", "score") and rec.get("shards"):
+                out.append(rec)
+        return out
+
     def remove_one(self) -> None:
-        on = {a.get("node_id") for a in self._lm_actors()}
+        on = {r.get("node_id") for r in self._busy()}
         node = next((w for w in self.cluster.workers() if w.node_id in on), None)
         if node is None:
             return
@@ -133,7 +143,7 @@ class NodeChaos:
                   removed=node.node_id, added=fresh.node_id, committed=self._done())
 
     def kill_on_bad(self) -> None:
-        pids = [a.get("pid") for a in self._lm_actors() if a.get("node_id") == self.bad and a.get("pid")]
+        pids = sorted({r["pid"] for r in self._busy() if r.get("node_id") == self.bad and r.get("pid")})
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -152,20 +162,23 @@ class NodeChaos:
         last = time.perf_counter()
         fired = 0
         while driver.proc.poll() is None and time.perf_counter() < deadline:
-            time.sleep(1.0)
+            time.sleep(0.5)
             if time.perf_counter() - last < self.every_s or fired >= self.max_events:
                 continue
             if self._done() >= self.total:
                 continue
-            last = time.perf_counter()
+            # a fault fires when an LM actor holds a shard (an idle actor's death costs no shard anything)
             if self.scenario == "flaky_node":
                 before = len(self.removed)
                 self.remove_one()
-                fired += len(self.removed) - before
+                hit = len(self.removed) > before
             else:
                 before = len(self.kills)
                 self.kill_on_bad()
-                fired += 1 if len(self.kills) > before else 0
+                hit = len(self.kills) > before
+            if hit:
+                fired += 1
+                last = time.perf_counter()
         wait(driver, max(1.0, deadline - time.perf_counter()))
 
     # -- the result --------------------------------------------------------------------------------------------

@@ -16,8 +16,15 @@ def manifest(run: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())
 
 
+def _state(run: Path):
+    from toolformer.shards import RunState, Store
+
+    return RunState(Store(run), "annotate")
+
+
 def rows(run: Path, shard: str, what: str = "annotations") -> list[dict]:
-    return pq.read_table(run / what / f"{shard}.parquet").to_pylist()
+    """A committed shard's rows, from the files its marker names (attempt-unique names)."""
+    return pq.read_table(run / _state(run).output(shard, what)).to_pylist()
 
 
 TOOLS = ("Calculator", "Calendar")  # the order a committed shard's rows follow (text, then tool)
@@ -96,7 +103,7 @@ def accounting(run: Path, inputs: dict[str, int]) -> dict:
         sid = s["shard_id"]
         if sid in done:
             docs = {r["doc_id"] for r in rows(run, sid, "texts")}
-            stats = json.loads((run / "stats" / "annotate" / f"{sid}.json").read_text())
+            (stats,) = _state(run).stats([sid])
             skipped = stats.get("skipped") or stats.get("skips") or 0
             skipped = sum(skipped.values()) if isinstance(skipped, dict) else int(skipped)
             committed += len(docs)

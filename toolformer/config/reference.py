@@ -10,28 +10,32 @@ from toolformer.config.schema import RunConfig
 
 def config_reference() -> list[tuple[str, str, str]]:
     """(dotted key, default, comment) for every setting, read from the dataclasses and the comments beside them
-    in this file: what ``toolformer <job> --help`` lists."""
+    in the schema modules: what ``toolformer <job> --help`` lists."""
     import ast
     import dataclasses
     import inspect
     import io
     import tokenize
 
-    from toolformer.config import schema
+    from toolformer.config import ray_schema, schema
 
-    source = inspect.getsource(schema)
-    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
-    src_lines = source.splitlines()
-    standalone = {n for n in comments if src_lines[n - 1].lstrip().startswith("#")}
-    lines: dict[tuple[str, str], int] = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.ClassDef):
-            for item in node.body:
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                    lines[(node.name, item.target.id)] = item.lineno
+    parsed: dict[str, tuple[dict, set, dict]] = {}  # per module: comments, standalone comment lines, field lines
+    for module in (schema, ray_schema):
+        source = inspect.getsource(module)
+        comments = {tok.start[0]: tok.string.lstrip("# ").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+        src_lines = source.splitlines()
+        standalone = {n for n in comments if src_lines[n - 1].lstrip().startswith("#")}
+        lines: dict[tuple[str, str], int] = {}
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        lines[(node.name, item.target.id)] = item.lineno
+        parsed[module.__name__] = (comments, standalone, lines)
 
     def comment(cls: type, name: str) -> str:
+        comments, standalone, lines = parsed.get(cls.__module__, ({}, set(), {}))
         line = lines.get((cls.__name__, name))
         if line is None:
             return ""
