@@ -151,11 +151,12 @@ def _scenario(tmp_path, name: str, *args: str) -> dict:
 
 @pytest.mark.slow  # ~5 min: make test-slow; the benchmark's own runs are in benchmarks/results/nodes/
 def test_a_flaky_node_costs_no_shard_a_charge(tmp_path):
-    result = _scenario(tmp_path, "flaky_node", "--shards", "8", "--every-s", "40", "--max-events", "3")
+    result = _scenario(tmp_path, "flaky_node", "--shards", "60", "--every-s", "40", "--max-events", "3")
     assert result["stats"]["shards"]["done"] == result["shards"] and not result["stats"]["charges_by_cause"]
 
 
 @pytest.mark.slow  # ~5 min: make test-slow
 def test_a_node_that_kills_its_actors_is_excluded_and_no_shard_is_charged(tmp_path):
-    result = _scenario(tmp_path, "node_kill", "--shards", "8", "--every-s", "20", "--max-events", "6")
+    # 80 shards: the node must kill two different shards (and restart its actor in between) before the run ends
+    result = _scenario(tmp_path, "node_kill", "--shards", "80", "--every-s", "10", "--max-events", "8")
     assert result["checks"]["node_excluded"]["ok"]

@@ -49,6 +49,14 @@ def _env(ray_tmp: Path) -> dict:
     return env
 
 
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 class NodeChaos:
     def __init__(self, scenario: str, shards: int, every_s: float, max_events: int, timeout: float,
                  work: Path | None = None, overrides: list[str] = (), cluster: SoakCluster | None = None,
@@ -143,7 +151,13 @@ class NodeChaos:
                   removed=node.node_id, added=fresh.node_id, committed=self._done())
 
     def kill_on_bad(self) -> None:
-        pids = sorted({r["pid"] for r in self._busy() if r.get("node_id") == self.bad and r.get("pid")})
+        # a dead actor's record stays behind (it is how its death is seen): only live processes are targets
+        # and a shard already hit is left to its retry (Ray retries a batch on the restarted actor, on this node):
+        # the node kills what it is given, one shard after another
+        busy = [r for r in self._busy() if r.get("node_id") == self.bad and r.get("pid") and _running(r["pid"])
+                and not set(r["shards"]) <= self.hit]
+        pids = sorted({r["pid"] for r in busy})
+        self.hit.update(s for r in busy for s in r["shards"])
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -157,6 +171,7 @@ class NodeChaos:
     def chaos(self, driver: Driver) -> None:
         self.removed: list[str] = []
         self.kills: list[int] = []
+        self.hit: set[str] = set()
         self.bad = self.cluster.workers()[0].node_id
         deadline = time.perf_counter() + self.timeout
         last = time.perf_counter()
