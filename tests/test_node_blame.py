@@ -40,7 +40,9 @@ def nodes(monkeypatch) -> dict:
 
 def _ledger(tmp_path, *overrides: str) -> NodeLedger:
     cfg = load_config(None, [f"output_dir={tmp_path}", *overrides])
-    return NodeLedger(Store(tmp_path), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+    led = NodeLedger(Store(tmp_path), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+    led.grace_s = 0.0  # the node table is the test's: nothing to wait for
+    return led
 
 
 def _death(node: str, pid: int = 1, note: str | None = None) -> dict:
@@ -83,6 +85,28 @@ def test_a_shard_that_kills_its_actor_again_on_a_node_healthy_but_for_it_pays(tm
     led.blame("s1", [_death(B)], {}, pass_id="p1")
     led.blame("s2", [_death(B)], {}, pass_id="p1")  # B kills others too
     assert led.blame("s1", [_death(B)], {}, pass_id="p2")[0] == "node"
+
+
+def test_a_death_on_a_node_the_gcs_marks_dead_late_is_still_the_nodes(tmp_path, nodes, monkeypatch):
+    """The GCS notes a lost node seconds after its workers are gone: before charging a shard whose node looked
+    alive, the driver waits for the table (here the node dies during that wait)."""
+    led = _ledger(tmp_path)
+    led.grace_s = 5.0
+    assert led.blame("s1", [_death(A)], {})[0] == "node"
+    calls = []
+
+    def table():
+        calls.append(1)
+        t = {k: dict(v) for k, v in nodes.items()}
+        if len(calls) > 2:
+            t[B]["alive"] = False
+        return t
+
+    monkeypatch.setattr(blame, "node_table", table)
+    monkeypatch.setattr(blame.time, "sleep", lambda s: None)
+    who, why = led.blame("s1", [_death(B)], {})  # on a second node: the shard's, unless B is gone
+    assert who == "node" and "node_lost" in why, why
+    assert led.wait_for_lost({A, B}) == {B}
 
 
 def test_on_one_machine_a_worker_death_is_the_shards_own(tmp_path, nodes):

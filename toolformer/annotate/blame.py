@@ -34,6 +34,9 @@ from toolformer.shards import Store
 
 NODES = ("failures", "_nodes")
 MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the run
+# The GCS marks a node dead some seconds after it is gone (its health checks must fail first): before a death is
+# charged to a shard because its node looked alive, the driver waits this long for the node table to say otherwise.
+NODE_GRACE_S = 30.0
 log = logging.getLogger(__name__)
 
 # GCS NodeDeathInfo.Reason → our cause of an actor lost with its node
@@ -86,6 +89,7 @@ class NodeLedger:
         self.log = log_fn
         self.nodes: dict[str, dict] = {}  # node table, refreshed by ``refresh``
         self.noted: set[str] = set()  # in-flight records already on the ledger (a node loss, noted when seen)
+        self.grace_s = NODE_GRACE_S
         self.records: dict[str, dict] = {}
         for name in store.names(*NODES, suffix=".json"):
             try:
@@ -139,10 +143,15 @@ class NodeLedger:
                                                 "record": record})
         self._save(node_id)
 
+    def _gone(self, node_id: str) -> bool:
+        info = self.nodes.get(node_id)
+        return info is not None and not info["alive"]
+
     def shard_nodes(self, shard: str, losses: bool) -> set[str]:
-        """Nodes where this shard's actors died (node losses or worker deaths), as the ledger has them."""
+        """Nodes where this shard's actors died (node losses or worker deaths), as the ledger has them; a death
+        on a node that is gone now counts as a loss (it may have been noted before the GCS knew)."""
         return {nid for nid, rec in self.records.items() for e in rec["events"]
-                if e["shard"] == shard and is_node_loss(e["cause"]) == losses}
+                if e["shard"] == shard and (is_node_loss(e["cause"]) or self._gone(nid)) == losses}
 
     def suspects(self) -> set[str]:
         """Shards a node's death left uncharged: retried in the retry pass, each alone in its block."""
@@ -168,29 +177,20 @@ class NodeLedger:
         a one-line reason). ``committed``: its batch's retry committed it (nobody pays; the node is noted).
         ``pass_id``: the pass these deaths happened in (a death again in a later pass follows the shard)."""
         self.refresh()
-        causes = [(d, *classify(d, self.nodes, exits)) for d in deaths]
-        lost = {d.get("node_id") for d, c, _ in causes if is_node_loss(c)}
-        died = {d.get("node_id") for d, c, _ in causes if not is_node_loss(c)}
-        lost_all = lost | self.shard_nodes(shard, losses=True)
-        died_all = died | self.shard_nodes(shard, losses=False)
-        if committed:
-            who, why = "none", "its retry committed"
-        elif died and (len(died_all) >= 2 or not any(self.elsewhere(n, d["stage"]) for d, _, _ in causes
-                                                     for n in [d.get("node_id")])):
-            who = "shard"
-            why = (f"its actors died on {len(died_all)} nodes" if len(died_all) >= 2
-                   else "no other live node could run its pool")
-        elif died and self._again_on_a_healthy_node(shard, died, pass_id):
-            who, why = "shard", "it killed its actor on the same node again in a later pass, and that node killed no other shard"
-        elif lost and len(lost_all) >= self.max_failures:
-            who, why = "shard", f"{len(lost_all)} nodes were lost while it ran on them"
-        else:
-            who = "node"
-            why = ", ".join(sorted({f"{c} on {self._ip(d.get('node_id'))}" for d, c, _ in causes}))
+        causes, who, why = self._decide(shard, deaths, exits, committed, pass_id)
+        if who == "shard" and why != "no other live node could run its pool" and self.grace_s > 0:
+            # the nodes may be gone without the GCS knowing yet: a lost node is never the shard's fault
+            alive = {d.get("node_id") for d, c, _ in causes if not is_node_loss(c)}
+            deadline = time.monotonic() + self.grace_s
+            while time.monotonic() < deadline and not any(self._gone(n) for n in alive):
+                time.sleep(min(2.0, self.grace_s))
+                self.refresh()
+            if any(self._gone(n) for n in alive):
+                causes, who, why = self._decide(shard, deaths, exits, committed, pass_id)
         for d, cause, detail in causes:
             if d.get("_name") in self.noted:  # on the ledger since it was seen: now its verdict
                 if not committed:
-                    self._settle_event(d["_name"], who)
+                    self._settle_event(d["_name"], who, cause)
                 continue
             # a death its retry recovered from: the node's where another node could have run it
             paid = who if not committed else ("node" if self.elsewhere(d.get("node_id"), d["stage"]) else "none")
@@ -198,6 +198,37 @@ class NodeLedger:
             if d.get("_name"):
                 self.noted.add(d["_name"])
         return who, why
+
+    def _decide(self, shard: str, deaths: list[dict], exits: dict[int, str], committed: bool,
+                pass_id: str | None) -> tuple[list, str, str]:
+        causes = [(d, *classify(d, self.nodes, exits)) for d in deaths]
+        lost = {d.get("node_id") for d, c, _ in causes if is_node_loss(c)}
+        died = {d.get("node_id") for d, c, _ in causes if not is_node_loss(c)}
+        lost_all = lost | self.shard_nodes(shard, losses=True)
+        died_all = died | (self.shard_nodes(shard, losses=False) - lost_all)
+        if committed:
+            return causes, "none", "its retry committed"
+        if died and (len(died_all) >= 2 or not any(self.elsewhere(d.get("node_id"), d["stage"]) for d, _, _ in causes)):
+            why = (f"its actors died on {len(died_all)} nodes" if len(died_all) >= 2
+                   else "no other live node could run its pool")
+            return causes, "shard", why
+        if died and self._again_on_a_healthy_node(shard, died, pass_id):
+            return causes, "shard", ("it killed its actor on the same node again in a later pass, and that node "
+                                     "killed no other shard")
+        if lost and len(lost_all) >= self.max_failures:
+            return causes, "shard", f"{len(lost_all)} nodes were lost while it ran on them"
+        return causes, "node", ", ".join(sorted({f"{c} on {self._ip(d.get('node_id'))}" for d, c, _ in causes}))
+
+    def wait_for_lost(self, since: set[str]) -> set[str]:
+        """Nodes of ``since`` (alive when a pass began) that are gone, waiting up to the grace for the GCS to tell
+        (a shard left incomplete with no death of its own: only a lost node explains it)."""
+        deadline = time.monotonic() + self.grace_s
+        while True:
+            self.refresh()
+            lost = {n for n in since if self._gone(n) or n not in self.nodes}
+            if lost or time.monotonic() >= deadline:
+                return lost
+            time.sleep(min(2.0, self.grace_s))
 
     def note_deaths(self, dead: dict[str, list[dict]], pass_id: str | None = None) -> bool:
         """Put each death on the ledger as soon as it is seen, so that a node that keeps killing workers is
@@ -218,11 +249,11 @@ class NodeLedger:
             self.noted.add(d["_name"])
         return True
 
-    def _settle_event(self, name: str, who: str) -> None:
+    def _settle_event(self, name: str, who: str, cause: str | None = None) -> None:
         for nid, rec in self.records.items():
             for e in rec["events"]:
-                if e.get("record") == name and e["charged_to"] != who:
-                    e["charged_to"] = who
+                if e.get("record") == name and (e["charged_to"], e["cause"]) != (who, cause or e["cause"]):
+                    e["charged_to"], e["cause"] = who, cause or e["cause"]
                     self._save(nid)
                     return
 

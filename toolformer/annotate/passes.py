@@ -319,7 +319,9 @@ class Pass:
                                                      dead, deaths, {})
                 a.log(f"pass ended with a dead pool: {verdict.message}")
         exits = worker_exits({d["pid"] for s in open_ for d in deaths.get(s, [])})
-        lost = self.nodes_at_start - a.ledger.alive() if a.ledger.refresh() else set()
+        lost: set[str] = set()
+        if verdict is None and any(s not in deaths for s in open_):
+            lost = self._guarded(lambda: a.ledger.wait_for_lost(self.nodes_at_start)) or set()
         for sid in open_:
             if sid in deaths:
                 self._blame(sid, deaths[sid], exits)
