@@ -49,11 +49,13 @@ def _death(node: str, pid: int = 1, note: str | None = None) -> dict:
     return {"stage": "lm", "pid": pid, "node_id": node, "node": "h", "shards": ["s"], "note": note}
 
 
-def test_a_lost_node_is_never_the_shards_fault_until_it_follows_it_onto_max_failures_nodes(tmp_path, nodes):
-    led = _ledger(tmp_path, "shards.max_failures=3")
+def test_a_lost_node_is_never_the_shards_fault_until_it_follows_it_onto_many_nodes(tmp_path, nodes):
+    """Node losses charge a shard only past twice shards.max_failures distinct nodes (here 1: three nodes)."""
+    led = _ledger(tmp_path, "shards.max_failures=1")
     nodes[A].update(alive=False, reason=3)  # AUTOSCALER_DRAIN_PREEMPTED
     assert led.blame("s1", [_death(A)], {})[0] == "node"
     nodes[B].update(alive=False, reason=2)  # UNEXPECTED_TERMINATION
+    led.lost_nodes_event("s1", {D}, "ShardIncomplete: …")  # inferred: which node it ran on is unknown
     assert led.blame("s1", [_death(B)], {})[0] == "node"
     nodes[C].update(alive=False, reason=2)
     who, why = led.blame("s1", [_death(C)], {})

@@ -5,8 +5,9 @@ node that keeps killing its workers (a bad GPU, a full disk, a noisy neighbour) 
 Charging those to the shards in flight quarantines healthy shards in time. So, like Spark's ``excludeOnFailure``:
 
 - **a node that is gone** (its raylet dead, drained, preempted: the GCS node table says so) is never a shard's
-  fault; the death is the node's. Only a shard whose node losses follow it onto ``shards.max_failures`` distinct
-  nodes is charged (a shard that really brings whole machines down still ends quarantined);
+  fault; the death is the node's. Only a shard whose node losses follow it onto more than twice
+  ``shards.max_failures`` distinct nodes is charged (a shard that really brings whole machines down still ends
+  quarantined; on a flaky cluster a shard is lost with two or three nodes by chance, never with that many);
 - **a worker that died on a node that stays up** (a crash, the OOM killer, the LM watchdog, a kill) is the node's
   while the shard has died on that node alone and another node could run it; it is the shard's own once its
   deaths follow it onto a second node, when no other live node could run its pool (one machine), or when it kills
@@ -149,9 +150,11 @@ class NodeLedger:
 
     def shard_nodes(self, shard: str, losses: bool) -> set[str]:
         """Nodes where this shard's actors died (node losses or worker deaths), as the ledger has them; a death
-        on a node that is gone now counts as a loss (it may have been noted before the GCS knew)."""
+        on a node that is gone now counts as a loss (it may have been noted before the GCS knew). Events inferred
+        for a shard with no death of its own (which node it ran on is unknown) do not count."""
         return {nid for nid, rec in self.records.items() for e in rec["events"]
-                if e["shard"] == shard and (is_node_loss(e["cause"]) or self._gone(nid)) == losses}
+                if e["shard"] == shard and not e.get("inferred")
+                and (is_node_loss(e["cause"]) or self._gone(nid)) == losses}
 
     def suspects(self) -> set[str]:
         """Shards a node's death left uncharged: retried in the retry pass, each alone in its block."""
@@ -215,7 +218,7 @@ class NodeLedger:
         if died and self._again_on_a_healthy_node(shard, died, pass_id):
             return causes, "shard", ("it killed its actor on the same node again in a later pass, and that node "
                                      "killed no other shard")
-        if lost and len(lost_all) >= self.max_failures:
+        if lost and len(lost_all) > 2 * self.max_failures:
             return causes, "shard", f"{len(lost_all)} nodes were lost while it ran on them"
         return causes, "node", ", ".join(sorted({f"{c} on {self._ip(d.get('node_id'))}" for d, c, _ in causes}))
 
@@ -262,6 +265,8 @@ class NodeLedger:
         for nid in sorted(lost) or ["unknown"]:
             cause = _NODE_REASONS.get(self.nodes.get(nid, {}).get("reason", 0), "node_lost")
             self.add(nid, shard, cause, detail, "node", pass_id)
+            self.records[nid]["events"][-1]["inferred"] = True
+        self._save(sorted(lost)[-1] if lost else "unknown")
 
     def _ip(self, node_id: str | None) -> str:
         info = self.nodes.get(node_id or "") or self.records.get(node_id or "", {})
