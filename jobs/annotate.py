@@ -19,6 +19,7 @@ where to look); 1 the run stopped (its message says why and what to do; a rerun 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -54,7 +55,7 @@ def _run(cfg: RunConfig):
 
         line = quarantine_line(stats)
         if line:  # the run is over, but not every shard made it: its own exit code, said last
-            print(line, flush=True)
+            print(line, file=sys.stderr, flush=True)  # the log has it; the terminal gets it last, below
             end = SystemExit(EXIT_QUARANTINED)
             end.last_line = line  # type: ignore[attr-defined]  # said again after the log's place
             raise end

@@ -251,8 +251,8 @@ class RayAnnotator:
         last = None
         while True:
             left = [s for s in self.state.pending(self.manifest) if s in wanted]
-            suspects = self.ledger.suspects()
-            fresh = [s for s in left if not self.state.failures(s) and s not in suspects]
+            held = self.ledger.suspects() | self.state.failed()  # one listing each, not a read per shard
+            fresh = [s for s in left if s not in held]
             group = fresh or left
             if not group:
                 return passes

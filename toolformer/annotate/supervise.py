@@ -310,7 +310,7 @@ def _actor_table() -> dict[str, dict]:
 
 def _ip(row: dict) -> str | None:
     try:
-        return (row.get("Address") or {}).get("IpAddress") or None
+        return (row.get("Address") or {}).get("IPAddress") or None
     except Exception:  # noqa: BLE001
         return None
 
