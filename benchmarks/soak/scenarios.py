@@ -125,9 +125,12 @@ def charges_pending(soak) -> dict:
 def node_kill(soak) -> dict:
     from benchmarks.soak.nodes import NodeChaos
 
-    chaos = NodeChaos("node_kill", 16, 15.0, 8, soak.args.timeout, soak.work / "node_kill",
+    # 80 shards: the node must kill two different shards (restarting its actor in between) before the run ends
+    n = min(80, len(soak.shard_ids))
+    chaos = NodeChaos("node_kill", n, 10.0, 8, soak.args.timeout, soak.work / "node_kill",
                       [f"ray.lm.actors={soak.args.lm_actors}"], cluster=soak.cluster, config=soak.config, env=soak.env)
-    soak.note("node_kill", "the LM actors of one worker node SIGKILLed every 15 s while a run of 16 shards annotates")
+    soak.note("node_kill", f"the LM actor of one worker node SIGKILLed while it computes a shard, one shard after "
+                           f"another (at most every 10 s), while a run of {n} shards annotates")
     return chaos()
 
 
