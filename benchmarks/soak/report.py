@@ -51,7 +51,9 @@ def main_checks(soak, c: Checks) -> dict:
     steps = {s["fault"]: s for s in soak.chaos_result["steps"]}
     shards = stats.get("shards") or {}
     c.add("run_finished", {"final_driver_rc": final["rc"], "stats_shards": shards},
-          lambda e: e["final_driver_rc"] == 0 and e["stats_shards"]["pending"] == 0
+          # a run that ends with quarantined shards (the poison and corrupt ones) exits 3, saying so last
+          lambda e: e["final_driver_rc"] == (3 if e["stats_shards"]["quarantined"] else 0)
+          and e["stats_shards"]["pending"] == 0
           and e["stats_shards"]["done"] + e["stats_shards"]["quarantined"] == len(soak.shard_ids))
     c.add("documents_lost_zero", {"accounting": acct}, lambda e: e["accounting"]["lost"] == 0
           and not e["accounting"]["shards_unaccounted"])
@@ -174,7 +176,7 @@ def scenario_checks(soak, c: Checks) -> dict:
         c.add("charges_pending_survive_and_count", {
             "rc": r["second"]["rc"], "quarantined": r["quarantined"],
             "attempts": [{k: a.get(k) for k in ("at", "error")} for a in r["final_attempts"]]},
-            lambda e: e["rc"] == 0 and e["quarantined"] == ["shard-00001"]
+            lambda e: e["rc"] == 3 and e["quarantined"] == ["shard-00001"]
             and len(e["attempts"]) == soak.args.max_failures and e["attempts"][0]["at"] <= r["killed_at"])
     if "node_kill" in sc:
         for name, check in sc["node_kill"]["checks"].items():
