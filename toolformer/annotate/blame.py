@@ -11,8 +11,7 @@ Charging those to the shards in flight quarantines healthy shards in time. So, l
 - **a worker that died on a node that stays up** (a crash, the OOM killer, the LM watchdog, a kill) is the node's
   while the shard has died on that node alone and another node could run it; it is the shard's own once its
   deaths follow it onto a second node, when no other live node could run its pool (one machine), or when it kills
-  its actor on the same node again in a later pass while that node has killed no other shard (the node is
-  healthy but for this shard);
+  its actor again in a later pass (a fresh actor, after the node had its chance to be excluded);
 - every death, whoever pays, is one event of its node's ledger (``failures/_nodes/<node>.json``: when, cause,
   shard, who was charged), which ``jobs.status`` and ``stats.json`` show per node and per cause;
 - a node with deaths of ``ray.node_max_failures`` distinct shards (not counting shards charged since for deaths
@@ -161,18 +160,12 @@ class NodeLedger:
         return {e["shard"] for rec in self.records.values() for e in rec["events"] if e["charged_to"] == "node"}
 
     # -- blame -------------------------------------------------------------------------------------------------
-    def _again_on_a_healthy_node(self, shard: str, nodes: set, pass_id: str | None) -> bool:
-        """This shard died on one of these nodes in an earlier pass, and the node killed no other shard since the
-        window began: the node is fine but for this shard."""
-        now, window = time.time(), float(self.r.node_failure_window_s)
-        for nid in nodes:
-            events = [e for e in self.records.get(nid, {}).get("events", []) if now - e.get("t", 0) <= window
-                      and not is_node_loss(e["cause"])]
-            before = any(e["shard"] == shard and e.get("pass") != pass_id for e in events)
-            others = any(e["shard"] != shard and e["charged_to"] == "node" for e in events)
-            if before and not others:
-                return True
-        return False
+    def _again_in_a_later_pass(self, shard: str, pass_id: str | None) -> bool:
+        """This shard's actor died (a worker death on a node that stayed up) in an earlier pass too: the deaths
+        follow it from one pass's actors to the next's."""
+        return any(e["shard"] == shard and e.get("pass") != pass_id and not e.get("inferred")
+                   and not is_node_loss(e["cause"]) and not self._gone(nid)
+                   for nid, rec in self.records.items() for e in rec["events"])
 
     def blame(self, shard: str, deaths: list[dict], exits: dict[int, str], committed: bool = False,
               pass_id: str | None = None) -> tuple[str, str]:
@@ -215,9 +208,8 @@ class NodeLedger:
             why = (f"its actors died on {len(died_all)} nodes" if len(died_all) >= 2
                    else "no other live node could run its pool")
             return causes, "shard", why
-        if died and self._again_on_a_healthy_node(shard, died, pass_id):
-            return causes, "shard", ("it killed its actor on the same node again in a later pass, and that node "
-                                     "killed no other shard")
+        if died and self._again_in_a_later_pass(shard, pass_id):
+            return causes, "shard", "it killed its actor again in a later pass"
         if lost and len(lost_all) > 2 * self.max_failures:
             return causes, "shard", f"{len(lost_all)} nodes were lost while it ran on them"
         return causes, "node", ", ".join(sorted({f"{c} on {self._ip(d.get('node_id'))}" for d, c, _ in causes}))
