@@ -274,7 +274,8 @@ class RayAnnotator:
                 if out.verdict.kind == "pool_dead":
                     self.pool_deaths.append(out.verdict.message[:2000])
             self.guard("progress", self.progress.maybe_flush, force=True)
-            idle = 0 if (out.committed or out.charged) else idle + 1
+            # deaths charged to nodes are progress too: bounded per shard (blame.py), and not a cluster that cannot run
+            idle = 0 if (out.committed or out.charged or out.node_paid) else idle + 1
 
     def _no_progress(self, idle: int, budget: int, last: str | None, left: list[str]) -> str:
         r = self.cfg.ray
