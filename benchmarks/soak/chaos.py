@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.soak.outputs import failures, markers
+from benchmarks.soak.outputs import failures, ledger_events, markers
 
 
 @dataclass
@@ -116,19 +116,8 @@ class Chaos:
         ok += [t["stall"] in done] if t.get("stall") else []
         ok += [t["corrupt"] in q] if t.get("corrupt") else []
         # the poison shard's deaths: charged to it, or (one node only, another could run it) on its node's ledger
-        ok += [bool(failures(self.run, t["poison"])) or self._on_a_ledger(t["poison"])] if t.get("poison") else []
+        ok += [bool(failures(self.run, t["poison"]) or ledger_events(self.run, t["poison"]))] if t.get("poison") else []
         return all(ok)
-
-    def _on_a_ledger(self, shard: str) -> bool:
-        import json
-
-        for path in (self.run / "failures" / "_nodes").glob("*.json"):
-            try:
-                if any(e.get("shard") == shard for e in json.loads(path.read_text())["events"]):
-                    return True
-            except (OSError, ValueError, KeyError):
-                continue
-        return False
 
     def steps(self) -> list[Step]:
         s, out = self.s, []

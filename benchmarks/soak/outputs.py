@@ -22,6 +22,17 @@ def _state(run: Path):
     return RunState(Store(run), "annotate")
 
 
+def ledger_events(run: Path, shard: str) -> list[dict]:
+    """The deaths of this shard's actors on the run's node ledger (``failures/_nodes/``; blame.py)."""
+    out = []
+    for path in (run / "failures" / "_nodes").glob("*.json"):
+        try:
+            out += [e for e in json.loads(path.read_text())["events"] if e.get("shard") == shard]
+        except (OSError, ValueError, KeyError):  # a record being rewritten: read at the next look
+            continue
+    return out
+
+
 def rows(run: Path, shard: str, what: str = "annotations") -> list[dict]:
     """A committed shard's rows, from the files its marker names (attempt-unique names)."""
     return pq.read_table(run / _state(run).output(shard, what)).to_pylist()

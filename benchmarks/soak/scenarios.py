@@ -21,21 +21,9 @@ import time
 from pathlib import Path
 
 from benchmarks.soak.harness import OTHER_HOST, wait
-from benchmarks.soak.outputs import failures, marker_epochs, markers
+from benchmarks.soak.outputs import failures, ledger_events, marker_epochs, markers
 
 ONE_LM = ["ray.lm.actors=1", "ray.lm.max_actors=1"]
-
-
-def _ledger_events(run: Path, shard: str) -> list[dict]:
-    import json
-
-    out = []
-    for path in (run / "failures" / "_nodes").glob("*.json"):
-        try:
-            out += [e for e in json.loads(path.read_text())["events"] if e.get("shard") == shard]
-        except (OSError, ValueError, KeyError):
-            continue
-    return out
 
 
 def _names(run: Path, what: str) -> list[str]:
@@ -118,7 +106,7 @@ def charges_pending(soak) -> dict:
     deadline = time.perf_counter() + soak.args.timeout
     # the poison's death is written the moment it is seen: a charge, or (another node could run the pool) an event
     # on its node's ledger, which the next driver counts (a death again in a later pass is the shard's)
-    while not (charge.exists() or _ledger_events(run, "shard-00001")) and first.proc.poll() is None \
+    while not (charge.exists() or ledger_events(run, "shard-00001")) and first.proc.poll() is None \
             and time.perf_counter() < deadline:
         time.sleep(0.2)
     alive = first.proc.poll() is None
@@ -128,7 +116,7 @@ def charges_pending(soak) -> dict:
     soak.note("charges_pending", f"driver pid {first.proc.pid} SIGKILLed mid-pass once shard-00001's charge was "
                                  f"written (shard-00002 hangs with no watchdog)")
     written = failures(run, "shard-00001")
-    on_ledger = _ledger_events(run, "shard-00001")
+    on_ledger = ledger_events(run, "shard-00001")
     second = soak.job("jobs.annotate", run, knobs, env, role="charges-B")
     wait(second, soak.args.timeout)
     return {"first": first.record(), "alive_when_charged": alive, "pass_over_when_killed": pass_over,

@@ -143,7 +143,8 @@ class Pass:
         self.fresh = {s for s in shard_ids if not a.state.failures(s)}
         self.fresh_failed: list[tuple[str, str]] = []  # (shard, attempt id) charged this pass, fresh shards
         self.commits = Commits(a, self.staging)
-        self.nodes_at_start = set(a.ledger.refresh() and a.ledger.alive())
+        a.ledger.refresh()
+        self.nodes_at_start = a.ledger.alive()
         self.node_cut: Verdict | None = None  # a node excluded mid-pass: the pass is cut and rebuilt without it
 
     # -- charges -----------------------------------------------------------------------------------------------
