@@ -113,6 +113,26 @@ def test_a_death_on_a_node_the_gcs_marks_dead_late_is_still_the_nodes(tmp_path, 
     assert led.wait_for_lost({A, B}) == {B}
 
 
+def test_deaths_noted_before_the_gcs_marked_the_node_dead_are_relabelled_its_loss(tmp_path, nodes):
+    """A node removed hard: its workers die at once, the GCS marks it dead later. Deaths noted in between read as
+    worker deaths until the table says the node is gone; then those (not older ones, not the watchdog's) are the
+    node's loss, in the ledger and in what stats.json and jobs.status show."""
+    led = _ledger(tmp_path)
+    led.refresh()
+    old = {"lm": [dict(_death(A, pid=1), _name="r0")]}
+    led.note_deaths(old, "p1")
+    led.records[A]["events"][-1]["t"] -= 600  # a crash ten minutes before the node went
+    led.note_deaths({"lm": [dict(_death(A, pid=2), _name="r1"),
+                            dict(_death(A, pid=3, note="watchdog: the lm batch ran over"), _name="r2")]}, "p1")
+    assert [e["cause"] for e in led.records[A]["events"]] == ["worker_died", "worker_died", "watchdog"]
+    nodes[A].update(alive=False, reason=1, end_t=led.records[A]["events"][1]["t"] + 8)
+    by_cause = led.summary()[A]["by_cause"]  # summary looks at the node table again
+    assert by_cause == {"worker_died": 1, "node_removed": 1, "watchdog": 1}, by_cause
+    assert read_nodes(Store(tmp_path))[A]["by_cause"] == by_cause  # saved: jobs.status reads the same
+    assert "marked dead by the GCS 8 s after" in led.records[A]["events"][1]["detail"]
+    assert all(e["charged_to"] == "node" for e in led.records[A]["events"])
+
+
 def test_on_one_machine_a_worker_death_is_the_shards_own(tmp_path, nodes):
     for other in (B, C, D):
         nodes[other]["alive"] = False

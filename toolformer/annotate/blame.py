@@ -55,7 +55,15 @@ def node_table() -> dict[str, dict]:
     for n in state.node_table():
         out[n["NodeID"]] = {"alive": bool(n.get("Alive")), "ip": n.get("NodeManagerAddress"),
                             "reason": int(n.get("DeathReason") or 0), "message": n.get("DeathReasonMessage") or "",
-                            "resources": dict(n.get("Resources") or {})}
+                            "resources": dict(n.get("Resources") or {}), "end_t": None}
+    try:  # when the GCS marked each dead node dead (not in the table above): see NodeLedger.refresh
+        from ray._private.worker import global_worker
+
+        for nid, info in global_worker.gcs_client.get_all_node_info(timeout=5).items():
+            if nid.hex() in out and info.end_time_ms:
+                out[nid.hex()]["end_t"] = info.end_time_ms / 1000
+    except Exception:  # noqa: BLE001 - an older Ray or a GCS hiccup: deaths keep the cause they were noted with
+        log.debug("could not read the nodes' end times", exc_info=True)
     return out
 
 
@@ -104,7 +112,30 @@ class NodeLedger:
             self.nodes = node_table()
         except Exception:  # noqa: BLE001 - GCS unreachable for a moment: keep the last view
             log.debug("could not read the node table", exc_info=True)
+        self._relabel_losses()
         return self.nodes
+
+    def _relabel_losses(self) -> None:
+        """A node removed hard takes its workers at once, but the GCS marks it dead only after its health checks
+        fail: a death noted in between reads as a plain worker death. Once the node is known dead, its worker
+        deaths noted from ``NODE_GRACE_S`` before that moment on become the node's loss (who paid is unchanged: a
+        death on a gone node already counts as a loss when blaming). A watchdog's or the OOM monitor's death keeps
+        its own cause."""
+        for nid, rec in self.records.items():
+            info = self.nodes.get(nid) or {}
+            end = info.get("end_t")
+            if info.get("alive", True) or not end:
+                continue
+            cause = _NODE_REASONS.get(info.get("reason", 0), "node_lost")
+            changed = False
+            for e in rec["events"]:
+                if e["cause"] == "worker_died" and e.get("t", 0) >= end - NODE_GRACE_S:
+                    e["cause"], e["detail"] = cause, (f"node {info.get('ip')} {cause.removeprefix('node_')}, "
+                                                      f"marked dead by the GCS {max(0.0, end - e['t']):.0f} s after "
+                                                      f"this death was seen: {e['detail']}")[:400]
+                    changed = True
+            if changed:
+                self._save(nid)
 
     def alive(self) -> set[str]:
         return {n for n, info in self.nodes.items() if info["alive"]}
@@ -297,7 +328,9 @@ class NodeLedger:
 
     # -- reporting ---------------------------------------------------------------------------------------------
     def summary(self) -> dict:
-        """Per node: deaths by cause, who paid, excluded or not (for stats.json and jobs.status)."""
+        """Per node: deaths by cause, who paid, excluded or not (for stats.json and jobs.status), as the node
+        table now explains them (a node the GCS marked dead since the last look relabels its deaths)."""
+        self.refresh()
         return summarize_nodes(self.records.values())
 
 
