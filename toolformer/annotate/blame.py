@@ -37,6 +37,10 @@ MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the 
 # The GCS marks a node dead some seconds after it is gone (its health checks must fail first): before a death is
 # charged to a shard because its node looked alive, the driver waits this long for the node table to say otherwise.
 NODE_GRACE_S = 30.0
+# How late the GCS may mark a node dead after its raylet is gone: its health checks (every 3 s, 10 s timeout) must
+# fail 5 times in a row, ~15-65 s (56 s measured in the soak under load). Worker deaths on the node noted within this
+# much before its time of death are relabelled the node's loss; twice the worst case, as a label changes no charge.
+NODE_DEATH_LAG_S = 120.0
 log = logging.getLogger(__name__)
 
 # GCS NodeDeathInfo.Reason → our cause of an actor lost with its node
@@ -118,7 +122,7 @@ class NodeLedger:
     def _relabel_losses(self) -> None:
         """A node removed hard takes its workers at once, but the GCS marks it dead only after its health checks
         fail: a death noted in between reads as a plain worker death. Once the node is known dead, its worker
-        deaths noted from ``NODE_GRACE_S`` before that moment on become the node's loss (who paid is unchanged: a
+        deaths noted from ``NODE_DEATH_LAG_S`` before that moment on become the node's loss (who paid is unchanged: a
         death on a gone node already counts as a loss when blaming). A watchdog's or the OOM monitor's death keeps
         its own cause."""
         for nid, rec in self.records.items():
@@ -129,7 +133,7 @@ class NodeLedger:
             cause = _NODE_REASONS.get(info.get("reason", 0), "node_lost")
             changed = False
             for e in rec["events"]:
-                if e["cause"] == "worker_died" and e.get("t", 0) >= end - NODE_GRACE_S:
+                if e["cause"] == "worker_died" and e.get("t", 0) >= end - NODE_DEATH_LAG_S:
                     e["cause"], e["detail"] = cause, (f"node {info.get('ip')} {cause.removeprefix('node_')}, "
                                                       f"marked dead by the GCS {max(0.0, end - e['t']):.0f} s after "
                                                       f"this death was seen: {e['detail']}")[:400]
