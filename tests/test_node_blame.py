@@ -121,11 +121,11 @@ def test_deaths_noted_before_the_gcs_marked_the_node_dead_are_relabelled_its_los
     led.refresh()
     old = {"lm": [dict(_death(A, pid=1), _name="r0")]}
     led.note_deaths(old, "p1")
-    led.records[A]["events"][-1]["t"] -= 600  # a crash ten minutes before the node went
+    led.records[A]["events"][-1]["t"] -= 40  # a crash (a poison shard's) 40 s before the node went
     led.note_deaths({"lm": [dict(_death(A, pid=2), _name="r1"),
                             dict(_death(A, pid=3, note="watchdog: the lm batch ran over"), _name="r2")]}, "p1")
     assert [e["cause"] for e in led.records[A]["events"]] == ["worker_died", "worker_died", "watchdog"]
-    nodes[A].update(alive=False, reason=1, end_t=led.records[A]["events"][1]["t"] + 56)  # as the soak measured
+    nodes[A].update(alive=False, reason=1, end_t=led.records[A]["events"][1]["t"] + 56)  # the lag the soak measured: 96 s after the crash
     by_cause = led.summary()[A]["by_cause"]  # summary looks at the node table again
     assert by_cause == {"worker_died": 1, "node_removed": 1, "watchdog": 1}, by_cause
     assert read_nodes(Store(tmp_path))[A]["by_cause"] == by_cause  # saved: jobs.status reads the same

@@ -38,9 +38,10 @@ MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the 
 # charged to a shard because its node looked alive, the driver waits this long for the node table to say otherwise.
 NODE_GRACE_S = 30.0
 # How late the GCS may mark a node dead after its raylet is gone: its health checks (every 3 s, 10 s timeout) must
-# fail 5 times in a row, ~15-65 s (56 s measured in the soak under load). Worker deaths on the node noted within this
-# much before its time of death are relabelled the node's loss; twice the worst case, as a label changes no charge.
-NODE_DEATH_LAG_S = 120.0
+# fail 5 times in a row, 15 s when refused at once, up to 5 x (3 + 10) = 65 s when they time out (56 s measured in
+# the soak). Worker deaths on the node noted within this much before its time of death are relabelled the node's
+# loss. Not wider: a shard's own death a minute before its node went must keep its cause (seen in the soak at 120 s).
+NODE_DEATH_LAG_S = 70.0
 log = logging.getLogger(__name__)
 
 # GCS NodeDeathInfo.Reason → our cause of an actor lost with its node
