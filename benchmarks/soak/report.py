@@ -174,14 +174,20 @@ def scenario_checks(soak, c: Checks) -> dict:
             "written_at_kill": written, "driver_alive_when_charged": r["alive_when_charged"],
             "pass_over_when_killed": r["pass_over_when_killed"]},
             lambda e: e["driver_alive_when_charged"] and not e["pass_over_when_killed"])
+        # the second driver's deaths of the poison, in order: those of passes the killed driver did not run
+        first_passes = {e.get("pass") for e in r.get("ledger_at_kill") or []}
+        later = sorted((e for e in r.get("final_ledger") or [] if e.get("pass") not in first_passes),
+                       key=lambda e: e.get("t", 0))
         c.add("charges_pending_survive_and_count", {
             "rc": r["second"]["rc"], "quarantined": r["quarantined"],
-            "attempts": [{k: a.get(k) for k in ("at", "error")} for a in r["final_attempts"]]},
-            # the killed driver's record counts: its charge is the first attempt, or its ledger event makes the next
-            # death the shard's (a death again in a later pass)
+            "attempts": [{k: a.get(k) for k in ("at", "error")} for a in r["final_attempts"]],
+            "second_drivers_first_death": {k: later[0].get(k) for k in ("at", "cause", "charged_to", "pass")} if later else None},
+            # the killed driver's record counts: its charge is the first attempt, or its ledger event makes the second
+            # driver's very first death the shard's (again in a later pass, or on a second node)
             lambda e: e["rc"] == 3 and e["quarantined"] == ["shard-00001"]
             and len(e["attempts"]) == soak.args.max_failures
-            and (e["attempts"][0]["at"] <= r["killed_at"] or "again in a later pass" in e["attempts"][0]["error"]))
+            and (e["attempts"][0]["at"] <= r["killed_at"]
+                 or (e["second_drivers_first_death"] or {}).get("charged_to") == "shard"))
     if "node_kill" in sc:
         for name, check in sc["node_kill"]["checks"].items():
             c.add(f"node_kill_{name}", {"check": check}, lambda e: e["check"]["ok"])

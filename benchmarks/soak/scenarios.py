@@ -99,8 +99,10 @@ def charges_pending(soak) -> dict:
     run = _prepared(soak, "charges_pending", 8)
     knobs = [*ONE_LM, "ray.batch_attempts=1", f"shards.max_failures={soak.args.max_failures}"]
     env = {**soak.env, "TOOLFORMER_FAULT_POISON_SHARD": "shard-00001"}
-    stuck = {**env, "TOOLFORMER_FAULT_STALL_SHARD": "shard-00002"}
-    first = soak.job("jobs.annotate", run, [*knobs, "ray.lm_batch_timeout_s=0", "ray.progress_timeout_s=600"], stuck,
+    # the last shard stalls with no watchdog, so the pass is still on when the poison dies; were the single actor to
+    # take it first, the pass is cut by the progress timeout (kept short) and the next pass reaches the poison
+    stuck = {**env, "TOOLFORMER_FAULT_STALL_SHARD": "shard-00007"}
+    first = soak.job("jobs.annotate", run, [*knobs, "ray.lm_batch_timeout_s=0", "ray.progress_timeout_s=120"], stuck,
                      role="charges-A")
     charge = run / "failures" / "annotate" / "shard-00001.json"
     deadline = time.perf_counter() + soak.args.timeout
@@ -114,7 +116,7 @@ def charges_pending(soak) -> dict:
     first.kill()
     killed_at = dt.datetime.now(dt.timezone.utc)
     soak.note("charges_pending", f"driver pid {first.proc.pid} SIGKILLed mid-pass once shard-00001's charge was "
-                                 f"written (shard-00002 hangs with no watchdog)")
+                                 f"written (shard-00007 hangs with no watchdog)")
     written = failures(run, "shard-00001")
     on_ledger = ledger_events(run, "shard-00001")
     second = soak.job("jobs.annotate", run, knobs, env, role="charges-B")
@@ -123,7 +125,8 @@ def charges_pending(soak) -> dict:
             "killed_at": killed_at.isoformat(timespec="seconds"), "charge_at_kill": written,
             "ledger_at_kill": on_ledger,
             "second": second.record(), "log_second": second.text(),
-            "final_attempts": failures(run, "shard-00001"), "quarantined": _names(run, "quarantine"),
+            "final_attempts": failures(run, "shard-00001"), "final_ledger": ledger_events(run, "shard-00001"),
+            "quarantined": _names(run, "quarantine"),
             "markers": _names(run, "markers")}
 
 
