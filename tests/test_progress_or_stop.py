@@ -149,7 +149,9 @@ def test_a_hung_batch_without_a_watchdog_is_cut_and_charges_survive_a_driver_kil
     second = _annotate(config, run, ["ray.batch_attempts=1", "ray.lm_batch_timeout_s=0", "shards.max_failures=1",
                                      "ray.progress_timeout_s=30"], env)
     out = second.stdout + second.stderr
-    assert second.returncode == 0, out[-3000:]
+    assert second.returncode == 3, out[-3000:]  # ends with quarantined shards: its own code, not 0
+    last = second.stdout.strip().splitlines()[-1]
+    assert "2 of 3 shards quarantined" in last and "exit 3" in last, last
     assert "pass cut: stalled: no progress" in out, out[-3000:]
     assert _names(run, "markers") == ["shard-00002"]
     assert _names(run, "quarantine") == ["shard-00000", "shard-00001"]
