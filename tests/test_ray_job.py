@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -331,8 +332,13 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     reader = json.loads((run / "quarantine" / "annotate" / "shard-00001.json").read_text())
     assert reader["attempts"] == 1 and reader["traceback"]
     stats = json.loads((run / "stats.json").read_text())
-    # poison: 2 attempts (`ray.batch_attempts`); the stalled batch's actor, ended by the watchdog, once
-    assert stats["shards"]["done"] == 4 and stats["actor_deaths_in_batches"] == 3, stats
+    # The kill-once fault fires before its batch's in-flight record is written, so no record sees that death. When
+    # it lands on the poison shard's batch it is that shard's first attempt, and the poison's own record then shows
+    # one death, not `ray.batch_attempts` (2); seen once in make test-slow, 2026-12-07.
+    poison_deaths = int(re.search(r"died (\d+) time\(s\)", poison["error"]).group(1))
+    assert poison_deaths in (1, 2), poison["error"]
+    # the poison's recorded deaths, and the stalled batch's actor, ended by the watchdog, once
+    assert stats["shards"]["done"] == 4 and stats["actor_deaths_in_batches"] == poison_deaths + 1, stats
     assert stats["funnel"][hung["tool"]]["tool_timeouts"] == hung["n_candidates"], proc.stdout[-2000:]
     _accounted(run)
     got = _rows_by_key(_annotations(run))
