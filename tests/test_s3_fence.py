@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from toolformer.conditional import S3Conditional, conditional
+from toolformer.conditional import S3Conditional, conditional, s3_client
 from toolformer.lease import LEASE, Lease, LeaseHeld, StaleLease
 from toolformer.shards import AlreadyCommitted, RunState, Store
 
@@ -234,3 +234,173 @@ def test_a_driver_frozen_inside_a_commit_past_its_ttl_commits_and_overwrites_not
     assert [k for k, v in files.items() if k.startswith("texts/shard-00002.") and v["deleted"]], files
     for s, m in markers.items():
         assert store.read_table(m["outputs"]["texts"]["path"]).column("i").to_pylist() == [int(s[-5:])]
+
+
+# -- lost answers and conflicts (issue 40): a refused write is read back; a conflict is not a refusal ----------
+CONFLICT_XML = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code><Message>A '
+                b'conflicting conditional operation is currently in progress against this resource.</Message></Error>')
+
+
+class _Body:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+
+@contextmanager
+def store_answers(key: str, lose: int = 0, conflicts: int = 0, op: str = "PutObject"):
+    """The S3 store as the network can make it, for requests of ``op`` on ``key`` (the run-relative key's end):
+    the first ``conflicts`` are answered 409 (another conditional write in flight), the next ``lose`` reach the
+    store and land, but their answer is lost (a read timeout): botocore then resends them by itself, as it does
+    in production. A ``before-send`` hook on the process's client; yields what it did."""
+    from botocore.awsrequest import AWSResponse
+    from botocore.exceptions import ReadTimeoutError
+    from botocore.httpsession import URLLib3Session
+
+    seen: dict = {"conflicts": 0, "landed": [], "sent": 0}
+    wire = URLLib3Session()
+
+    def hook(request, **_):
+        if not request.url.split("?", 1)[0].endswith(key):
+            return None
+        seen["sent"] += 1
+        if seen["conflicts"] < conflicts:
+            seen["conflicts"] += 1
+            return AWSResponse(request.url, 409, {"Content-Type": "application/xml"}, _Body(CONFLICT_XML))
+        if len(seen["landed"]) < lose:
+            seen["landed"].append(wire.send(request).status_code)  # the request reaches the store...
+            raise ReadTimeoutError(endpoint_url=request.url)  # ...and its answer never comes back
+        return None
+
+    client = s3_client()
+    event = f"before-send.s3.{op}"
+    client.meta.events.register(event, hook)
+    try:
+        yield seen
+    finally:
+        client.meta.events.unregister(event, hook)
+
+
+STAGING = "_staging/test"
+
+
+def _staged_on_s3(tmp_path, bucket: str) -> tuple[str, str]:
+    """A synthetic staged run (real schemas, two shards) on a local disk and the same bytes on S3."""
+    import pyarrow.fs as pafs
+
+    from benchmarks.synthetic import make_staged_run
+
+    local = tmp_path / "run"
+    make_staged_run(local, n_texts=40, texts_per_shard=20, seed=5, staging=STAGING)
+    remote = f"s3://{bucket}/run"
+    s3, root = pafs.FileSystem.from_uri(remote)
+    pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3)
+    return str(local), remote
+
+
+def test_a_marker_put_whose_answer_is_lost_commits_the_shard_once_with_its_files(bucket, tmp_path):
+    """The marker's create lands, its answer is lost, botocore's resend is refused (412) by the marker it wrote:
+    the commit reads it back, finds its own attempt, and keeps its files; the merge reads the shard."""
+    from benchmarks.synthetic import TOOLS
+    from toolformer.annotate.commit import commit_shard
+    from toolformer.cstar import run_merge
+    from toolformer.shards import Manifest
+
+    local, remote = _staged_on_s3(tmp_path, bucket)
+    store = Store(remote)
+    manifest = Manifest.load(store)
+    with store_answers("run/markers/annotate/shard-00000.json", lose=1) as seen:
+        for s in manifest.shards:
+            commit_shard(remote, s, list(TOOLS), STAGING)
+    assert seen["landed"] == [200] and seen["sent"] == 2  # the first put landed; the resend was refused
+    state = RunState(store, "annotate")
+    assert state.done() == {"shard-00000", "shard-00001"}
+    files = _files(bucket)
+    marker = state.marker("shard-00000")
+    for out in marker["outputs"].values():  # every file its marker names is there
+        assert out["path"] in files and not files[out["path"]]["deleted"], (out, files)
+        assert store.read_table(out["path"]).num_rows == out["rows"]
+    assert len(files["markers/annotate/shard-00000.json"]["versions"]) == 1
+    for s in manifest.shards:  # the same commits on a local disk, without the lost answer
+        commit_shard(local, s, list(TOOLS), STAGING)
+    on_s3, on_disk = run_merge(remote, 7, parallel=False), run_merge(local, 7, parallel=False)
+    assert len(on_s3["parts"]) == len(on_disk["parts"]) == 2  # both shards read
+    assert on_s3["texts"] == on_disk["texts"] > 0 and on_s3["calls_per_tool"] == on_disk["calls_per_tool"]
+    for part in on_disk["parts"]:  # C*, part by part, the same rows
+        name = part.rsplit("/", 1)[-1]
+        assert store.read_table("cstar", name).equals(Store(local).read_table("cstar", name))
+
+
+def test_a_lease_renewal_whose_answer_is_lost_keeps_the_lease(bucket):
+    store = Store(f"s3://{bucket}/run")
+    lease = Lease(store, ttl_s=60, heartbeat_s=30, log=lambda _: None).acquire()
+    try:
+        with store_answers("run/_lease.json", lose=1) as seen:
+            lease.renew()
+        assert seen["landed"] == [200] and seen["sent"] == 2
+        assert lease.lost is None and lease.renewals == 1
+        lease.check()  # still the run's driver
+        held = lease.read()
+        assert held["owner"] == lease.owner and held["renewed_at"] == lease._renewed_at
+        state = RunState(store, "annotate", fence=lease.fence().hold)
+        state.commit("shard-00000", {"texts": pa.table({"a": [1]})}, {"docs": 1})  # its fence still holds
+        assert state.done() == {"shard-00000"}
+    finally:
+        lease.release()
+    assert lease.read() is None  # released: it was ours
+
+
+def test_a_lease_acquire_whose_answer_is_lost_holds_the_lease(bucket):
+    store = Store(f"s3://{bucket}/run")
+    with store_answers("run/_lease.json", lose=1) as seen:
+        lease = Lease(store, ttl_s=60, heartbeat_s=30, log=lambda _: None).acquire()
+    try:
+        assert seen["landed"] == [200] and seen["sent"] == 2
+        held = lease.read()
+        assert held["owner"] == lease.owner and held["epoch"] == lease.epoch == 1
+        lease.check()
+        with pytest.raises(LeaseHeld):  # and it is held: a second driver refuses
+            Lease(store, ttl_s=60, log=lambda _: None).acquire()
+    finally:
+        lease.release()
+
+
+def test_a_failure_record_update_whose_answer_is_lost_counts_the_attempt_once(bucket):
+    store = Store(f"s3://{bucket}/run")
+    state = RunState(store, "annotate")
+    state.record_failure("shard-00000", "first")
+    with store_answers("run/failures/annotate/shard-00000.json", lose=1) as seen:
+        state.record_failure("shard-00000", "second")
+    assert seen["landed"] == [200]
+    assert [a["error"] for a in state.failures("shard-00000")] == ["first", "second"]
+
+
+def test_nine_409s_at_the_marker_raise_keep_the_files_and_the_shard_is_retried(bucket):
+    """409 is "another conditional write in flight", never "exists already": after UPDATE_TRIES of them the
+    commit raises a store fault (which the job charges to the store, not the shard), keeps its files, writes no
+    marker; the shard's next commit goes through."""
+    from ray.exceptions import RayTaskError
+
+    store = Store(f"s3://{bucket}/run")
+    state = RunState(store, "annotate")
+    with store_answers("run/markers/annotate/shard-00000.json", conflicts=9) as seen:
+        with pytest.raises(Exception, match=r"8 conflicting writes in a row \(409") as caught:
+            state.commit("shard-00000", {"texts": pa.table({"a": [1]})}, {"docs": 1})
+        from toolformer.annotate.passes import commit_failure
+        from toolformer.conditional import UPDATE_TRIES, StoreFault, WriteConflict
+
+        assert isinstance(caught.value, WriteConflict) and isinstance(caught.value, StoreFault)
+        assert seen["conflicts"] == UPDATE_TRIES == 8
+        assert state.marker("shard-00000") is None and state.done() == set()
+        kept = _alive(_files(bucket), "texts/")
+        assert len(kept) == 1 and store.read_table(next(iter(kept))).column("a").to_pylist() == [1]
+        # as a commit task's error reaches the driver: the store's fault, so the shard is not charged
+        assert commit_failure(RayTaskError("commit_shard", "", caught.value))[0] == "store"
+        assert state.failures("shard-00000") == []
+        marker = state.commit("shard-00000", {"texts": pa.table({"a": [2]})}, {"docs": 1})  # the retry
+        assert seen["conflicts"] == 9  # the ninth 409, then the put went through
+    assert state.done() == {"shard-00000"}
+    assert store.read_table(state.output("shard-00000", "texts")).column("a").to_pylist() == [2]
+    assert marker["outputs"]["texts"]["path"] in _alive(_files(bucket), "texts/")

@@ -10,7 +10,7 @@ more than the lease it replaced: ``_lease.epoch`` keeps the count across release
 - A second driver refuses while the lease is fresh. It takes the lease over when the holder is a dead process on
   the same host, or when the lease has not been renewed for ``ttl_s`` (a driver on a lost node, a paused one). A
   holder on another host is never judged by its pid.
-- Create, renew, take-over and release are compare-and-swap on the holder's token (``conditional.py``): a driver
+- Create, renew, take-over and release are compare-and-swap on the holder's token (``toolformer.conditional``): a driver
   never renews or deletes a lease it no longer holds.
 - A driver that has not renewed for ``ttl_s - margin_s`` stops writing (``check`` raises ``LeaseLost``) before
   anyone may take over: the deadline is read from a clock that never jumps and keeps counting while the machine is
@@ -146,13 +146,19 @@ def deadline_clock() -> float:
 _BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
 
+def lease_margin(ttl_s: float, heartbeat_s: float, margin_s: float | None = None) -> float:
+    """How long before a taker may come a driver stops writing: ``margin_s``, by default a few heartbeats or a
+    quarter of the TTL, at most 90 % of it. On an object store it must exceed ``conditional.WRITE_WINDOW_S`` (a
+    write that passed its fence check lands within that), which the config check enforces."""
+    default = max(2 * max(0.05, heartbeat_s), 0.25 * ttl_s)
+    return min(margin_s if margin_s is not None else default, 0.9 * ttl_s)
+
+
 class Lease:
     def __init__(self, store: Store, ttl_s: float = 120.0, heartbeat_s: float = 15.0,
                  log: Callable[[str], None] = print, margin_s: float | None = None):
         self.store, self.ttl_s, self.heartbeat_s, self.say = store, ttl_s, max(0.05, heartbeat_s), log
-        # Stop writing this long before a taker may come: a few heartbeats, or a quarter of the TTL.
-        default = max(2 * self.heartbeat_s, 0.25 * ttl_s)
-        self.margin_s = min(margin_s if margin_s is not None else default, 0.9 * ttl_s)
+        self.margin_s = lease_margin(ttl_s, heartbeat_s, margin_s)
         self.cas = conditional(store)
         self.owner = uuid.uuid4().hex
         self.started = time.time()

@@ -24,7 +24,10 @@ driver's. The marker is created by one create-if-absent (``conditional.put_if_ab
 once, by one attempt. Its outputs are written under names of that attempt and the marker names them, so a writer
 that lost the run (or a slower attempt) can never replace the files of a committed shard; whatever reads a
 committed shard follows its marker (``RunState.output``). An attempt that does not commit deletes its files; one
-that dies first leaves files no marker names, which nothing reads.
+that dies first leaves files no marker names, which nothing reads. A marker create that is refused is read back
+first (``toolformer.conditional``): the answer to a put that landed can be lost, and its resend refused by the put itself;
+only another attempt's marker deletes this attempt's files. A store that keeps the outcome unknown (409 conflicts,
+``conditional.WriteConflict``) keeps them too: the commit raises, no marker names them, the shard is retried.
 """
 
 from __future__ import annotations
@@ -191,6 +194,14 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
+def _appended(old: dict | None, shard_id: str, entry: dict) -> dict:
+    """A failure record with ``entry`` in it once (an update retried after its write landed finds it there)."""
+    attempts = (old or {}).get("attempts", [])
+    if not any(a.get("id") == entry["id"] for a in attempts):
+        attempts = attempts + [entry]
+    return {"shard_id": shard_id, "attempts": attempts}
+
+
 class AlreadyCommitted(RuntimeError):
     """The shard's marker exists: another attempt (or driver) committed it; nothing is written twice."""
 
@@ -244,9 +255,7 @@ class RunState:
             attempt = uuid.uuid4().hex[:12]
             entry = {"at": _now(), "id": attempt, "error": message[:2000], "traceback": tb[-20000:]}
             # Conditional on the version read (object stores): a charge written meanwhile is kept, not lost.
-            record = conditional(self.store).update_json(
-                self._failures(shard_id),
-                lambda old: {"shard_id": shard_id, "attempts": (old or {}).get("attempts", []) + [entry]})
+            record = conditional(self.store).update_json(self._failures(shard_id), lambda old: _appended(old, shard_id, entry))
             attempts = record["attempts"]
             if fatal or len(attempts) >= self.max_failures:
                 # written whole, and the same whoever writes it: a plain put, not a read-modify-write
@@ -300,8 +309,8 @@ class RunState:
         except BaseException:
             if step == "outputs":
                 self._discard(files)
-            raise
-        if not created:
+            raise  # at the marker (a store fault, a refused fence): its outcome is unknown or nil; files kept
+        if not created:  # read back (toolformer.conditional): the marker there is another attempt's, not this one's
             self._discard(files)
             raise AlreadyCommitted(f"{shard_id} was committed by another attempt meanwhile")
         return marker

@@ -23,6 +23,7 @@ from toolformer.annotate.commit import commit_shard
 from toolformer.annotate.distributed import FATAL, annotation_dataset, pool_names, shard_row_counts
 from toolformer.annotate.supervise import PassWatch, Verdict, dead_message
 from toolformer.lease import LeaseLost
+from toolformer.conditional import StoreFault
 from toolformer.shards import AlreadyCommitted
 
 COMMIT_WAIT_S = 30  # how often a driver waiting on commits looks for hung ones
@@ -35,6 +36,7 @@ class Outcome:
     committed: list[str] = field(default_factory=list)
     charged: list[str] = field(default_factory=list)
     node_paid: list[str] = field(default_factory=list)  # left uncharged: a node's death (retried later)
+    store_paid: list[str] = field(default_factory=list)  # left uncharged: the store failed their commit (retried)
     verdict: Verdict | None = None
     systemic: str | None = None  # the first pass failed as a whole: its charges were taken back
 
@@ -44,12 +46,29 @@ def progress_timeout(cfg) -> float:
     return float(r.progress_timeout_s) if r.progress_timeout_s else 2.0 * float(r.lm_batch_timeout_s)
 
 
+def commit_failure(exc: BaseException) -> tuple[str, BaseException]:
+    """Who pays for a commit task's failure (its cause, unwrapped from Ray's error): ``committed`` (another attempt
+    committed the shard: done), ``lease`` (this driver lost the run: it stops), ``store`` (the store failed the
+    write, ``conditional.StoreFault``: not the shard's fault, retried uncharged) or ``shard`` (charged to it)."""
+    from toolformer.lease import StaleLease
+
+    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+    if isinstance(cause, AlreadyCommitted):
+        return "committed", cause
+    if isinstance(cause, StaleLease):
+        return "lease", cause
+    if isinstance(cause, StoreFault):
+        return "store", cause
+    return "shard", cause
+
+
 class Commits:
     """Commit tasks in flight (a Ray task per shard; the driver keeps only references)."""
 
     def __init__(self, a: Any, staging: str):
         self.a, self.staging = a, staging
         self.inflight: dict = {}  # ref → (shard id, submitted at)
+        self.store_faults: dict[str, str] = {}  # shard → why the store failed its commit (collected, not charged)
 
     def submit(self, sid: str) -> None:
         import ray
@@ -87,18 +106,16 @@ class Commits:
                 try:
                     stats = ray.get(ref, timeout=60)
                 except Exception as exc:  # noqa: BLE001 - a failed commit: the shard is retried
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
-                    if isinstance(cause, AlreadyCommitted):
+                    kind, cause = commit_failure(exc)
+                    if kind == "committed":
                         done.append(sid)
-                        continue
-                    from toolformer.lease import StaleLease
-
-                    if isinstance(cause, StaleLease):
-                        from toolformer.lease import LeaseLost
-
+                    elif kind == "lease":
                         raise LeaseLost(f"{cause}; this driver stops writing") from cause
-                    failed[sid] = (f"{type(cause).__name__}: {cause}",
-                                   "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)))
+                    elif kind == "store":  # the store's fault, not the shard's: retried, uncharged
+                        self.store_faults[sid] = f"{type(cause).__name__}: {cause}"
+                    else:
+                        failed[sid] = (f"{type(cause).__name__}: {cause}",
+                                       "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)))
                     continue
                 done.append(sid)
                 self.a.committed(stats)
@@ -149,7 +166,8 @@ class Pass:
 
     # -- charges -----------------------------------------------------------------------------------------------
     def charge(self, sid: str, error: str | BaseException, details: str = "") -> None:
-        if sid in self.out.charged or sid in self.out.committed or sid in self.out.node_paid:
+        if sid in self.out.charged or sid in self.out.committed or sid in self.out.node_paid or \
+                sid in self.out.store_paid:
             return
         attempt = self.a.charge(sid, error, details)
         self.out.charged.append(sid)
@@ -251,6 +269,11 @@ class Pass:
         self.out.committed += done
         for sid, (err, details) in failed.items():
             self.charge(sid, err, details)
+        while self.commits.store_faults:
+            sid, why = self.commits.store_faults.popitem()
+            self.out.store_paid.append(sid)
+            self.a.log(f"  {sid}: the store failed its commit ({why[:300]}): not charged to the shard; it is "
+                       f"retried in the next pass")
 
     def _death(self, sid: str, records: list[dict], watch: PassWatch) -> None:
         """Ray gave up on this shard's block (its actor died ``ray.batch_attempts`` times computing it)."""
@@ -343,4 +366,4 @@ class Pass:
         self._exclude(watch)
 
 
-__all__ = ["COMMIT_TIMEOUT_S", "Commits", "FATAL", "Outcome", "Pass", "progress_timeout"]
+__all__ = ["COMMIT_TIMEOUT_S", "Commits", "commit_failure", "FATAL", "Outcome", "Pass", "progress_timeout"]

@@ -273,6 +273,8 @@ class RayAnnotator:
                 self.cuts.append(last[:2000])
                 if out.verdict.kind == "pool_dead":
                     self.pool_deaths.append(out.verdict.message[:2000])
+            if out.store_paid and out.verdict is None:  # why the next pass runs them again (uncharged)
+                last = f"the store failed the commits of {len(out.store_paid)} shard(s): {', '.join(out.store_paid[:5])}"
             self.guard("progress", self.progress.maybe_flush, force=True)
             # deaths charged to nodes are progress too: bounded per shard (blame.py), and not a cluster that cannot run
             idle = 0 if (out.committed or out.charged or out.node_paid) else idle + 1

@@ -32,6 +32,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     OmegaConf.resolve(merged)
     cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     check_choices(cfg)
+    check_store_window(cfg)
     return cfg
 
 
@@ -43,6 +44,26 @@ CHOICES = {
 }
 # annotate.position_sets: boundary = annotate.boundary_positions on, free = off
 POSITION_SETS = ("boundary", "free")
+
+
+def check_store_window(cfg: RunConfig) -> None:
+    """On an object store a conditional write (a marker, a failure record, the lease) lands up to
+    ``conditional.WRITE_WINDOW_S`` after the fence check before it: the lease's margin must be longer, or a
+    write of a driver past its deadline could land after another driver took the run over."""
+    from toolformer.conditional import WRITE_WINDOW_S
+    from toolformer.lease import lease_margin
+
+    out = str(cfg.output_dir or "")
+    if "://" not in out or out.startswith("file://"):
+        return  # a local or POSIX disk: the check and the write happen under one lock
+    s = cfg.shards
+    margin = lease_margin(s.lease_ttl_s, s.lease_heartbeat_s, s.lease_margin_s)
+    if margin <= WRITE_WINDOW_S:
+        raise ValueError(
+            f"shards.lease_margin_s is {margin:g} s (ttl {s.lease_ttl_s:g} s, heartbeat {s.lease_heartbeat_s:g} s) "
+            f"on {out}: an object store's write lands up to {WRITE_WINDOW_S:g} s after its fence check "
+            f"(toolformer/conditional: request timeouts and resends), so the margin must be longer: raise "
+            f"shards.lease_margin_s, or shards.lease_ttl_s (the default margin is a quarter of it)")
 
 
 def check_choices(cfg: RunConfig) -> None:

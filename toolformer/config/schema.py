@@ -191,7 +191,8 @@ class ShardsConfig:
     lease_ttl_s: float = 120.0
     lease_heartbeat_s: float = 15.0
     # A driver that could not renew its lease for lease_ttl_s minus this stops writing, before another may take
-    # over (None: the larger of two heartbeats and a quarter of the TTL).
+    # over (None: the larger of two heartbeats and a quarter of the TTL). On s3:// or gs:// it must exceed the 26 s
+    # a conditional write may take to land after its fence check (conditional.WRITE_WINDOW_S; checked at load).
     lease_margin_s: Optional[float] = None
     # A run whose last max_failures starts all stopped on an error of the execution, with nothing committed since,
     # refuses to start (a resubmitting job would loop); true lifts that for this start, once the cause is fixed.
