@@ -27,7 +27,8 @@ DISCRETE = ("text_id", "doc_id", "tool", "status", "heuristic", "n_tokens", "pos
 def annotations(run: Path) -> list[dict]:
     if (run / "annotations.parquet").exists():
         return pq.read_table(run / "annotations.parquet").to_pylist()
-    from toolformer.shards import Manifest, RunState, Store
+    from toolformer.run.shards import Manifest, RunState
+    from toolformer.run.store import Store
 
     store = Store(run)  # the committed shards' files, as their markers name them (each attempt writes its own)
     paths = RunState(store, "annotate").committed_outputs(Manifest.load(store), "annotations")
@@ -105,7 +106,8 @@ def run(args) -> dict:
 
 def _pending_at_scale(root: Path) -> float:
     """The bookkeeping alone at scale: 9,990 markers of a 10,000-shard manifest listed and subtracted."""
-    from toolformer.shards import Manifest, RunState, ShardInfo, Store
+    from toolformer.run.shards import Manifest, RunState, ShardInfo
+    from toolformer.run.store import Store
 
     shutil.rmtree(root, ignore_errors=True)
     store = Store(root)

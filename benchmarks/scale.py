@@ -10,7 +10,7 @@ work once Ray and its task workers are up; starting them (a one-time cost per cl
     python -m jobs.bench scale --sizes 10000 100000 --texts-per-shard 500
     python -m jobs.bench scale --only prepare                   # the prepare point alone (below)
 
-The prepare point runs the Ray prepare job (``toolformer.prepare_ray``) on synthetic cc_net ``.json.gz`` files
+The prepare point runs the Ray prepare job (``toolformer.prepare.distributed``) on synthetic cc_net ``.json.gz`` files
 (``synthetic.write_ccnet_files``: 500 documents a file, 1% repeated pages, 0.2% malformed lines) of 2,000 and
 20,000 documents, with the embedded model's tokenizer and the default 256-token texts: driver peak RSS and
 seconds per 1,000 documents (scan, dedup, chunk, tokenize and write shards; Ray and warm workers excluded),
@@ -49,7 +49,7 @@ def _config(run: str):
 
 def _warm_import() -> int:
     import toolformer.annotate.commit  # noqa: F401 - what the commit and merge tasks import
-    import toolformer.cstar  # noqa: F401
+    import toolformer.cstar.merge  # noqa: F401
 
     return os.getpid()
 
@@ -93,7 +93,7 @@ def phase_commit(run: str) -> dict:
 
 
 def phase_merge(run: str) -> dict:
-    from toolformer.cstar import run_merge
+    from toolformer.cstar.merge import run_merge
 
     cfg = _config(run)
     startup = start_workers(cfg)
@@ -126,7 +126,7 @@ def _private_ray(cfg) -> None:
 
 
 def _warm_prepare(model: str, cache_dir: str | None) -> int:
-    from toolformer.prepare_ray import _tokenizer
+    from toolformer.prepare.distributed import _tokenizer
 
     _tokenizer(model, cache_dir)  # what every shard task loads once per worker
     return os.getpid()
@@ -136,7 +136,7 @@ def phase_prepare(run: str) -> dict:
     """``prepare_ray`` on the cc_net files in ``<run>/inputs``, into ``<run>/out``."""
     import ray
 
-    from toolformer.prepare_ray import prepare_ray
+    from toolformer.prepare.distributed import prepare_ray
 
     cfg = _prepare_cfg(run, "out")
     t0 = time.perf_counter()
@@ -174,7 +174,7 @@ def phase_prepare_local(run: str) -> dict:
     from transformers import AutoTokenizer
 
     from toolformer.models import resolve_model
-    from toolformer.prepare import prepare_local
+    from toolformer.prepare.local import prepare_local
 
     cfg = _prepare_cfg(run, "out-local")
     # Warm, as the Ray side's workers are: transformers imported and the tokenizer read once before the clock.

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 
 from toolformer.arrow import list_offsets
 from toolformer.schemas import CANDIDATE, SHARD, STAGED
-from toolformer.shards import Manifest, ShardInfo, Store, sha256_bytes, shard_name
+from toolformer.run.shards import Manifest, ShardInfo, sha256_bytes, shard_name
+from toolformer.run.store import Store
 
 TOOLS = ("Calculator", "Calendar")
 TEXTS_PER_DOC = 2

@@ -38,7 +38,7 @@ def run(args) -> dict:
 
     from toolformer.corpus import read_documents
     from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, to_table
-    from toolformer.shards import Store
+    from toolformer.run.store import Store
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="toolformer-bench-train-"))
     run = work / "data"

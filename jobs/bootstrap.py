@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _run(cfg: RunConfig) -> dict:
-    from toolformer.bootstrap import run_bootstrap
+    from toolformer.experiments.bootstrap import run_bootstrap
 
     if not cfg.corpus.paths:  # the embedded Wikipedia, mixed as the demo mixes it: enough arithmetic for every round
         from jobs.demo import write_demo_corpus

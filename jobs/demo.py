@@ -32,7 +32,7 @@ def write_demo_corpus(path: Path, n: int, lang: str, date: str, seed: int, shuff
     (``shuffle``: in a seeded random order, so that any slice of the file has the same mix)."""
     import json
 
-    from toolformer.card import WIKIPEDIA_SUMMARIES, write_source_note
+    from toolformer.cstar.card import WIKIPEDIA_SUMMARIES, write_source_note
     from toolformer.corpus import embedded_ccnet_records
     from toolformer.tools.heuristics import calculator_rule, foreign_chunk
 
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _run(cfg, args) -> None:
     from toolformer.annotate.pipeline import run_annotate
-    from toolformer.cstar import cstar_files, run_merge
+    from toolformer.cstar.merge import cstar_files, run_merge
     from toolformer.report import format_funnel, format_yields
     from toolformer.schemas import read_rows
 

@@ -35,8 +35,8 @@ def main(argv: Sequence[str] | None = None):
     args = parser.parse_intermixed_args(argv)
     offline_by_default()
     from toolformer.config import load_config
-    from toolformer.experiment import Unit, run_experiment, run_unit
-    from toolformer.math_report import write_report
+    from toolformer.experiments.experiment import Unit, run_experiment, run_unit
+    from toolformer.experiments.math.report import write_report
 
     cfg = load_config(args.config, args.overrides)
 
@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     if args.plan:
-        from toolformer.experiment import plan
-        from toolformer.math_plan import print_plan
+        from toolformer.experiments.experiment import plan
+        from toolformer.experiments.plan import print_plan
 
         print_plan(cfg, plan(cfg))
         return 0

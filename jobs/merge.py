@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _run(cfg: RunConfig):
-    from toolformer.cstar import run_merge
+    from toolformer.cstar.merge import run_merge
 
     summary = run_merge(cfg.output_dir, cfg.merge.max_per_tool, cfg)
     print(json.dumps(summary, indent=2))

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from jobs.cli import run_job
 from toolformer.config import RunConfig
-from toolformer.prepare import RUNNERS
+from toolformer.prepare.local import RUNNERS
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "default.yaml")
 RUNNER_KEY = "prepare.runner="
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None):
 
 
 def _run(cfg: RunConfig, runner: str):
-    from toolformer.prepare import prepare
+    from toolformer.prepare.local import prepare
 
     return prepare(cfg, runner=runner)
 

@@ -15,7 +15,8 @@ from typing import Sequence
 def run_status(output_dir: str) -> dict:
     from toolformer.annotate.blame import read_nodes
     from toolformer.report import sum_funnels
-    from toolformer.shards import Manifest, RunState, Store
+    from toolformer.run.shards import Manifest, RunState
+    from toolformer.run.store import Store
 
     store = Store(output_dir)
     manifest = Manifest.load(store)
@@ -64,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--examples", action="store_true", help="print the kept calls in context (the run's report.md)")
     args = p.parse_args(argv)
     if args.examples:
-        from toolformer.inspection import format_report, inspect_run
-        from toolformer.shards import Store
+        from toolformer.cstar.inspection import format_report, inspect_run
+        from toolformer.run.store import Store
 
         store = Store(args.output_dir)
         print(store.read_bytes("report.md").decode() if store.exists("report.md")

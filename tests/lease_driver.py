@@ -21,8 +21,9 @@ import time
 
 import pyarrow as pa
 
-from toolformer.lease import Lease, LeaseLost, StaleLease
-from toolformer.shards import AlreadyCommitted, RunState, Store
+from toolformer.run.lease import Lease, LeaseLost, StaleLease
+from toolformer.run.shards import AlreadyCommitted, RunState
+from toolformer.run.store import Store
 
 
 def _pausing(fence, sid: str):

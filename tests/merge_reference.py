@@ -1,12 +1,12 @@
 """The merge rules of DESIGN §1.4 written the obvious way, over Python rows in one process: the oracle the
-Arrow/Ray merge (``toolformer.cstar``) is tested against. Test-only."""
+Arrow/Ray merge (``toolformer.cstar.merge``) is tested against. Test-only."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Iterable
 
-from toolformer.merge import insert_calls
+from toolformer.cstar.augment import insert_calls
 
 
 def kept_calls(annotation_rows: Iterable[dict]) -> dict[str, list[dict]]:
@@ -48,7 +48,7 @@ def reference_cstar(run_dir, max_per_tool: int = 25_000) -> list[dict]:
     """The reference merge of a whole run (sharded or single-file), rows sorted by text_id."""
     import pyarrow.parquet as pq
 
-    from toolformer.runs import AnnotationRun
+    from toolformer.run.parts import AnnotationRun
 
     run = AnnotationRun(str(run_dir))
     annotations, texts = [], {}
@@ -62,7 +62,7 @@ def sharded_cstar(run_dir) -> list[dict]:
     """A run's merged C* (every part), rows sorted by text_id, without the shard column."""
     import pyarrow.parquet as pq
 
-    from toolformer.cstar import cstar_files
+    from toolformer.cstar.merge import cstar_files
 
     rows = [r for f in cstar_files(str(run_dir)) for r in pq.read_table(f).to_pylist()]
     for r in rows:

@@ -65,9 +65,10 @@ def _annotation(tool: str, probs: list[float], gains: list[tuple[float | None, b
 def test_round_summary_reads_committed_parts_only(tmp_path):
     """A round's report counts the annotation parts the annotate stage committed (by its markers): a part written
     without a marker (a crashed attempt) or quarantined is not read, whatever its file name."""
-    from toolformer.round_report import _tool_totals, committed_annotations, round_summary
+    from toolformer.experiments.round_report import _tool_totals, committed_annotations, round_summary
     from toolformer.schemas import ANNOTATIONS, to_table
-    from toolformer.shards import Manifest, RunState, ShardInfo, Store
+    from toolformer.run.shards import Manifest, RunState, ShardInfo
+    from toolformer.run.store import Store
 
     rdir = tmp_path / "rounds" / "r1"
     store = Store(rdir)
@@ -105,7 +106,7 @@ def test_round_summary_reads_committed_parts_only(tmp_path):
 def test_a_rerun_with_other_settings_does_not_reuse_finished_steps(tmp_path):
     """A step's marker records the settings it was done with: the same command skips it, a changed config that the
     step depends on stops with a clear error instead of mixing two configs; an unrelated change does not."""
-    from toolformer.bootstrap import Round
+    from toolformer.experiments.bootstrap import Round
     from toolformer.config import load_config
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "corpus.limit=3"])

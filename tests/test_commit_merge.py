@@ -12,9 +12,10 @@ from merge_reference import reference_cstar, sharded_cstar
 
 from benchmarks.synthetic import TOOLS, make_staged_run
 from toolformer.annotate.commit import ShardIncomplete, commit_shard
-from toolformer.cstar import run_merge
+from toolformer.cstar.merge import run_merge
 from toolformer.report import REPORT_TAU_F, funnel
-from toolformer.shards import Manifest, RunState, Store
+from toolformer.run.shards import Manifest, RunState
+from toolformer.run.store import Store
 
 STAGING = "_staging/test"
 
@@ -117,7 +118,7 @@ def test_merge_as_ray_tasks_equals_in_process(staged, tmp_path):
 
 
 def test_inspection_report_and_merge_checks_on_a_tiny_run(staged):
-    from toolformer.inspection import inspect_run, write_report
+    from toolformer.cstar.inspection import inspect_run, write_report
 
     _commit_all(staged)
     text = write_report(str(staged), k=3)

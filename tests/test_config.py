@@ -52,7 +52,7 @@ def test_settings_with_fixed_values_fail_at_load_naming_the_valid_ones(key, bad,
 def test_an_object_store_run_needs_a_lease_margin_longer_than_a_write_window():
     """A conditional write on S3 or GCS lands up to WRITE_WINDOW_S after its fence check (bounded clients): a
     margin that short would let a driver past its deadline land a write after a takeover."""
-    from toolformer.conditional import CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S, REQUEST_BOUND_S, WRITE_WINDOW_S
+    from toolformer.run.conditional import CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S, REQUEST_BOUND_S, WRITE_WINDOW_S
 
     assert REQUEST_BOUND_S >= MAX_ATTEMPTS * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) and WRITE_WINDOW_S >= 2 * REQUEST_BOUND_S
     ok = load_config(None, ["output_dir=s3://b/run"])  # the defaults: a 30 s margin (a quarter of 120 s)

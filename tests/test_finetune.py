@@ -17,7 +17,7 @@ import pytest
 
 from toolformer.calls import Call, linearize
 from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, to_table
-from toolformer.shards import Store
+from toolformer.run.store import Store
 from toolformer.tools import ToolRequest, build_tool
 
 REPO = Path(__file__).resolve().parents[1]

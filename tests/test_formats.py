@@ -75,8 +75,9 @@ def test_outputs_load_with_datasets_and_keep_nested_columns(tmp_path, monkeypatc
 
     from benchmarks.synthetic import TOOLS, make_staged_run
     from toolformer.annotate.commit import commit_shard
-    from toolformer.cstar import cstar_files, run_merge
-    from toolformer.shards import Manifest, RunState, Store
+    from toolformer.cstar.merge import cstar_files, run_merge
+    from toolformer.run.shards import Manifest, RunState
+    from toolformer.run.store import Store
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     run = tmp_path / "run"

@@ -1,6 +1,8 @@
 """The code's layering, as import-linter contracts (``[tool.importlinter]`` in pyproject.toml): the library never
-imports jobs/ or benchmarks/, reading a corpus never imports evaluation or training, tools never import the
-annotation stages, no import cycles inside toolformer/. And no source file over 400 lines."""
+imports jobs/ or benchmarks/; jobs/ above toolformer/experiments/, above the jobs' libraries (annotate, train,
+evaluation, cstar, prepare), above toolformer/run/, which imports none of them; reading a corpus never imports
+evaluation or training, tools never import the annotation stages, no import cycles inside toolformer/ (counting
+TYPE_CHECKING imports). At most ten modules at the library's root. And no source file over 400 lines."""
 
 from __future__ import annotations
 
@@ -18,6 +20,17 @@ def test_import_contracts_are_kept():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "0 broken" in proc.stdout and "No import cycles inside toolformer KEPT" in proc.stdout
+    assert "jobs > experiments > the jobs' libraries > the run's state KEPT" in proc.stdout
+    assert "A run's state on its store imports no job's library KEPT" in proc.stdout
+
+
+def test_the_library_root_holds_only_what_every_layer_shares():
+    """A package per job or concern: at most ten modules at toolformer/'s root, and no two of them share a prefix
+    (``math_report``, ``math_page``: a package is missing)."""
+    root = sorted(p.stem for p in (REPO / "toolformer").glob("*.py") if p.name != "__init__.py")
+    assert len(root) <= 10, root
+    prefixes = [name.split("_")[0] for name in root if "_" in name]
+    assert len(prefixes) == len(set(prefixes)), root
 
 
 def test_a_broken_contract_fails(tmp_path):

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from toolformer import lease as lease_mod
-from toolformer.lease import Lease, LeaseLost, deadline_clock
-from toolformer.shards import Store
+from toolformer.run import lease as lease_mod
+from toolformer.run.lease import Lease, LeaseLost, deadline_clock
+from toolformer.run.store import Store
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CLOCK_BOOTTIME is Linux's")

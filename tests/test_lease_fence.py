@@ -18,8 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from toolformer.lease import LEASE, STORE_DOWN_ENV, Lease, LeaseExpired, LeaseHeld, LeaseLost, StaleLease
-from toolformer.shards import AlreadyCommitted, RunState, Store
+from toolformer.run.lease import LEASE, STORE_DOWN_ENV, Lease, LeaseExpired, LeaseHeld, LeaseLost, StaleLease
+from toolformer.run.shards import AlreadyCommitted, RunState
+from toolformer.run.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = [sys.executable, str(REPO / "tests" / "lease_driver.py")]

@@ -108,9 +108,9 @@ def test_decontamination_n_and_short_inputs():
 
 def test_contaminated_count_reaches_manifest_funnel_and_card(tmp_path):
     """Prepare (the sharded path) counts the skip in the manifest; the funnel line and the dataset card show it."""
-    from toolformer.card import decontamination
+    from toolformer.cstar.card import decontamination
     from toolformer.config import load_config
-    from toolformer.prepare import prepare_local
+    from toolformer.prepare.local import prepare_local
     from toolformer.report import format_funnel
 
     mawps = _mawps(tmp_path / "mawps.json", [PROBLEMS[1]])
@@ -182,7 +182,7 @@ def test_the_readme_reports_the_stored_run():
     """The experiment's figures in docs/results.md are the stored run's: its round report's accuracy rows appear there
     verbatim, and the report's derived figures (where tool use breaks, paired comparisons) recompute from the
     stored generations."""
-    from toolformer.round_report import call_chain, generation_rows, paired
+    from toolformer.experiments.round_report import call_chain, generation_rows, paired
 
     report = (STORED / "rounds.md").read_text()
     readme = (REPO / "docs" / "results.md").read_text()

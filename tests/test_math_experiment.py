@@ -55,7 +55,7 @@ def test_fold_split_trains_on_the_other_folds_and_evaluates_the_held_out_one(sha
 # -- decontamination derived from the evaluation -----------------------------------------------------------------
 def test_decontamination_follows_the_evaluation_paths(tmp_path):
     """Changing eval.task_paths moves the corpus's check with it: no second setting to remember."""
-    from toolformer.bootstrap import round_config
+    from toolformer.experiments.bootstrap import round_config
     from toolformer.corpus.readers import corpus_documents
 
     corpus = tmp_path / "c.jsonl"
@@ -157,7 +157,7 @@ def test_select_positions_chooses_only_allowed_positions(tokenizer):
 def test_result_check_drops_a_contradicted_call_and_the_copy_error_rate_sees_it():
     import pyarrow as pa
 
-    from toolformer.merge import KEPT, copy_errors, insert_calls, result_agrees, result_check
+    from toolformer.cstar.augment import KEPT, copy_errors, insert_calls, result_agrees, result_check
 
     text = "Question: 19 times 37?\nAnswer: 703"
     at_split = text.index("703") + 2  # "70|3": the text then gives 3
@@ -180,7 +180,7 @@ def test_result_check_drops_a_contradicted_call_and_the_copy_error_rate_sees_it(
 
 # -- the matched control --------------------------------------------------------------------------------------------
 def test_strip_calls_gives_back_the_original_text():
-    from toolformer.merge import insert_calls
+    from toolformer.cstar.augment import insert_calls
     from toolformer.train.data import dev_split_ids, strip_calls
 
     text = "Tom has 23 marbles and finds 19 more.\nAnswer: 42"
@@ -228,7 +228,7 @@ def test_false_call_rate_counts_calculator_calls_written(shared_data):
 
 # -- the report's statistics and the plan -------------------------------------------------------------------------
 def test_wilson_and_mcnemar():
-    from toolformer.math_report import mcnemar, wilson
+    from toolformer.experiments.math.report import mcnemar, wilson
 
     assert wilson(0, 0) == [0.0, 0.0]
     lo, hi = wilson(76, 400)  # the issue's 19.0 % on 400: Wilson 15.5-23.1
@@ -241,7 +241,7 @@ def test_wilson_and_mcnemar():
 
 
 def test_plan_puts_round_one_of_every_seed_first():
-    from toolformer.experiment import Unit, needs, plan
+    from toolformer.experiments.experiment import Unit, needs, plan
 
     cfg = load_config("jobs/configs/math.yaml")
     names = [u.name for u in plan(cfg)]
@@ -279,7 +279,7 @@ def _fake_unit(root: Path, unit: str, settings: dict[str, dict[str, list[bool]]]
 def test_the_report_from_stored_units(tmp_path):
     """Two seeds and the base rows, stored as the experiment stores them: pooled means, paired tests per seed and
     pooled, goals with their verdicts, the plot, items.json and the page."""
-    from toolformer.math_report import write_report
+    from toolformer.experiments.math.report import write_report
 
     run = tmp_path / "run"
     n = 40

@@ -57,7 +57,7 @@ def test_every_evaluated_model_reads_the_same_item_ids(shared_data):
     from toolformer.evaluation import language
     from toolformer.evaluation.evaluate import data_dir
     from toolformer.evaluation.tasks import load_task
-    from toolformer.experiment import DEFAULT, Unit, plan, unit_config
+    from toolformer.experiments.experiment import DEFAULT, Unit, plan, unit_config
 
     cfg = load_config("jobs/configs/math.yaml")
     units = plan(cfg)
@@ -129,8 +129,8 @@ def test_the_dev_split_is_the_same_problems_for_every_seed_model_and_control(tmp
 
 
 def test_the_plan_estimates_every_unit_and_learns_rates_from_a_timeline(capsys):
-    from toolformer.experiment import plan
-    from toolformer.math_plan import FIRST_RATES, estimate, measured_rates, print_plan
+    from toolformer.experiments.experiment import plan
+    from toolformer.experiments.plan import FIRST_RATES, estimate, measured_rates, print_plan
 
     cfg = load_config("jobs/configs/math.yaml")
     units = plan(cfg)
@@ -151,7 +151,7 @@ def test_the_plan_estimates_every_unit_and_learns_rates_from_a_timeline(capsys):
 
 
 def test_the_false_call_diagnosis_reads_the_generations_as_the_evaluation_counts_them():
-    from toolformer.math_diagnosis import false_call_diagnosis
+    from toolformer.experiments.math.diagnosis import false_call_diagnosis
 
     calc = lambda x: [{"tool": "Calculator", "input": x, "result": "1", "ok": True}]  # noqa: E731
     rows = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from toolformer.stats import mcnemar_p, paired_permutation_p, seed_mean_differences, wilson
+from toolformer.experiments.stats import mcnemar_p, paired_permutation_p, seed_mean_differences, wilson
 
 
 def test_wilson_and_mcnemar_spot_values():
@@ -57,7 +57,7 @@ def test_monte_carlo_is_labelled_seeded_and_close_to_exact():
 def test_pooled_test_counts_items_not_seed_copies():
     """10 items, three seeds with identical answers: tools right on 7 items the other gets wrong. A pooled McNemar
     over the seeds (21 discordant pairs against 0) says p < 0.01; the item-level test sees 7 items: p = 2/128."""
-    from toolformer.math_paired import compare
+    from toolformer.experiments.paired import compare
 
     tools = {str(i): i < 7 for i in range(10)}
     other = {str(i): False for i in range(10)}
@@ -119,7 +119,7 @@ def _unit(root: Path, unit: str, settings: dict[str, dict[str, list[bool]]], fal
 
 def _run(tmp_path: Path, seeds=(0, 1, 2), drop: dict[str, int] | None = None, false_call: float = 20.0) -> dict:
     from toolformer.config import load_config
-    from toolformer.math_report import write_report
+    from toolformer.experiments.math.report import write_report
 
     run = tmp_path / "run"
     n = 40

@@ -20,7 +20,7 @@ import pytest
 from toolformer.annotate import blame
 from toolformer.annotate.blame import NodeLedger, read_nodes
 from toolformer.config import load_config
-from toolformer.shards import Store
+from toolformer.run.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 A, B, C, D = "a" * 56, "b" * 56, "c" * 56, "d" * 56

@@ -10,7 +10,7 @@ import pytest
 from toolformer.annotate.pipeline import run_annotate
 from toolformer.calls import find_calls
 from toolformer.config import load_config
-from toolformer.cstar import cstar_files, run_merge
+from toolformer.cstar.merge import cstar_files, run_merge
 from toolformer.schemas import ANNOTATIONS, CSTAR, TEXTS, read_rows
 from toolformer.tools import ToolRequest, build_tool
 

@@ -13,7 +13,7 @@ from toolformer.annotate.positions import select_positions
 from toolformer.annotate.sampling import union_positions
 from toolformer.config import config_hash, load_config
 from toolformer.engine.base import StartProbs
-from toolformer.merge import kept_candidates
+from toolformer.cstar.augment import kept_candidates
 from toolformer.schemas import ANNOTATIONS
 from test_positions_merge import BoundsEngine as _BoundsEngine
 
@@ -102,7 +102,7 @@ def test_config_checks_the_sets():
 
 
 def test_the_experiment_annotates_round_one_once_for_both_position_settings():
-    from toolformer.experiment import DEFAULT, Unit, needs, reuses_default, setting_config
+    from toolformer.experiments.experiment import DEFAULT, Unit, needs, reuses_default, setting_config
 
     cfg = load_config("jobs/configs/math.yaml")
     assert cfg.annotate.boundary_positions and "boundary_positions" in cfg.bootstrap.ablations

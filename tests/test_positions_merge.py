@@ -7,7 +7,7 @@ from toolformer.annotate.positions import choose, needs_exact, select_positions
 from toolformer.calls import find_calls
 from toolformer.engine.base import StartProbs
 from merge_reference import cap_per_tool, kept_calls, merge
-from toolformer.merge import insert_calls
+from toolformer.cstar.augment import insert_calls
 
 
 class BoundsEngine:

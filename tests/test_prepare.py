@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from toolformer.config import load_config
-from toolformer.prepare import prepare_local
-from toolformer.prepare_ray import STOP_AFTER_ENV, WORK, prepare_ray
+from toolformer.prepare.local import prepare_local
+from toolformer.prepare.distributed import STOP_AFTER_ENV, WORK, prepare_ray
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from merge_reference import reference_cstar, sharded_cstar
 
-from toolformer.shards import RunState, Store
+from toolformer.run.shards import RunState
+from toolformer.run.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ["Calculator", "Calendar"]

@@ -21,9 +21,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from toolformer.conditional import S3Conditional, conditional, s3_client
-from toolformer.lease import LEASE, Lease, LeaseHeld, StaleLease
-from toolformer.shards import AlreadyCommitted, RunState, Store
+from toolformer.run.conditional import S3Conditional, conditional, s3_client
+from toolformer.run.lease import LEASE, Lease, LeaseHeld, StaleLease
+from toolformer.run.shards import AlreadyCommitted, RunState
+from toolformer.run.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = [sys.executable, str(REPO / "tests" / "lease_driver.py")]
@@ -123,7 +124,7 @@ def test_the_lease_and_fenced_commits_on_s3(bucket):
     assert state.stats() == [{"docs": 1}] and state.output("shard-00000", "texts") == marker["outputs"]["texts"]["path"]
     with pytest.raises(AlreadyCommitted):
         state.commit("shard-00000", {"texts": pa.table({"a": [2]})}, {})
-    assert not state.record_failure("shard-00001", "flaky")
+    assert not state.record_failure("shard-00001", "flaky").quarantined
     assert len(state.failures("shard-00001")) == 1
     # taken over (as after the TTL): the old epoch's commits and charges are refused, nothing of them written
     held = conditional(store).read(LEASE)
@@ -305,8 +306,8 @@ def test_a_marker_put_whose_answer_is_lost_commits_the_shard_once_with_its_files
     the commit reads it back, finds its own attempt, and keeps its files; the merge reads the shard."""
     from benchmarks.synthetic import TOOLS
     from toolformer.annotate.commit import commit_shard
-    from toolformer.cstar import run_merge
-    from toolformer.shards import Manifest
+    from toolformer.cstar.merge import run_merge
+    from toolformer.run.shards import Manifest
 
     local, remote = _staged_on_s3(tmp_path, bucket)
     store = Store(remote)
@@ -389,7 +390,7 @@ def test_nine_409s_at_the_marker_raise_keep_the_files_and_the_shard_is_retried(b
         with pytest.raises(Exception, match=r"8 conflicting writes in a row \(409") as caught:
             state.commit("shard-00000", {"texts": pa.table({"a": [1]})}, {"docs": 1})
         from toolformer.annotate.passes import commit_failure
-        from toolformer.conditional import UPDATE_TRIES, StoreFault, WriteConflict
+        from toolformer.run.conditional import UPDATE_TRIES, StoreFault, WriteConflict
 
         assert isinstance(caught.value, WriteConflict) and isinstance(caught.value, StoreFault)
         assert seen["conflicts"] == UPDATE_TRIES == 8

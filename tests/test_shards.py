@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from toolformer.config import load_config
-from toolformer.prepare import prepare
-from toolformer.shards import Manifest, RunState, Store
+from toolformer.prepare.local import prepare
+from toolformer.run.shards import Manifest, RunState
+from toolformer.run.store import Store
 
 
 def _records(n: int) -> list[str]:
@@ -72,12 +73,12 @@ def test_markers_failures_and_quarantine(tmp_path):
     assert committed.startswith("annotations/shard-00000.") and committed != "annotations/shard-00000.parquet"
     assert pq.read_table(store.path(committed)).num_rows == 2
     assert state.stats() == [{"docs": 3}]  # carried by the marker
-    assert not state.record_failure("shard-00001", RuntimeError("flaky"))
+    assert not state.record_failure("shard-00001", RuntimeError("flaky")).quarantined
     assert state.pending(m) == ["shard-00001", "shard-00002"]  # failed once: still pending, retried
     try:
         raise ValueError("broken shard")
     except ValueError as exc:
-        assert state.record_failure("shard-00001", exc)
+        assert state.record_failure("shard-00001", exc).quarantined
     q = json.loads((tmp_path / "run" / "quarantine" / "annotate" / "shard-00001.json").read_text())
     assert q["attempts"] == 2 and "ValueError: broken shard" in q["error"] and "Traceback" in q["traceback"]
     assert state.pending(m) == ["shard-00002"]

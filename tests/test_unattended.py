@@ -13,8 +13,9 @@ import time
 import pyarrow as pa
 import pytest
 
-from toolformer.lease import LEASE, Lease, LeaseHeld, LeaseLost
-from toolformer.shards import RunState, Store
+from toolformer.run.lease import LEASE, Lease, LeaseHeld, LeaseLost
+from toolformer.run.shards import Charge, RunState
+from toolformer.run.store import Store
 
 
 # -- the lease ----------------------------------------------------------------------------------------------
@@ -161,9 +162,9 @@ def test_zero_counts_and_failing_metrics_never_raise():
 def test_a_committed_shard_is_never_charged(tmp_path):
     state = RunState(Store(tmp_path), "annotate", max_failures=1)
     state.commit("shard-00000", {"texts": pa.table({"a": [1]})}, {"docs": 1})
-    assert state.record_failure("shard-00000", "late: an earlier attempt's error") is False
+    assert state.record_failure("shard-00000", "late: an earlier attempt's error") == Charge(quarantined=False, attempt=None)
     assert state.quarantined() == set() and state.failed() == set()
-    assert state.record_failure("shard-00001", "real") is True and state.quarantined() == {"shard-00001"}
+    assert state.record_failure("shard-00001", "real").quarantined and state.quarantined() == {"shard-00001"}
 
 
 def test_a_run_that_keeps_stopping_on_the_execution_refuses_to_loop(tmp_path):
@@ -171,7 +172,7 @@ def test_a_run_that_keeps_stopping_on_the_execution_refuses_to_loop(tmp_path):
     shards.max_failures of them in a row (same config, nothing committed since), the run refuses at once."""
     from toolformer.annotate.ray_job import RUN_FAILURES, ExecutionError, RayAnnotator
     from toolformer.config import config_hash, load_config
-    from toolformer.shards import Manifest
+    from toolformer.run.shards import Manifest
 
     store = Store(tmp_path)
     Manifest(shards=[], docs_per_shard=1, config_hash="x").save(store)

@@ -1,4 +1,4 @@
-"""Parquet schemas of every hand-off, defined once (atomic writes: ``toolformer.shards.Store.write_table``).
+"""Parquet schemas of every hand-off, defined once (atomic writes: ``toolformer.run.store.Store.write_table``).
 
 shard        a prepared shard: one row per text (a document chunk), in document order (jobs.prepare)
 texts        one row per annotated text

@@ -17,7 +17,8 @@ def manifest(run: Path) -> dict:
 
 
 def _state(run: Path):
-    from toolformer.shards import RunState, Store
+    from toolformer.run.shards import RunState
+    from toolformer.run.store import Store
 
     return RunState(Store(run), "annotate")
 

@@ -30,7 +30,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
-from toolformer.shards import Store
+from toolformer.run.store import Store
 
 NODES = ("failures", "_nodes")
 MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the run
@@ -248,7 +248,7 @@ class NodeLedger:
             return causes, "shard", "it killed its actor again in a later pass"
         if lost and len(lost_all) > 2 * self.max_failures:
             return causes, "shard", f"{len(lost_all)} nodes were lost while it ran on them"
-        return causes, "node", ", ".join(sorted({f"{c} on {self._ip(d.get('node_id'))}" for d, c, _ in causes}))
+        return causes, "node", ", ".join(sorted({f"{c} on {self.describe(d.get('node_id'))}" for d, c, _ in causes}))
 
     def wait_for_lost(self, since: set[str]) -> set[str]:
         """Nodes of ``since`` (alive when a pass began) that are gone, waiting up to the grace for the GCS to tell
@@ -296,7 +296,8 @@ class NodeLedger:
             self.records[nid]["events"][-1]["inferred"] = True
         self._save(sorted(lost)[-1] if lost else "unknown")
 
-    def _ip(self, node_id: str | None) -> str:
+    def describe(self, node_id: str | None) -> str:
+        """A node as the log names it: its IP and the start of its id."""
         info = self.nodes.get(node_id or "") or self.records.get(node_id or "", {})
         return f"{info.get('ip') or '?'} ({(node_id or 'unknown')[:8]})"
 
@@ -319,7 +320,7 @@ class NodeLedger:
                 rec["excluded_at"], rec["excluded_for"] = _now(), sorted(shards)
                 self._save(nid)
                 alive = self.nodes.get(nid, {}).get("alive", False)
-                self.log(f"node {self._ip(nid)} excluded from this run's pools: its workers died holding "
+                self.log(f"node {self.describe(nid)} excluded from this run's pools: its workers died holding "
                          f"{len(shards)} different shards within {window:g} s (ray.node_max_failures={limit})"
                          + ("" if alive else "; it is gone already"))
                 if alive:

@@ -13,7 +13,8 @@ import pyarrow.dataset as pads
 
 from toolformer.report import funnel
 from toolformer.schemas import ANNOTATIONS, SHARD, STAGED, TEXTS, conform
-from toolformer.shards import RunState, ShardInfo, Store
+from toolformer.run.shards import RunState, ShardInfo
+from toolformer.run.store import Store
 
 STAGE = "annotate"
 LATENCY_SAMPLES = 200  # per tool and shard: enough for the progress summaries' percentiles
@@ -80,7 +81,7 @@ def latency_samples(rows: pa.Table, k: int = LATENCY_SAMPLES) -> dict[str, list[
 def commit_shard(run_uri: str, shard: ShardInfo, tools: list[str], staging: str, max_failures: int = 3,
                  fence=None) -> dict:
     """Check, order and commit one shard's staged rows; returns its stats (+ ``latency_ms`` samples). With a
-    ``fence`` (``toolformer.lease.Fence``) the store refuses the commit once the run's lease is another driver's,
+    ``fence`` (``toolformer.run.lease.Fence``) the store refuses the commit once the run's lease is another driver's,
     or once the driver's deadline (as handed out with the fence) has passed on this task's own clock."""
     if fence is not None:
         fence.arm()  # the deadline counts down from here on this node's CLOCK_BOOTTIME (and from its issue)

@@ -32,9 +32,10 @@ from toolformer.annotate.telemetry import ActorTelemetry, StageClock
 from toolformer.arrow import empty_lists
 from toolformer.config import RayConfig, RunConfig, StageResources
 from toolformer.annotate.failures import InflightRecord, SetupWatchdog, Watchdog
-from toolformer.faults import LM_STAGES, batch_fault, fault_point, setup_fault
+from toolformer.run.faults import LM_STAGES, batch_fault, fault_point, setup_fault
 from toolformer.schemas import SHARD, STAGED, WORK, conform
-from toolformer.shards import Store, sha256_bytes
+from toolformer.run.shards import sha256_bytes
+from toolformer.run.store import Store
 
 STAGES = {"select": SelectTexts, "sample": SampleCalls, "execute": ExecuteCalls, "score": ScoreCalls,
           "lm": SampleExecuteScore}

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 
-from toolformer.shards import Store
+from toolformer.run.store import Store
 
 INFLIGHT = "_inflight"
 SETUP = "_setup"  # notes of actors ended by their set-up watchdog, read by the driver for its messages

@@ -17,18 +17,49 @@ import traceback
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
+from toolformer.annotate.blame import NodeLedger
 from toolformer.annotate.commit import commit_shard
 from toolformer.annotate.distributed import FATAL, annotation_dataset, pool_names, shard_row_counts
+from toolformer.annotate.observe import Guard
 from toolformer.annotate.supervise import PassWatch, Verdict, dead_message
-from toolformer.lease import LeaseLost
-from toolformer.conditional import StoreFault
-from toolformer.shards import AlreadyCommitted
+from toolformer.config import RunConfig
+from toolformer.run.conditional import StoreFault
+from toolformer.run.lease import Lease, LeaseLost
+from toolformer.run.shards import AlreadyCommitted, Manifest, RunState
+from toolformer.run.store import Store
 
 COMMIT_WAIT_S = 30  # how often a driver waiting on commits looks for hung ones
 COMMIT_TIMEOUT_S = 900  # a commit reads and writes one shard: far less than this
 QUEUE_WAIT_S = 1.0  # the driver's longest wait for a summary row before it looks around
+
+
+class PassHost(Protocol):
+    """What a pass needs of the annotate job that runs it (``ray_job.RayAnnotator``): the run, its state and lease,
+    the node ledger, and the job's ways to charge, take back and report."""
+
+    cfg: RunConfig
+    store: Store
+    manifest: Manifest
+    state: RunState
+    lease: Lease | None
+    ledger: NodeLedger
+    tools: list[str]
+    guard: Guard  # observability calls that never break the work
+    actor_deaths: int  # counted across passes, for the run's summary
+
+    def log(self, line: str) -> None: ...
+
+    def check_lease(self) -> None: ...
+
+    def charge(self, sid: str, error: BaseException | str, tb: str = "") -> str | None: ...
+
+    def retract(self, attempts: list[tuple[str, str]]) -> None: ...
+
+    def systemic_message(self, errors: list[str]) -> str: ...
+
+    def committed(self, stats: dict) -> None: ...
 
 
 @dataclass
@@ -50,7 +81,7 @@ def commit_failure(exc: BaseException) -> tuple[str, BaseException]:
     """Who pays for a commit task's failure (its cause, unwrapped from Ray's error): ``committed`` (another attempt
     committed the shard: done), ``lease`` (this driver lost the run: it stops), ``store`` (the store failed the
     write, ``conditional.StoreFault``: not the shard's fault, retried uncharged) or ``shard`` (charged to it)."""
-    from toolformer.lease import StaleLease
+    from toolformer.run.lease import StaleLease
 
     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
     if isinstance(cause, AlreadyCommitted):
@@ -65,7 +96,7 @@ def commit_failure(exc: BaseException) -> tuple[str, BaseException]:
 class Commits:
     """Commit tasks in flight (a Ray task per shard; the driver keeps only references)."""
 
-    def __init__(self, a: Any, staging: str):
+    def __init__(self, a: PassHost, staging: str):
         self.a, self.staging = a, staging
         self.inflight: dict = {}  # ref → (shard id, submitted at)
         self.store_faults: dict[str, str] = {}  # shard → why the store failed its commit (collected, not charged)
@@ -149,7 +180,7 @@ def _consume(ds, out: queue.Queue, stop: threading.Event) -> None:
 class Pass:
     """Annotate ``shard_ids`` in one streaming execution (see the module docstring)."""
 
-    def __init__(self, a: Any, shard_ids: list[str], sink, sink_name: str | None, first: bool):
+    def __init__(self, a: PassHost, shard_ids: list[str], sink, sink_name: str | None, first: bool):
         self.a, self.ids, self.sink, self.sink_name, self.first = a, shard_ids, sink, sink_name, first
         self.shards = [a.manifest.shard(s) for s in shard_ids]
         self.expected = shard_row_counts(self.shards, len(a.tools))
@@ -306,7 +337,7 @@ class Pass:
         new = a.ledger.maybe_exclude(a.state.failed())
         if new and self.node_cut is None:
             dead, live = watch.inflight(watch.live_pids())
-            names = ", ".join(a.ledger._ip(n) for n in new)
+            names = ", ".join(a.ledger.describe(n) for n in new)
             self.node_cut = Verdict("node_excluded", f"node(s) {names} excluded from the run's pools: the pass is "
                                     f"cut and the next one starts its pools without them", [], dead, live)
 
@@ -366,4 +397,4 @@ class Pass:
         self._exclude(watch)
 
 
-__all__ = ["COMMIT_TIMEOUT_S", "Commits", "commit_failure", "FATAL", "Outcome", "Pass", "progress_timeout"]
+__all__ = ["COMMIT_TIMEOUT_S", "Commits", "PassHost", "commit_failure", "FATAL", "Outcome", "Pass", "progress_timeout"]

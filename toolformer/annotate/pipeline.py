@@ -21,7 +21,7 @@ from toolformer.corpus import SkipLog, corpus_documents, texts_of
 from toolformer.engine import Engine, build_engine
 from toolformer.report import funnel
 from toolformer.schemas import ANNOTATIONS, TEXTS, conform, to_table
-from toolformer.shards import Store
+from toolformer.run.store import Store
 
 
 def load_texts(cfg: RunConfig, tokenizer) -> tuple[list[dict], dict]:
@@ -120,7 +120,7 @@ def run_annotate(cfg: RunConfig, engine: Engine | None = None, log: Callable[[st
         tmp = out_dir / ".stats.json.tmp"
         tmp.write_text(json.dumps(stats, indent=2, default=str))
         tmp.replace(out_dir / "stats.json")
-        from toolformer.inspection import write_report
+        from toolformer.cstar.inspection import write_report
 
         write_report(str(out_dir), seed=cfg.seed)  # report.md: the kept calls in context
         return stats

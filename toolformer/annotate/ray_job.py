@@ -25,7 +25,7 @@ Failure semantics (docs: "What happens when something fails"):
   run refuses to start (a resubmitting job cannot loop) until a start with ``shards.retry_after_stops=true``
   (any commit resets the count);
 - metrics, telemetry and progress never raise into a pass (``observe.Guard``);
-- one driver per run (``toolformer/lease.py``): every state write is fenced by the lease's epoch; a driver that
+- one driver per run (``toolformer/run/lease.py``): every state write is fenced by the lease's epoch; a driver that
   cannot renew in time stops writing before another may take over.
 """
 
@@ -44,9 +44,10 @@ from toolformer.annotate.observe import Guard, Metrics, Progress
 from toolformer.annotate.passes import Pass
 from toolformer.annotate.telemetry import start_sink, summarize
 from toolformer.config import RunConfig, config_hash
-from toolformer.lease import Lease, LeaseLost
+from toolformer.run.lease import Lease, LeaseLost
 from toolformer.report import sum_funnels
-from toolformer.shards import Manifest, RunState, Store
+from toolformer.run.shards import Manifest, RunState
+from toolformer.run.store import Store
 
 RUN_FAILURES = ("failures", "_run", f"{STAGE}.json")  # stops of the execution itself, per config
 
@@ -119,10 +120,10 @@ class RayAnnotator:
         if isinstance(error, str):
             message, _, rest = error.partition("\n")
             fatal = message.startswith(FATAL)
-            quarantined, attempt = self.state.record_failure(sid, message.removeprefix(FATAL), fatal=fatal,
-                                                             tb=tb or rest, with_id=True)
+            charge = self.state.record_failure(sid, message.removeprefix(FATAL), fatal=fatal, tb=tb or rest)
         else:
-            quarantined, attempt = self.state.record_failure(sid, error, with_id=True)
+            charge = self.state.record_failure(sid, error)
+        quarantined, attempt = charge.quarantined, charge.attempt
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         cause = text.removeprefix(FATAL).split(":", 1)[0].strip()[:40] or "error"
         self.causes[cause] = self.causes.get(cause, 0) + 1
@@ -309,7 +310,7 @@ class RayAnnotator:
         with self._fence():
             self.store.write_json(out, "stats.json")
         if out["shards"]["done"]:
-            from toolformer.inspection import write_report
+            from toolformer.cstar.inspection import write_report
 
             write_report(self.store.uri, seed=self.cfg.seed)  # report.md: the kept calls in context
         return out
@@ -324,7 +325,7 @@ def annotate_on_ray(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     """The cluster path of ``jobs.annotate``: under one lease, shard the corpus with the Ray preparer when the run
     has no manifest yet (never the one-process reader on a cluster), then annotate every pending shard."""
     from toolformer.cluster import init_ray
-    from toolformer.prepare_ray import prepare_ray
+    from toolformer.prepare.distributed import prepare_ray
 
     s = cfg.shards
     store = Store(cfg.output_dir)

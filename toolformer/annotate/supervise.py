@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from toolformer.annotate.failures import INFLIGHT, SETUP
-from toolformer.shards import Store
+from toolformer.run.store import Store
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

@@ -50,8 +50,8 @@ def check_store_window(cfg: RunConfig) -> None:
     """On an object store a conditional write (a marker, a failure record, the lease) lands up to
     ``conditional.WRITE_WINDOW_S`` after the fence check before it: the lease's margin must be longer, or a
     write of a driver past its deadline could land after another driver took the run over."""
-    from toolformer.conditional import WRITE_WINDOW_S
-    from toolformer.lease import lease_margin
+    from toolformer.run.conditional import WRITE_WINDOW_S
+    from toolformer.run.lease import lease_margin
 
     out = str(cfg.output_dir or "")
     if "://" not in out or out.startswith("file://"):

@@ -1,4 +1,4 @@
-"""Every config key with its default and the comment beside it in ``schema.py``: what ``toolformer <job> --help``
+"""Every config key with its default and the comment beside it in its schema module: what ``toolformer <job> --help``
 lists and ``python -m jobs.docs`` writes into docs/configuration.md."""
 
 from __future__ import annotations
@@ -15,12 +15,19 @@ def config_reference() -> list[tuple[str, str, str]]:
     import dataclasses
     import inspect
     import io
+    import sys
     import tokenize
 
-    from toolformer.config import ray_schema, schema
+    def sections(cls: type) -> set[str]:  # the modules that define RunConfig and every section under it
+        found = {cls.__module__}
+        for f in dataclasses.fields(cls):
+            value = getattr(cls(), f.name) if f.default is dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(value):
+                found |= sections(type(value))
+        return found
 
     parsed: dict[str, tuple[dict, set, dict]] = {}  # per module: comments, standalone comment lines, field lines
-    for module in (schema, ray_schema):
+    for module in (sys.modules[name] for name in sorted(sections(RunConfig))):
         source = inspect.getsource(module)
         comments = {tok.start[0]: tok.string.lstrip("# ").strip()
                     for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}

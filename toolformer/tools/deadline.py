@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from toolformer.faults import tool_fault
+from toolformer.run.faults import tool_fault
 from toolformer.tools.base import TOOL_EXCEPTION, Tool, ToolRequest, ToolResult
 
 TOOL_TIMEOUT = "tool_timeout"

@@ -58,7 +58,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s tool worker %(process)d %(name)s: %(message)s")
     conn = Connection(fd)
-    from toolformer.faults import tool_fault
+    from toolformer.run.faults import tool_fault
 
     try:
         spec = conn.recv()

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from toolformer.calls import RESULT_PATTERN
-from toolformer.runs import AnnotationRun
+from toolformer.run.parts import AnnotationRun
 
 IGNORE = -100
 
@@ -200,7 +200,7 @@ class Originals:
 def dev_texts(run_uri: str, dev_size: int, seed: int = 0) -> list[str]:
     """Up to ``dev_size`` plain texts (none of C*'s) from a seeded choice of the run's shards, read one shard at a
     time (its texts and its C* part's ids) until there are enough."""
-    from toolformer.cstar import CSTAR_DIR, part_name
+    from toolformer.cstar.merge import CSTAR_DIR, part_name
 
     run = AnnotationRun(run_uri)
     parts = run.parts()

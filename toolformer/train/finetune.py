@@ -26,8 +26,8 @@ def training_datasets(cfg: RunConfig, model_path: str, log: Callable[[str], None
     import pyarrow.parquet as pq
     import ray
 
-    from toolformer.cstar import cstar_files
-    from toolformer.runs import AnnotationRun
+    from toolformer.cstar.merge import cstar_files
+    from toolformer.run.parts import AnnotationRun
     from toolformer.train.data import (Originals, TokenizePack, WithoutCalls, dev_split_ids, dev_texts, fixed_dev,
                                        strip_calls)
 

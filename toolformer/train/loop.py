@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from toolformer.faults import fault_point
+from toolformer.run.faults import fault_point
 
 
 def deepspeed_config(path: str, *, micro_batch: int, accumulation: int, lr: float, warmup_steps: int,

@@ -44,17 +44,14 @@ have landed before another driver may take the run over.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
-
-from toolformer.conditional.base import (CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S, REQUEST_BOUND_S,
+from toolformer.run.conditional.base import (CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S, REQUEST_BOUND_S,
                                          UPDATE_TRIES, WRITE_WINDOW_S, Conditional, StoreFault, StoreUnavailable,
                                          UpdateConflict, VersionedConditional, WriteConflict, parsed)
-from toolformer.conditional.gcs import GCSConditional
-from toolformer.conditional.local import LOCK_WAIT_S, LocalConditional, LockTimeout, flock
-from toolformer.conditional.s3 import S3Conditional, s3_client
+from toolformer.run.conditional.gcs import GCSConditional
+from toolformer.run.conditional.local import LOCK_WAIT_S, LocalConditional, LockTimeout, flock
+from toolformer.run.conditional.s3 import S3Conditional, s3_client
 
-if TYPE_CHECKING:  # only a type here: shards.py uses this package (markers, failure records)
-    from toolformer.shards import Store
+from toolformer.run.store import Store
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()

@@ -10,7 +10,7 @@ more than the lease it replaced: ``_lease.epoch`` keeps the count across release
 - A second driver refuses while the lease is fresh. It takes the lease over when the holder is a dead process on
   the same host, or when the lease has not been renewed for ``ttl_s`` (a driver on a lost node, a paused one). A
   holder on another host is never judged by its pid.
-- Create, renew, take-over and release are compare-and-swap on the holder's token (``toolformer.conditional``): a driver
+- Create, renew, take-over and release are compare-and-swap on the holder's token (``toolformer.run.conditional``): a driver
   never renews or deletes a lease it no longer holds.
 - A driver that has not renewed for ``ttl_s - margin_s`` stops writing (``check`` raises ``LeaseLost``) before
   anyone may take over: the deadline is read from a clock that never jumps and keeps counting while the machine is
@@ -38,8 +38,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from toolformer.conditional import LockTimeout, conditional
-from toolformer.shards import Store
+from toolformer.run.conditional import LockTimeout, conditional
+from toolformer.run.store import Store
 
 LEASE = "_lease.json"
 EPOCH = "_lease.epoch"

@@ -11,7 +11,7 @@ Train in one process for hours are not worth the risk) and its steps write marke
 rerun of the same command skips what is done, also inside a unit. Units run in this order: round 1 of every
 seed with its control (the base model after the first seed), then the ablations, then round 2; a failed unit is
 logged and the run goes on with the units that do not need it. After every unit the report is rewritten
-(``toolformer.math_report``).
+(``toolformer.experiments.math.report``).
 
 The matched control of round r trains on round r's C* texts with the calls taken out, for the same number of
 epochs, from the control of round r-1 (round 1: the base model); the model with calls trains from the model of
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from toolformer.bootstrap import Round, round_config, round_dir
+from toolformer.experiments.bootstrap import Round, round_config, round_dir
 from toolformer.config import RunConfig
 
 # C* options that change only the merge: a setting with one of them off reuses the default setting's annotation

@@ -1,8 +1,8 @@
 """The math experiment's report (issues 28, 33), from what the runs stored: ``results.json`` (per seed, set and
 setting: accuracy, Wilson CI, share of answers with a call, false-call rate, perplexity; per seed the exact McNemar
-test, pooled over seeds the paired permutation test over items (``toolformer.math_paired``); the goals with their
-verdicts (``toolformer.math_goals``); whether every model read the same items; the diagnosis from the item rows
-(``toolformer.math_diagnosis``); the C* options' kept calls and copy-error rates; round 1 against round 2;
+test, pooled over seeds the paired permutation test over items (``toolformer.experiments.paired``); the goals with their
+verdicts (``toolformer.experiments.math.goals``); whether every model read the same items; the diagnosis from the item rows
+(``toolformer.experiments.math.diagnosis``); the C* options' kept calls and copy-error rates; round 1 against round 2;
 timings), ``items.json``, ``math.png`` and the results page ``docs/math.md``. Paths it writes are relative to the
 repository. It reads only stored files, so it can be rerun at any time:
 
@@ -16,11 +16,11 @@ import statistics
 from pathlib import Path
 
 from toolformer.config import RunConfig
-from toolformer.math_diagnosis import diagnose_unit, false_call_diagnosis, generation_copy_errors, load_questions
-from toolformer.math_goals import goals
-from toolformer.math_paired import (BASE, CONTROL, PROMPTED, SETS, TOOLS, comparisons, ids_within, items_check,
+from toolformer.experiments.math.diagnosis import diagnose_unit, false_call_diagnosis, generation_copy_errors, load_questions
+from toolformer.experiments.math.goals import goals
+from toolformer.experiments.paired import (BASE, CONTROL, PROMPTED, SETS, TOOLS, comparisons, ids_within, items_check,
                                     items_warning, mcnemar)
-from toolformer.stats import wilson
+from toolformer.experiments.stats import wilson
 
 __all__ = ["mcnemar", "wilson", "write_report", "collect", "summarize", "generation_copy_errors"]
 
@@ -36,7 +36,7 @@ def cstar_facts(rdir: Path) -> dict:
     """Kept calls, C* texts, calls removed by the result check, and the C* copy-error rate of one round."""
     import pyarrow.parquet as pq
 
-    from toolformer.merge import copy_errors
+    from toolformer.cstar.augment import copy_errors
 
     merge = json.loads((rdir / "merge.json").read_text()) if (rdir / "merge.json").exists() else {}
     compared = wrong = 0
@@ -314,7 +314,7 @@ def store_units(cfg: RunConfig, data: dict, out: Path) -> None:
     if (root / "timeline.jsonl").is_file():  # start, end, phases and load of every unit run
         (out / "timeline.jsonl").write_text(relative_paths((root / "timeline.jsonl").read_text(encoding="utf-8")),
                                             encoding="utf-8")
-        from toolformer.math_plan import measured_rates
+        from toolformer.experiments.plan import measured_rates
 
         rates = measured_rates(cfg, data["timeline"])
         if rates:  # what the next --plan estimates from
@@ -365,7 +365,7 @@ def _run_dir(path: str) -> str:
 def write_report(cfg: RunConfig, results_dir: str | Path = "benchmarks/results/math",
                  docs_path: str | Path = "docs/math.md", questions: dict | None = None) -> dict:
     """results.json, items.json, units/, math.png and the page; ``questions`` as ``collect`` takes them."""
-    from toolformer.math_page import page
+    from toolformer.experiments.math.page import page
 
     data = collect(cfg, questions)
     summary = summarize(cfg, data)

@@ -33,7 +33,7 @@ def _items(task: str, ids: dict[str, str]) -> int:
 
 def estimate(cfg: RunConfig, unit, rates: dict) -> dict[str, float]:
     """Seconds per phase of one unit (an estimate: the key says so in the printed plan)."""
-    from toolformer.experiment import DEFAULT, MERGE_ONLY
+    from toolformer.experiments.experiment import DEFAULT, MERGE_ONLY
 
     b, e = cfg.bootstrap, cfg.eval
     ids = dict(e.task_ids)
@@ -76,7 +76,7 @@ def print_plan(cfg: RunConfig, units: list, rates: dict | None = None) -> float:
 def measured_rates(cfg: RunConfig, timeline: list[dict], base: dict | None = None) -> dict | None:
     """Rates read back from a stored timeline (the units' own phase timings), for the next ``--plan``: annotated
     problems per second, finetune seconds per problem-epoch, evaluated items per second. None without units."""
-    from toolformer.experiment import Unit
+    from toolformer.experiments.experiment import Unit
 
     rates = dict(base or load_rates())
     limit, epochs = cfg.corpus.limit or 0, cfg.train.epochs or 1

@@ -25,8 +25,8 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from toolformer.config import RunConfig, config_hash, to_dict
-from toolformer.faults import fault_point
-from toolformer.round_report import write_round_report
+from toolformer.run.faults import fault_point
+from toolformer.experiments.round_report import write_round_report
 
 
 def round_dir(cfg: RunConfig, r: int) -> Path:
@@ -125,7 +125,7 @@ class Round:
         return {"funnel": stats["funnel"], "docs_skipped": stats.get("docs_skipped") or {}}
 
     def merge(self) -> dict:
-        from toolformer.cstar import run_merge
+        from toolformer.cstar.merge import run_merge
 
         return run_merge(self.cfg.output_dir, self.cfg.merge.max_per_tool, self.cfg)
 

@@ -19,13 +19,13 @@ per object and the marker, created after the outputs, is what makes a shard done
 ``manifest - done - quarantined``, so re-running the same command resumes.
 
 Writes that decide a shard's state (a marker, a failure, a quarantine) can be fenced: ``RunState(..., fence=f)``
-runs each under ``f()`` (``toolformer.lease.Fence.hold``), which refuses it once the run's lease is another
+runs each under ``f()`` (``toolformer.run.lease.Fence.hold``), which refuses it once the run's lease is another
 driver's. The marker is created by one create-if-absent (``conditional.put_if_absent``): a shard is committed
 once, by one attempt. Its outputs are written under names of that attempt and the marker names them, so a writer
 that lost the run (or a slower attempt) can never replace the files of a committed shard; whatever reads a
 committed shard follows its marker (``RunState.output``). An attempt that does not commit deletes its files; one
 that dies first leaves files no marker names, which nothing reads. A marker create that is refused is read back
-first (``toolformer.conditional``): the answer to a put that landed can be lost, and its resend refused by the put itself;
+first (``toolformer.run.conditional``): the answer to a put that landed can be lost, and its resend refused by the put itself;
 only another attempt's marker deletes this attempt's files. A store that keeps the outcome unknown (409 conflicts,
 ``conditional.WriteConflict``) keeps them too: the commit raises, no marker names them, the shard is retried.
 """
@@ -34,100 +34,21 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
-import os
 import traceback
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from toolformer.conditional import conditional
+from toolformer.run.conditional import conditional
+from toolformer.run.store import Store
 
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class Store:
-    """A run directory on a local disk or an object store, through pyarrow's filesystems."""
-
-    def __init__(self, root: str | os.PathLike):
-        root = str(root)
-        self.local = "://" not in root or root.startswith("file://")
-        if self.local:
-            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
-            self.root = str(Path(root.removeprefix("file://")).resolve())
-        else:
-            self.fs, self.root = pafs.FileSystem.from_uri(root)
-        self.uri = root
-
-    def path(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts])
-
-    def exists(self, *parts: str) -> bool:
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
-
-    def read_bytes(self, *parts: str) -> bytes:
-        with self.fs.open_input_stream(self.path(*parts)) as f:
-            return f.read()
-
-    def read_json(self, *parts: str) -> Any:
-        return json.loads(self.read_bytes(*parts))
-
-    def write_bytes(self, data: bytes, *parts: str) -> str:
-        """Readers see the old object or the whole new one, never a part."""
-        target = self.path(*parts)
-        parent = target.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if not self.local:  # an object put is atomic
-            with self.fs.open_output_stream(target) as f:
-                f.write(data)
-            return target
-        tmp = f"{parent}/.{target.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return target
-
-    def write_json(self, obj: Any, *parts: str) -> str:
-        return self.write_bytes(json.dumps(obj, indent=2, default=str).encode(), *parts)
-
-    def write_table(self, table: pa.Table, *parts: str) -> str:
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        return self.write_bytes(buf.getvalue(), *parts)
-
-    def read_table(self, *parts: str) -> pa.Table:
-        return pq.read_table(self.path(*parts), filesystem=self.fs)
-
-    def names(self, *parts: str, suffix: str = "") -> list[str]:
-        """File names directly under a directory (none if it does not exist)."""
-        sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
-        return sorted(
-            i.base_name for i in self.fs.get_file_info(sel)
-            if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith(".")
-        )
-
-    def delete_dir(self, *parts: str) -> None:
-        if self.exists(*parts):
-            self.fs.delete_dir(self.path(*parts))
-
-    def delete_file(self, *parts: str) -> None:
-        if self.exists(*parts):
-            self.fs.delete_file(self.path(*parts))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -202,6 +123,15 @@ def _appended(old: dict | None, shard_id: str, entry: dict) -> dict:
     return {"shard_id": shard_id, "attempts": attempts}
 
 
+@dataclass(frozen=True)
+class Charge:
+    """A failed attempt as ``RunState.record_failure`` recorded it: its id (None: nothing recorded, the shard was
+    committed already) and whether the shard is now quarantined."""
+
+    quarantined: bool
+    attempt: str | None = None
+
+
 class AlreadyCommitted(RuntimeError):
     """The shard's marker exists: another attempt (or driver) committed it; nothing is written twice."""
 
@@ -239,11 +169,10 @@ class RunState:
         return {"total": total, "done": len(done), "pending": total - len(done) - len(quarantined),
                 "failed_retryable": len(self.failed() - done - quarantined), "quarantined": len(quarantined)}
 
-    def record_failure(self, shard_id: str, error: BaseException | str, fatal: bool = False, tb: str = "",
-                       with_id: bool = False) -> Any:
-        """Count a failed attempt; quarantine the shard at ``max_failures`` (or at once when ``fatal``).
-        Returns whether it is now quarantined. A shard already committed is never charged (a late report of an
-        earlier attempt): a shard ends committed or quarantined, not both."""
+    def record_failure(self, shard_id: str, error: BaseException | str, fatal: bool = False, tb: str = "") -> Charge:
+        """Count a failed attempt; quarantine the shard at ``max_failures`` (or at once when ``fatal``). A shard
+        already committed is never charged (a late report of an earlier attempt): a shard ends committed or
+        quarantined, not both."""
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
@@ -251,7 +180,7 @@ class RunState:
             message = error
         with self.fence():
             if self.store.exists(*self._marker(shard_id)):
-                return (False, None) if with_id else False
+                return Charge(quarantined=False)
             attempt = uuid.uuid4().hex[:12]
             entry = {"at": _now(), "id": attempt, "error": message[:2000], "traceback": tb[-20000:]}
             # Conditional on the version read (object stores): a charge written meanwhile is kept, not lost.
@@ -264,8 +193,8 @@ class RunState:
                      "traceback": tb[-20000:], "at": _now()},
                     "quarantine", self.stage, f"{shard_id}.json",
                 )
-                return (True, attempt) if with_id else True
-            return (False, attempt) if with_id else False
+                return Charge(quarantined=True, attempt=attempt)
+            return Charge(quarantined=False, attempt=attempt)
 
     def retract(self, shard_id: str, attempt: str) -> None:
         """Take back one recorded attempt (and the quarantine it caused): it was not the shard's fault."""
@@ -310,7 +239,7 @@ class RunState:
             if step == "outputs":
                 self._discard(files)
             raise  # at the marker (a store fault, a refused fence): its outcome is unknown or nil; files kept
-        if not created:  # read back (toolformer.conditional): the marker there is another attempt's, not this one's
+        if not created:  # read back (toolformer.run.conditional): the marker there is another attempt's, not this one's
             self._discard(files)
             raise AlreadyCommitted(f"{shard_id} was committed by another attempt meanwhile")
         return marker

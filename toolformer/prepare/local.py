@@ -5,7 +5,7 @@ annotate job knows a shard is complete when ``n_texts x tools`` annotation rows 
 
 Two runners write the same shards (ids, bytes, checksums) and the same manifest for the same inputs:
 ``prepare_local`` reads the corpus in one loop in this process (tiny corpora, fsspec ``memory://`` inputs,
-the reference the Ray job is tested against); ``toolformer.prepare_ray.prepare_ray`` reads, deduplicates,
+the reference the Ray job is tested against); ``toolformer.prepare.distributed.prepare_ray`` reads, deduplicates,
 chunks and writes in Ray tasks, resumes a stopped run, and is what ``python -m jobs.prepare`` runs.
 """
 
@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from toolformer.config import RunConfig, config_hash, to_dict
 from toolformer.corpus import SkipLog, corpus_documents, texts_of
 from toolformer.schemas import SHARD, to_table
-from toolformer.shards import Manifest, ShardInfo, Store, sha256_bytes, shard_name
+from toolformer.run.shards import Manifest, ShardInfo, sha256_bytes, shard_name
+from toolformer.run.store import Store
 
 RUNNERS = ("local", "ray")
 
@@ -30,7 +31,7 @@ def prepare(cfg: RunConfig, log: Callable[[str], None] = print, runner: str = "l
     default here, for callers that prepare a small corpus in passing (the annotate job when no manifest exists,
     bootstrap rounds) and may read ``memory://`` inputs; ``jobs.prepare`` runs ``ray``."""
     if runner == "ray":
-        from toolformer.prepare_ray import prepare_ray
+        from toolformer.prepare.distributed import prepare_ray
 
         return prepare_ray(cfg, log)
     if runner != "local":

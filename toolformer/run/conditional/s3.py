@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from toolformer.conditional.base import (CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S, StoreUnavailable,
+from toolformer.run.conditional.base import (CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S, StoreUnavailable,
                                          VersionedConditional, WriteConflict)
 
 _s3_clients: dict = {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolformer.report import format_funnel, format_yields, sum_funnels
-from toolformer.runs import AnnotationRun
+from toolformer.run.parts import AnnotationRun
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _run_facts(run: AnnotationRun) -> dict:
     config = stats.get("config") or config
     corpus = config.get("corpus") or {}
     if run.sharded:
-        from toolformer.shards import Manifest, RunState
+        from toolformer.run.shards import Manifest, RunState
 
         funnel = sum_funnels(s["funnel"] for s in RunState(store, "annotate").stats())
         manifest = Manifest.load(store)

@@ -1,4 +1,4 @@
-"""docs/math.md from the math experiment's summary (``toolformer.math_report``): generated, never edited by hand;
+"""docs/math.md from the math experiment's summary (``toolformer.experiments.math.report``): generated, never edited by hand;
 the hand-written reading of the results lives in ``benchmarks/results/math/notes.md`` and is included as it is."""
 
 from __future__ import annotations

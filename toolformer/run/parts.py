@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolformer.shards import Manifest, RunState, Store
+from toolformer.run.shards import Manifest, RunState
+from toolformer.run.store import Store
 
 LOCAL_PART = "local"  # the shard id a single-process run's one part goes by
 

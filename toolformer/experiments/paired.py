@@ -2,13 +2,13 @@
 
 Per seed: the exact McNemar test (two-sided, binomial on the discordant pairs) and Wilson intervals, on the items
 both settings answered. Pooled over seeds: the paired sign-flip permutation test over ITEMS
-(``toolformer.stats.paired_permutation_p``) on d_i = mean over seeds of right with tools - mean over seeds of
+(``toolformer.experiments.stats.paired_permutation_p``) on d_i = mean over seeds of right with tools - mean over seeds of
 right with the other setting (the base rows: their one answer), so the seeds' copies of an item are never counted
 as independent items. ``data["right"]`` maps unit -> setting -> set -> {item id: right}."""
 
 from __future__ import annotations
 
-from toolformer.stats import mcnemar_p, paired_permutation_p, seed_mean_differences, wilson
+from toolformer.experiments.stats import mcnemar_p, paired_permutation_p, seed_mean_differences, wilson
 
 SETS = ("asdiv", "svamp", "mawps")
 TOOLS, CONTROL, BASE, PROMPTED = "finetuned + tools", "baseline-finetuned", "base", "base + tools (prompted)"

@@ -29,7 +29,7 @@ def numbers(text: str) -> list[float]:
 def generation_copy_errors(rows: list[dict]) -> dict:
     """In generations with a Calculator call that returned a number: how often the next number the model then
     wrote disagrees with the result (the pattern C* taught: ``-> 0.62] 62``)."""
-    from toolformer.merge import result_agrees
+    from toolformer.cstar.augment import result_agrees
 
     compared = wrong = 0
     for r in rows:

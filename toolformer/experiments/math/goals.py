@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from toolformer.math_paired import BASE, CONTROL, MCNEMAR, PROMPTED, TOOLS
+from toolformer.experiments.paired import BASE, CONTROL, MCNEMAR, PROMPTED, TOOLS
 
 PER_SEED_POINTS, PER_SEED_SET = 10.0, "asdiv"
 POOLED_POINTS, POOLED_SET = 5.0, "svamp"

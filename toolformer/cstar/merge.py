@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from toolformer.merge import BEST, augment, best_gains, in_position_set, kept_candidates, result_check, top_per_tool
-from toolformer.runs import AnnotationRun, RunPart
-from toolformer.shards import Store
+from toolformer.cstar.augment import BEST, augment, best_gains, in_position_set, kept_candidates, result_check, top_per_tool
+from toolformer.run.parts import AnnotationRun, RunPart
+from toolformer.run.store import Store
 
 CSTAR_DIR = "cstar"
 FAN_IN = 8  # top-k tables merged per reduce task: memory stays within FAN_IN x max_per_tool x tools rows
@@ -195,7 +195,7 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
                "calls_per_tool": dict(sorted(per_tool.items())), "max_per_tool": max_per_tool, "checks": checks,
                "result_check": check, "position_set": position_set,
                **run.info(), "seconds": round(time.perf_counter() - t0, 2)}
-    from toolformer.card import write_card
+    from toolformer.cstar.card import write_card
 
     write_card(store.uri, summary, CSTAR_DIR)  # cstar/README.md: YAML header, sources, licences, funnel
     store.write_json(summary, "merge.json")

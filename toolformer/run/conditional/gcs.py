@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolformer.conditional.base import (CONNECT_TIMEOUT_S, READ_TIMEOUT_S, REQUEST_BOUND_S, UPDATE_TRIES,
+from toolformer.run.conditional.base import (CONNECT_TIMEOUT_S, READ_TIMEOUT_S, REQUEST_BOUND_S, UPDATE_TRIES,
                                          UpdateConflict, VersionedConditional, WriteConflict)
 
 _gcs_clients: dict = {}

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 
 from toolformer.config import RunConfig
 from toolformer.report import yields
-from toolformer.shards import Manifest, RunState, Store
-from toolformer.stats import mcnemar_p, wilson
+from toolformer.run.shards import Manifest, RunState
+from toolformer.run.store import Store
+from toolformer.experiments.stats import mcnemar_p, wilson
 
 PAPER_TAU_S = 0.05
 

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Iterator
 
-from toolformer.conditional.base import Conditional, _same, parsed
+from toolformer.run.conditional.base import Conditional, _same, parsed
 
 LOCK_WAIT_S = 30.0  # how long a driver waits for another one inside a critical section (a few file operations)
 

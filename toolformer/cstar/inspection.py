@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from toolformer.calls import Call, linearize
-from toolformer.merge import kept_candidates
-from toolformer.runs import AnnotationRun
+from toolformer.cstar.augment import kept_candidates
+from toolformer.run.parts import AnnotationRun
 from toolformer.tools import tool_class
 
 _WORD = re.compile(r"\S+")

@@ -20,7 +20,8 @@ from toolformer.corpus.decontaminate import check_for
 from toolformer.corpus.readers import input_records
 from toolformer.corpus.records import Document, SkipLog, _Skip, field_paths, record_to_document
 from toolformer.schemas import SHARD, to_table
-from toolformer.shards import ShardInfo, Store, sha256_bytes
+from toolformer.run.shards import ShardInfo, sha256_bytes
+from toolformer.run.store import Store
 
 
 WORK = "_prepare"

@@ -1,7 +1,7 @@
 """Prepare as a Ray job: the corpus read, deduplicated, chunked and written to shards by Ray tasks; resumable.
 
 It writes the same shards (ids, bytes, sha256) and the same manifest (skips per reason with their examples,
-inputs, counts) as ``toolformer.prepare.prepare_local``, which reads the corpus in one loop: shards hold
+inputs, counts) as ``toolformer.prepare.local.prepare_local``, which reads the corpus in one loop: shards hold
 ``shards.docs_per_shard`` unique valid documents in global read order (spanning inputs), ``corpus.offset`` and
 ``corpus.limit`` count unique valid documents in that order, and a document id seen at an earlier place is a
 duplicate (first occurrence wins). Work and markers live under ``<output_dir>/_prepare/``:
@@ -35,10 +35,11 @@ from typing import Any, Callable, Iterable
 
 from toolformer.config import RunConfig, config_hash, to_dict
 from toolformer.corpus.readers import corpus_inputs
-from toolformer.prepare_tasks import (  # noqa: F401 - re-exported: the tasks live there
+from toolformer.prepare.tasks import (  # noqa: F401 - re-exported: the tasks live there
     INPUTS_PER_BUCKET, MAX_BUCKETS, MAX_EXAMPLES, PLAN_VERSION, RECORD, WORK, _name, _shard_plan_key, _tokenizer,
     dedup_bucket, kth_unique, merge_skips, scan_input, skips_before, write_shard)
-from toolformer.shards import Manifest, ShardInfo, Store, shard_name
+from toolformer.run.shards import Manifest, ShardInfo, shard_name
+from toolformer.run.store import Store
 
 STOP_AFTER_ENV = "TOOLFORMER_FAULT_PREPARE_STOP_AFTER"
 TASK_TIMEOUT_S = 3600  # a prepare task reads one input or writes one shard: far less than this
@@ -61,7 +62,7 @@ def _remote(fn: Callable, num_cpus: float = 1):
 
 def _stop_fault(done_here: int) -> bool:
     """Fault hook for the resume tests: stop the driver after this many inputs were scanned in this run."""
-    from toolformer.faults import fire_once
+    from toolformer.run.faults import fire_once
 
     after = os.environ.get(STOP_AFTER_ENV)
     return bool(after) and done_here >= int(after) and fire_once(
@@ -298,7 +299,7 @@ def prepare_ray(cfg: RunConfig, log: Callable[[str], None] = print, keep_work: b
     (``lease``, or one of its own): one driver prepares a run, and one that lost the lease writes no manifest."""
     import ray
 
-    from toolformer.lease import Lease
+    from toolformer.run.lease import Lease
 
     store = Store(cfg.output_dir)
     if store.exists("manifest.json"):

@@ -1,6 +1,6 @@
 """What every conditional write follows, on any store: the bounds of one write, the errors of the store, the
 generic read-compare-write, and the versioned compare-and-swap that S3 and GCS share (the rules in
-``toolformer/conditional/__init__.py``)."""
+``toolformer/run/conditional/__init__.py``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
-if TYPE_CHECKING:  # only a type here: shards.py uses this package (markers, failure records)
-    from toolformer.shards import Store
+from toolformer.run.store import Store
 
 UPDATE_TRIES = 8  # conditional read-change-write rounds, or 409 conflicts in a row, before giving up
 
