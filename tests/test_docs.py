@@ -265,8 +265,8 @@ def test_every_module_path_named_in_the_docs_exists(page):
 def test_the_module_check_finds_a_moved_module(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("The lease (`toolformer/run/lease.py`, `toolformer.run.lease.Lease`, `annotate/passes.py`) and "
-                    "`toolformer/run/lease.py`, `toolformer.run.shards.RunState`, `toolformer.run.lease.Nope`, "
+                    "`toolformer/leases.py`, `toolformer.shard.RunState`, `toolformer.run.lease.Nope`, "
                     "`cstar/merged.py`, `jobs/nope.py`.")
     assert missing_modules(page) == [
-        "page.md: toolformer/run/lease.py", "page.md: cstar/merged.py", "page.md: jobs/nope.py",
-        "page.md: toolformer.run.shards.RunState", "page.md: toolformer.run.lease.Nope (Nope is not in toolformer/run/lease.py)"]
+        "page.md: toolformer/leases.py", "page.md: cstar/merged.py", "page.md: jobs/nope.py",
+        "page.md: toolformer.shard.RunState", "page.md: toolformer.run.lease.Nope (Nope is not in toolformer/run/lease.py)"]
