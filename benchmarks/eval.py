@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
-from benchmarks.harness import REPO
+from benchmarks.harness import REPO, finish
 from toolformer.paths import shared_data
 
 RESULTS = REPO / "benchmarks" / "results" / "eval.json"
@@ -56,12 +54,7 @@ def run(args) -> dict:
     if same < len(examples):
         result["first_difference"] = next({"prompt_tail": p[-200:], "batched": a.text, "one_at_a_time": b.text}
                                           for p, a, b in zip(prompts, batched, single) if a.text != b.text)
-    checks = check(result)
-    result.update(checks=checks, ok=all(checks.values()))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return result
+    return finish(result, check(result), args.out)
 
 
 def add_arguments(ev) -> None:

@@ -83,3 +83,12 @@ def timed_job(args: list[str], env: dict | None = None) -> tuple[float, str]:
     if proc.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     return time.perf_counter() - t0, proc.stdout
+
+
+def finish(result: dict, checks: dict[str, bool], out: str | None) -> dict:
+    """A benchmark's result with its checks and ``ok`` (all of them true), also written to ``out`` when given."""
+    result.update(checks=checks, ok=all(checks.values()))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result

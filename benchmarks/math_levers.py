@@ -22,10 +22,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 from benchmarks.annotate import _pipeline, _summary
-from benchmarks.harness import REPO
+from benchmarks.harness import REPO, finish
 
 LEVERS = {  # name → overrides on top of the experiment's settings
     "free": ["annotate.call_syntax=free"],
@@ -125,11 +124,7 @@ def run(args) -> dict:
             n: (round(v["kept_per_1k_sampled_tokens"] / free, 2) if free else None) for n, v in result["levers"].items()}
     finally:
         engine.close()
-    result.update(checks=checks, ok=all(checks.values()))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return result
+    return finish(result, checks, args.out)
 
 
 def _round1_checkpoint() -> str | None:

@@ -82,6 +82,26 @@ def _bench_passages():
             yield {**p, "id": f"{p['id']}~{copy}", "title": p["title"] if copy == 0 else f"{p['title']} ({copy})"}
 
 
+def lama_index(index_dir: Path) -> dict:
+    """The LAMA index (every shipped LAMA evidence passage, and a Wikipedia sample beside them) in ``index_dir``:
+    built, or reused when an earlier run in the same work folder finished it; what it holds."""
+    from toolformer.tools.index_build import IndexConfig, build_index
+    from toolformer.tools.passages import read_passages
+
+    wp = shared_data() / "wiki_passages"
+    files = [str(wp / "lama_google_re_snippets.jsonl"), str(wp / "lama_trex_evidence_sentences.jsonl.gz"),
+             str(wp / "flashrag_wiki18_100w_sample.tsv")]
+    t0 = time.perf_counter()
+    if (index_dir / "index.json").is_file():  # finished by an earlier run in this --work-dir
+        meta = json.loads((index_dir / "index.json").read_text())
+        out = {"passages": meta["passages"], "reused_from_earlier_run": True}
+    else:
+        meta = build_index(read_passages(files), index_dir, IndexConfig(), sources=["lama"])
+        out = {"passages": meta["passages"], "seconds": round(time.perf_counter() - t0, 1)}
+    out["expected_passages"] = sum(1 for _ in read_passages(files))  # what it was given
+    return out
+
+
 def run(args) -> dict:
     import multiprocessing as mp
     import random
@@ -94,7 +114,6 @@ def run(args) -> dict:
     from toolformer.evaluation.lama import google_re_facts, trex_facts
     from toolformer.tools import ToolRequest, build_tool
     from toolformer.tools.index import Retriever
-    from toolformer.tools.index_build import IndexConfig, build_index
 
     data = shared_data()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="toolformer-bench-tools-"))
@@ -120,20 +139,8 @@ def run(args) -> dict:
     result["index_build"] = builds
 
     # Retrieval quality: all shipped LAMA evidence passages indexed, queries from the facts' templates.
-    wp = data / "wiki_passages"
     index_dir = work / "lama"
-    from toolformer.tools.passages import read_passages
-
-    lama_files = [str(wp / "lama_google_re_snippets.jsonl"), str(wp / "lama_trex_evidence_sentences.jsonl.gz"),
-                  str(wp / "flashrag_wiki18_100w_sample.tsv")]
-    t0 = time.perf_counter()
-    if (index_dir / "index.json").is_file():  # finished by an earlier run in this --work-dir
-        meta = json.loads((index_dir / "index.json").read_text())
-        result["lama_index"] = {"passages": meta["passages"], "reused_from_earlier_run": True}
-    else:
-        meta = build_index(read_passages(lama_files), index_dir, IndexConfig(), sources=["lama"])
-        result["lama_index"] = {"passages": meta["passages"], "seconds": round(time.perf_counter() - t0, 1)}
-    result["lama_index"]["expected_passages"] = sum(1 for _ in read_passages(lama_files))  # what it was given
+    result["lama_index"] = lama_index(index_dir)
     rng = random.Random(0)
     facts = {"google_re": [f for f in google_re_facts(data) if f.gold_passages],
              "trex": [f for f in trex_facts(data) if f.gold_passages]}

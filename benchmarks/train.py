@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks.harness import REPO, timed_job
+from benchmarks.harness import REPO, finish, timed_job
 
 RESULTS = REPO / "benchmarks" / "results" / "train.json"
 LOSS_TOLERANCE = 1e-3  # nats: ZeRO partitions optimizer state, gradients and parameters, not the arithmetic
@@ -77,12 +77,7 @@ def run(args) -> dict:
             "peak_rss_mb_per_worker": round(final["peak_rss_mb_worker"]),
             "fit_seconds": summary["seconds"], "job_seconds": round(t, 1), "final_train_loss": round(final["train_loss"], 4),
         }
-    checks = check(result)
-    result.update(checks=checks, ok=all(checks.values()))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return result
+    return finish(result, check(result), args.out)
 
 
 def add_arguments(tr) -> None:

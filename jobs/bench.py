@@ -9,6 +9,7 @@
     python -m jobs.bench soak          # chaos soak: faults on a 3-node loopback Ray cluster; nothing lost, output unchanged
     python -m jobs.bench first_try     # unseen web pages, one tool at a time, 2-document shards: finishes on its first try
     python -m jobs.bench math_levers   # the math corpus: kept Calculator calls per 1k sampled tokens, lever by lever
+    python -m jobs.bench qa_ceiling    # the QA tool alone on held-out LAMA facts, cloze and question forms
     python cluster/gpu_bench_train.py  # (GPU machine) 1B Llama-shaped model, ZeRO-2: tokens/s, MFU
 
 A benchmark whose checks fail exits with status 1 after printing its JSON.
@@ -23,7 +24,7 @@ from typing import Sequence
 
 from jobs.cli import offline_by_default
 
-BENCHMARKS = ("annotate", "tools", "ray", "scale", "train", "eval", "soak", "first_try", "math_levers")
+BENCHMARKS = ("annotate", "tools", "ray", "scale", "train", "eval", "soak", "first_try", "math_levers", "qa_ceiling")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

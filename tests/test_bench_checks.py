@@ -77,11 +77,26 @@ def test_tools_checks_fail_a_broken_component():
     assert "lama_index_indexed_every_passage" in _failing(tools_bench.check({}))
 
 
+def test_qa_ceiling_checks_fail_when_a_held_out_fact_was_not_asked_or_a_dev_fact_is_held_out():
+    from benchmarks import qa_ceiling
+
+    facts = {"trex_held_out": 560, "google_re_held_out": 300, "dev_in_held_out": 0}
+    held = {f"{n}_{form}": {"facts": facts[f"{n}_held_out"], "answered": 10}
+            for n in ("trex", "google_re") for form in ("cloze", "question")}
+    assert all(qa_ceiling.check({"facts": facts, "held_out": held}).values())
+    short = {**held, "trex_cloze": {"facts": 559, "answered": 10}}
+    assert _failing(qa_ceiling.check({"facts": facts, "held_out": short})) == {"trex_cloze_every_held_out_fact_asked"}
+    silent = {**held, "google_re_question": {"facts": 300, "answered": 0}}
+    assert _failing(qa_ceiling.check({"facts": facts, "held_out": silent})) == {"google_re_question_reader_answered"}
+    leaky = {**facts, "dev_in_held_out": 1}
+    assert _failing(qa_ceiling.check({"facts": leaky, "held_out": held})) == {"dev_facts_are_training_facts"}
+
+
 def test_each_benchmark_writes_its_json_under_benchmarks_results_by_default():
-    from benchmarks import math_levers
+    from benchmarks import math_levers, qa_ceiling
 
     for module, name in ((eval_bench, "eval"), (train_bench, "train"), (tools_bench, "tools"),
-                         (math_levers, "math_levers")):
+                         (math_levers, "math_levers"), (qa_ceiling, "qa_ceiling")):
         parser = argparse.ArgumentParser()
         module.add_arguments(parser)
         assert parser.parse_args([]).out == str(REPO / "benchmarks" / "results" / f"{name}.json")

@@ -22,8 +22,32 @@ def asdiv_file(path: Path, task: str = "asdiv") -> list[Example]:
         if not re.fullmatch(r"-?[\d,]*\.?\d+", answer):
             continue
         text = f"{(p.findtext('Body') or '').strip()} {(p.findtext('Question') or '').strip()}"
-        out.append(Example(task, p.get("ID"), text, [answer.replace(",", "")], "math"))
+        meta = {"grade": p.get("Grade"), "operation": (p.findtext("Solution-Type") or "").strip() or None}
+        out.append(Example(task, p.get("ID"), text, [answer.replace(",", "")], "math", meta=meta))
     return out
+
+
+def stratified_order(examples: list[Example], keys: tuple[str, ...] = ("grade", "operation"),
+                     seed: int = 0) -> list[Example]:
+    """The examples in a seeded order whose every prefix is a sample stratified on ``keys`` (their ``meta``):
+    each stratum's first example comes before any stratum's second (a prefix as long as the strata covers every
+    one), then each stratum's k-th example sits at (k + u) / n_stratum of the way (u: a seeded offset per
+    stratum), so a prefix of any length holds each stratum in proportion. Within a stratum the order is a hash of
+    (seed, id): the same examples for the same seed whatever the file order, never the file's order itself."""
+    import hashlib
+
+    def h(*parts) -> int:
+        return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+    strata: dict[tuple, list[Example]] = {}
+    for e in examples:
+        strata.setdefault(tuple(e.meta.get(k) for k in keys), []).append(e)
+    placed = []
+    for key, items in strata.items():
+        items = sorted(items, key=lambda e: h(seed, e.uid))
+        u = h(seed, "stratum", *key) / 16**12
+        placed += [((k > 0, (k + u) / len(items), h(seed, e.uid)), e) for k, e in enumerate(items)]
+    return [e for _, e in sorted(placed, key=lambda pe: pe[0])]
 
 
 def svamp_file(path: Path, task: str = "svamp") -> list[Example]:
