@@ -206,10 +206,11 @@ class VersionedConditional(Conditional):
         return self._retrying(name, lambda: self._remove(name, seen.get("_version")), time.monotonic())
 
     def update_json(self, name: str, change: Callable[[Any], Any]) -> Any:
-        began = time.monotonic()
+        began, lost = time.monotonic(), 0
         for attempt in range(UPDATE_TRIES):  # bounded: a round is lost only to another writer's write
             if attempt and time.monotonic() + 2 * REQUEST_BOUND_S > began + WRITE_WINDOW_S:
                 break  # another round (a read and a write) could end past the write's window
+            lost = attempt + 1
             got = self._get(name)
             new = change(None if got is None else json.loads(got[0]))
             version = None if got is None else got[1]
@@ -219,4 +220,5 @@ class VersionedConditional(Conditional):
             elif self._write(name, _dump(new), version, began):
                 return new
             time.sleep(0.05 * (attempt + 1))
-        raise UpdateConflict(f"{self.store.path(name)}: changed by other writers {attempt + 1} times in a row")
+        raise UpdateConflict(f"{self.store.path(name)}: changed by other writers {lost} times in a row (the write's "
+                             f"window is {WRITE_WINDOW_S:g} s)")
