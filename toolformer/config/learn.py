@@ -57,8 +57,8 @@ class EvalConfig:
         "lama_squad", "lama_google_re", "lama_trex", "asdiv", "svamp", "mawps", "webquestions", "nq", "triviaqa",
         "mlqa", "dateset", "trex_temporal_templates"])
     templama_path: Optional[str] = None  # the real TempLAMA JSONL (task "templama"); not shipped here
-    # A task's file instead of the shipped one, same format (asdiv, svamp, mawps, templama): e.g.
-    # {mawps: /data/mawps_full.json} for the full MAWPS or a split of your own.
+    # A task's file instead of the shipped one, same format (asdiv, svamp, mawps, templama; dateset: a JSONL of
+    # question, answers, today): e.g. {mawps: /data/mawps_full.json} for the full MAWPS or a split of your own.
     task_paths: dict[str, str] = field(default_factory=dict)
     limit: Optional[int] = 200  # examples per task (a seeded sample); None: all
     data_dir: Optional[str] = None  # the evaluation files; None: $TOOLFORMER_SHARED_DATA or ../shared/data

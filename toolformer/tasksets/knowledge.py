@@ -117,6 +117,23 @@ def dateset(n: int = 500, seed: int = 0) -> list[Example]:
     return out
 
 
+def dateset_file(path: Path) -> list[Example]:
+    """A date set from a JSONL file (``eval.task_paths.dateset``), one question a line: ``question``, ``answers``
+    (a list, or one string), ``today`` (ISO date: what the Calendar returns for it) and an optional ``id`` (else
+    the line number). Any set of date questions can then be evaluated as Dateset is."""
+    out = []
+    for i, r in enumerate(read_jsonl(path)):
+        missing = [k for k in ("question", "answers", "today") if k not in r]
+        if missing:
+            raise ValueError(f"{path}: line {i + 1} has no {', '.join(missing)} (a date question needs question, "
+                             "answers and today)")
+        dt.date.fromisoformat(r["today"])  # a clear error on a date that is not one
+        answers = [r["answers"]] if isinstance(r["answers"], str) else [str(a) for a in r["answers"]]
+        out.append(Example("dateset", str(r.get("id", i)), r["question"], answers, "temporal", ALL_TOOLS,
+                           {"today": r["today"]}))
+    return out
+
+
 def trex_temporal_templates(data: Path) -> list[Example]:
     """TempLAMA's relation templates filled with the T-REx facts of the same relations (P39, P108, P127 are
     shipped). NOT TempLAMA: the gold is the T-REx object, with no time stamp, and the item is asked "as of"

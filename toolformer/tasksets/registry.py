@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from toolformer.tasksets.files import ALL_TOOLS, MLQA_LANGS, Example, _without
-from toolformer.tasksets.knowledge import (dateset, lama_google_re, lama_squad, lama_trex, mlqa, mlqa_de, nq, templama,
-                                           trex_temporal_templates, triviaqa, webquestions)
+from toolformer.tasksets.knowledge import (dateset, dateset_file, lama_google_re, lama_squad, lama_trex, mlqa, mlqa_de,
+                                           nq, templama, trex_temporal_templates, triviaqa, webquestions)
 from toolformer.tasksets.math import arithmetic, asdiv, math_file, mawps, read_ids, svamp
 
 
@@ -29,10 +29,11 @@ BUILTIN = ("dateset", "arithmetic")
 
 
 # Tasks read from one file, which ``eval.task_paths.<task>`` can replace: a math task any math file (its format
-# told by its content), TempLAMA its JSONL.
+# told by its content), TempLAMA its JSONL, Dateset a JSONL of date questions (question, answers, today).
 FILE_LOADERS: dict[str, Callable[[Path], list[Example]]] = {
     **{task: functools.partial(math_file, task=task) for task in ("asdiv", "svamp", "mawps")},
     "templama": templama,
+    "dateset": dateset_file,
 }
 
 
