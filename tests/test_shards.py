@@ -85,3 +85,12 @@ def test_markers_failures_and_quarantine(tmp_path):
     assert state.committed_outputs(m, "annotations") == [store.path(committed)]
     # No temporary files are left behind by the atomic writes.
     assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_a_prepared_run_keeps_its_manifest_whatever_the_config_asks_now(tmp_path):
+    store, said = Store(tmp_path / "run"), []
+    assert Manifest.prepared(store, "abc", said.append) is None  # not prepared yet
+    Manifest(shards=[], docs_per_shard=4, config_hash="abc").save(store)
+    assert Manifest.prepared(store, "abc", said.append).docs_per_shard == 4 and said == []
+    assert Manifest.prepared(store, "xyz", said.append).config_hash == "abc"
+    assert said == [f"note: {store.uri} was prepared with config abc; keeping its shards"]

@@ -302,10 +302,7 @@ def prepare_ray(cfg: RunConfig, log: Callable[[str], None] = print, keep_work: b
     from toolformer.run.lease import Lease
 
     store = Store(cfg.output_dir)
-    if store.exists("manifest.json"):
-        manifest = Manifest.load(store)
-        if manifest.config_hash != config_hash(cfg):
-            log(f"note: {store.uri} was prepared with config {manifest.config_hash}; keeping its shards")
+    if (manifest := Manifest.prepared(store, config_hash(cfg), log)) is not None:
         return manifest
     s = cfg.shards
     own = None if lease is not None else Lease(store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=log,

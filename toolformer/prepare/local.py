@@ -52,10 +52,7 @@ def prepare_local(cfg: RunConfig, log: Callable[[str], None] = print) -> Manifes
     from toolformer.models import resolve_model
 
     store = Store(cfg.output_dir)
-    if store.exists("manifest.json"):
-        manifest = Manifest.load(store)
-        if manifest.config_hash != config_hash(cfg):
-            log(f"note: {store.uri} was prepared with config {manifest.config_hash}; keeping its shards")
+    if (manifest := Manifest.prepared(store, config_hash(cfg), log)) is not None:
         return manifest
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name_or_path, cfg.model.cache_dir))
     skips = SkipLog()

@@ -100,6 +100,17 @@ class Manifest:
         data["shards"] = [ShardInfo(**s) for s in data["shards"]]
         return cls(**data)
 
+    @classmethod
+    def prepared(cls, store: Store, config_hash: str, log: Callable[[str], None]) -> "Manifest | None":
+        """The run's manifest when it was prepared already (kept whatever config asks now: a run's shards never
+        change under it), None when it was not."""
+        if not store.exists("manifest.json"):
+            return None
+        manifest = cls.load(store)
+        if manifest.config_hash != config_hash:
+            log(f"note: {store.uri} was prepared with config {manifest.config_hash}; keeping its shards")
+        return manifest
+
     def save(self, store: Store) -> None:
         """Written once, by one create-if-absent: a run's shards never change under it (prepare into a new
         directory instead)."""
