@@ -83,23 +83,10 @@ def _bench_passages():
 
 
 def lama_index(index_dir: Path) -> dict:
-    """The LAMA index (every shipped LAMA evidence passage, and a Wikipedia sample beside them) in ``index_dir``:
-    built, or reused when an earlier run in the same work folder finished it; what it holds."""
-    from toolformer.tools.index_build import IndexConfig, build_index
-    from toolformer.tools.passages import read_passages
+    """The LAMA index in ``index_dir`` (built, or reused when an earlier run in the same work folder finished it)."""
+    from toolformer.experiments.multitool.index import lama_index as build
 
-    wp = shared_data() / "wiki_passages"
-    files = [str(wp / "lama_google_re_snippets.jsonl"), str(wp / "lama_trex_evidence_sentences.jsonl.gz"),
-             str(wp / "flashrag_wiki18_100w_sample.tsv")]
-    t0 = time.perf_counter()
-    if (index_dir / "index.json").is_file():  # finished by an earlier run in this --work-dir
-        meta = json.loads((index_dir / "index.json").read_text())
-        out = {"passages": meta["passages"], "reused_from_earlier_run": True}
-    else:
-        meta = build_index(read_passages(files), index_dir, IndexConfig(), sources=["lama"])
-        out = {"passages": meta["passages"], "seconds": round(time.perf_counter() - t0, 1)}
-    out["expected_passages"] = sum(1 for _ in read_passages(files))  # what it was given
-    return out
+    return build(index_dir)
 
 
 def run(args) -> dict:

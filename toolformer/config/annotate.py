@@ -96,3 +96,7 @@ class MergeConfig:
     max_per_tool: int = 25_000
     # With annotate.position_sets: the one set whose candidates C* takes; None: every candidate.
     position_set: Optional[str] = None
+    # Texts without a kept call stay in C* as they are: the paper's C* ("the exact same texts as C" apart from the
+    # calls, DESIGN §1.4), which shows the model where calling nothing is right. False (the default the stored runs
+    # were made with) keeps only texts with a call: a smaller, faster finetune that never sees an uncalled text.
+    keep_uncalled: bool = False

@@ -122,3 +122,15 @@ class BootstrapConfig:
     # eval.task_ids replaced for every unit but round 1's default models and the base rows (e.g. a fixed subset
     # of SVAMP for the ablations and round 2, stated in the report), so the main comparisons keep the full sets.
     secondary_task_ids: dict[str, str] = field(default_factory=dict)
+    # Which report the experiment writes (toolformer/experiments/<report>/): math | multitool.
+    report: str = "math"
+    # Round 1 of every seed merges the first seed's annotation instead of sampling its own: the seeds then differ
+    # in training order only (the page says so); what lets three seeds fit the time a small machine has.
+    share_annotation: bool = False
+    # The corpus built from several sources before the first unit (toolformer/experiments/multitool/sources.py),
+    # texts per source: {math: 120, facts: 150, dated: 30, plain: 30}; written to corpus.paths' one corpus.jsonl.
+    sources: dict[str, int] = field(default_factory=dict)
+    sources_seed: int = 0  # the sample of every source: the same texts for every seed
+    # The LAMA index (every LAMA evidence passage and a Wikipedia sample), built here once when set: the folder
+    # the QA tool's options name (annotate.tool_options.QA.index_dir).
+    lama_index: Optional[str] = None

@@ -87,9 +87,17 @@ def to_dict(cfg: RunConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 
+# Keys added after runs were stored, with the value those runs had: left out of the hash at that value, so a stored
+# run still matches its config (a config that sets a new value hashes it).
+ADDED_KEYS = {("merge", "keep_uncalled"): False}
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Hash of the settings that change outputs (the run name and output place do not)."""
     data = to_dict(cfg)
+    for (section, key), old in ADDED_KEYS.items():
+        if data.get(section, {}).get(key, old) == old:
+            data.get(section, {}).pop(key, None)
     # Where and how it runs does not change what it computes.
     for key in ("name", "output_dir", "ray", "train", "eval", "bootstrap"):
         data.pop(key, None)

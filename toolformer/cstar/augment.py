@@ -1,7 +1,8 @@
 """The augmented corpus C* (DESIGN §1.4), as Arrow steps on one part of a run at a time.
 
 Surviving calls of all tools are inserted into their text at their positions, one call per position (the
-larger gain wins), several per text when several survive. Texts without a surviving call are dropped. At most
+larger gain wins), several per text when several survive. Texts without a surviving call are dropped, or kept
+as they are (``keep_uncalled``: the paper's C*, "the exact same texts as C" apart from the calls). At most
 ``max_per_tool`` texts per tool carry that tool's calls: those where its best gain is largest (ties: the
 smaller text id). ``cstar.py`` runs these steps over a whole run with Ray tasks.
 """
@@ -155,19 +156,21 @@ def insert_calls(text: str, cands: list[dict]) -> tuple[str, list[dict]]:
     return "".join(pieces), calls
 
 
-def augment(texts: pa.Table, kept: pa.Table, allowed: pa.Table, shard_id: str) -> pa.Table:
-    """C* rows of one part: its texts (in their order) with the kept calls of the allowed (tool, text) pairs."""
-    if kept.num_rows == 0 or allowed.num_rows == 0:
-        return CSTAR.empty_table()
-    calls = kept.join(allowed.select(["tool", "text_id"]), keys=["tool", "text_id"], join_type="inner")
-    if calls.num_rows == 0:
-        return CSTAR.empty_table()
+def augment(texts: pa.Table, kept: pa.Table, allowed: pa.Table, shard_id: str,
+            keep_uncalled: bool = False) -> pa.Table:
+    """C* rows of one part: its texts (in their order) with the kept calls of the allowed (tool, text) pairs;
+    with ``keep_uncalled`` every text of ``texts``, those without an allowed call exactly as they are."""
     by_text: dict[str, list[dict]] = {}
-    for c in calls.to_pylist():
-        by_text.setdefault(c["text_id"], []).append(c)
-    mine = texts.filter(pc.is_in(texts.column("text_id"), value_set=pa.array(list(by_text))))
+    if kept.num_rows and allowed.num_rows:
+        calls = kept.join(allowed.select(["tool", "text_id"]), keys=["tool", "text_id"], join_type="inner")
+        for c in calls.to_pylist():
+            by_text.setdefault(c["text_id"], []).append(c)
+    if not by_text and not keep_uncalled:
+        return CSTAR.empty_table()
+    mine = texts if keep_uncalled else texts.filter(
+        pc.is_in(texts.column("text_id"), value_set=pa.array(list(by_text), pa.string())))
     rows = []
     for tid, doc_id, text in zip(*(mine.column(c).to_pylist() for c in ("text_id", "doc_id", "text"))):
-        new, inserted = insert_calls(text, by_text[tid])
+        new, inserted = insert_calls(text, by_text[tid]) if tid in by_text else (text, [])
         rows.append(dict(text_id=tid, doc_id=doc_id, shard_id=shard_id, text=new, n_calls=len(inserted), calls=inserted))
     return pa.Table.from_pylist(rows, schema=CSTAR)

@@ -79,26 +79,28 @@ def _rejections(store: Store, part: RunPart, position_set: str | None = None) ->
 
 
 def write_part(run_uri: str, part: RunPart, allowed: pa.Table, check: bool = False,
-               position_set: str | None = None) -> dict:
-    """Join the part's allowed kept calls with its texts, write its C* file; counts for merge.json (per tool:
-    calls, texts, the largest number of calls in one text, calls removed by each rule) and an 8-byte hash per
-    C* text's original (duplicates are counted over the whole C*, which the cap bounds)."""
+               position_set: str | None = None, keep_uncalled: bool = False) -> dict:
+    """Join the part's allowed kept calls with its texts, write its C* file (with ``keep_uncalled`` every text of
+    the part, those without a call as they are); counts for merge.json (per tool: calls, texts, the largest number
+    of calls in one text, calls removed by each rule; texts without a call) and an 8-byte hash per C* text with a
+    call's original (duplicates are counted over the texts with calls, which the cap bounds)."""
     store = Store(run_uri)
     unchecked = _kept(store, part, False, position_set)
     kept = _kept(store, part, True, position_set) if check else unchecked
     ids = sorted(set(kept.column("text_id").to_pylist()))
     rows = None
-    if ids:
+    if ids or keep_uncalled:
         texts = pq.read_table(store.path(part.texts), filesystem=store.fs, columns=["text_id", "doc_id", "text"],
-                              filters=[("text_id", "in", ids)])
-        rows = augment(texts, kept, allowed, part.shard_id)
+                              **({} if keep_uncalled else {"filters": [("text_id", "in", ids)]}))
+        rows = augment(texts, kept, allowed, part.shard_id, keep_uncalled)
         originals = dict(zip(texts.column("text_id").to_pylist(), texts.column("text").to_pylist()))
     removed = _rejections(store, part, position_set)
     allowed_calls = (kept.join(allowed.select(["tool", "text_id"]), keys=["tool", "text_id"], join_type="inner")
                      if kept.num_rows and allowed.num_rows else kept.slice(0, 0))
     kept_per_tool = Counter(kept.column("tool").to_pylist())
     allowed_per_tool = Counter(allowed_calls.column("tool").to_pylist())
-    out = {"part": None, "texts": 0, "calls_per_tool": {}, "texts_per_tool": {}, "max_calls_per_text": {},
+    out = {"part": None, "texts": 0, "texts_without_calls": 0, "calls_per_tool": {}, "texts_per_tool": {},
+           "max_calls_per_text": {},
            "removed": {"max_per_tool_cap": dict(kept_per_tool - allowed_per_tool),
                        **({"result_check": dict(Counter(unchecked.column("tool").to_pylist()) - kept_per_tool)}
                           if check else {}),
@@ -115,10 +117,12 @@ def write_part(run_uri: str, part: RunPart, allowed: pa.Table, check: bool = Fal
         texts_per_tool.update(mine.keys())
         for tool, n in mine.items():
             most[tool] = max(most[tool], n)
+    n_calls = rows.column("n_calls").to_pylist()
     out.update(part=f"{CSTAR_DIR}/{part_name(part)}", texts=rows.num_rows, calls_per_tool=dict(per_tool),
+               texts_without_calls=sum(n == 0 for n in n_calls),
                texts_per_tool=dict(texts_per_tool), max_calls_per_text=dict(most),
                hashes=[hashlib.blake2b(originals[t].encode(), digest_size=8).hexdigest()
-                       for t in rows.column("text_id").to_pylist()])
+                       for t, n in zip(rows.column("text_id").to_pylist(), n_calls) if n])
     out["removed"]["one_call_per_position"] = dict(allowed_per_tool - per_tool)
     return out
 
@@ -146,6 +150,7 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
     parallel = run.sharded if parallel is None else parallel
     check = bool(getattr(getattr(cfg, "annotate", None), "result_check", False))
     position_set = getattr(getattr(cfg, "merge", None), "position_set", None)
+    keep_uncalled = bool(getattr(getattr(cfg, "merge", None), "keep_uncalled", False))
     opts: dict[str, Any] = {}
     if parallel:
         import ray
@@ -169,7 +174,7 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
         allowed = level[0]  # an object ref, handed to every write task as it is
     else:
         allowed = reduce_top(max_per_tool, *[part_top(store.uri, p, max_per_tool, check, position_set) for p in parts])
-    written = pmap(write_part, [(store.uri, p, allowed, check, position_set) for p in parts], **opts)
+    written = pmap(write_part, [(store.uri, p, allowed, check, position_set, keep_uncalled) for p in parts], **opts)
     per_tool: Counter = Counter()
     texts_per_tool: Counter = Counter()
     most: Counter = Counter()
@@ -187,11 +192,14 @@ def run_merge(output_dir: str, max_per_tool: int, cfg=None, parallel: bool | Non
         "calls_per_text": {t: {"texts": texts_per_tool[t], "calls": per_tool[t],
                                "mean": round(per_tool[t] / texts_per_tool[t], 3), "max": most[t]}
                            for t in sorted(per_tool)},
-        "duplicate_texts": sum(n - 1 for n in hashes.values() if n > 1),  # C* texts whose original is another's
+        "duplicate_texts": sum(n - 1 for n in hashes.values() if n > 1),  # C* texts with calls whose original is another's
         "removed_by_rule": {rule: dict(sorted(c.items())) for rule, c in sorted(removed.items())},
     }
     summary = {"cstar": store.path(CSTAR_DIR), "parts": [w["part"] for w in written if w["part"]],
                "texts": sum(w["texts"] for w in written), "calls": sum(per_tool.values()),
+               **({"keep_uncalled": True, "texts_without_calls": sum(w.get("texts_without_calls", 0) for w in written),
+                   "texts_with_calls": sum(w["texts"] - w.get("texts_without_calls", 0) for w in written)}
+                  if keep_uncalled else {}),
                "calls_per_tool": dict(sorted(per_tool.items())), "max_per_tool": max_per_tool, "checks": checks,
                "result_check": check, "position_set": position_set,
                **run.info(), "seconds": round(time.perf_counter() - t0, 2)}

@@ -82,7 +82,7 @@ def _evaluate(cfg: RunConfig, e, examples: list, tools: dict, log: Callable[[str
     base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
     from toolformer.evaluation import language
 
-    false_call = {s: language.false_call_examples(data_dir(cfg), s, e.false_call_n, e.items_seed)
+    false_call = {s: language.false_call_examples(data_dir(cfg), s, e.false_call_n, e.items_seed, tuple(e.tools))
                   for s in e.false_call_sets}
     ppl_texts = language.perplexity_texts(data_dir(cfg), e.perplexity_texts) if e.perplexity_texts else []
     results, engines, ppl = [], {}, {}
@@ -105,7 +105,7 @@ def _evaluate(cfg: RunConfig, e, examples: list, tools: dict, log: Callable[[str
                 r["rows"] += fc["rows"]
                 r["false_call"][name] = language.false_call_rate(fc["rows"])
             log(f"  {setting.name}: false calls " + ", ".join(
-                f"{k} {v['calculator_call_share']}%" for k, v in r["false_call"].items()))
+                f"{k} {v['any_call_share']}% (Calculator {v['calculator_call_share']}%)" for k, v in r["false_call"].items()))
         if ppl_texts:
             if setting.model not in ppl:
                 ppl[setting.model] = language.perplexity(engines[setting.model], ppl_texts)

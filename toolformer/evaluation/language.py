@@ -49,15 +49,16 @@ def no_arithmetic(text: str) -> bool:
     return calculator_rule(text, "false-call", random_keep=0.0) is None
 
 
-def false_call_examples(data: Path, which: str, n: int, seed: int = 0) -> list[Example]:
-    """``n`` prompts of one false-call set (``webtext`` or ``lama``), kind ``text`` (no answer to score), the
-    Calculator the only tool."""
+def false_call_examples(data: Path, which: str, n: int, seed: int = 0,
+                        tools: tuple[str, ...] = ("Calculator",)) -> list[Example]:
+    """``n`` prompts of one false-call set (``webtext`` or ``lama``), kind ``text`` (no answer to score), that may
+    call ``tools`` (the evaluation's tools: a model with several may call any of them where none helps)."""
     if which == "webtext":
         out = []
         for i, d in enumerate(_halves(data)[0]):
             prompt = " ".join(d["text"].split()[:PROMPT_WORDS])
             if len(prompt.split()) >= 20 and no_arithmetic(prompt):
-                out.append(Example("false_call_webtext", str(i), prompt, [], "text", ("Calculator",)))
+                out.append(Example("false_call_webtext", str(i), prompt, [], "text", tuple(tools)))
         rng = random.Random(seed)
         return rng.sample(out, min(n, len(out)))
     if which == "lama":
@@ -65,19 +66,26 @@ def false_call_examples(data: Path, which: str, n: int, seed: int = 0) -> list[E
 
         items = [e for e in lama_trex(Path(data)) if no_arithmetic(e.prompt)]
         picked = random.Random(seed).sample(items, min(n, len(items)))
-        return [Example("false_call_lama", e.uid, e.prompt, [], "text", ("Calculator",)) for e in picked]
+        return [Example("false_call_lama", e.uid, e.prompt, [], "text", tuple(tools)) for e in picked]
     raise ValueError(f"unknown false-call set {which!r}; known: {', '.join(FALSE_CALL_SETS)}")
 
 
 def false_call_rate(rows: Sequence[dict]) -> dict:
     """From generation rows (``calls`` as the decoder records them): prompts, the share (%) whose generation
-    wrote a Calculator call (parsed as one, whether or not it returned a result), and the share where decoding
-    started any call (``[`` among the top k, even if what followed was no call)."""
+    wrote a Calculator call (parsed as one, whether or not it returned a result), the share that wrote a call of
+    any tool (``any_call_share``, per tool in ``calls_per_tool``), and the share where decoding started any call
+    (``[`` among the top k, even if what followed was no call)."""
     n = len(rows)
     wrote = sum(any(c.get("tool") == "Calculator" for c in r.get("calls") or []) for r in rows)
+    any_tool = sum(any(c.get("tool") for c in r.get("calls") or []) for r in rows)
+    per_tool: dict[str, int] = {}
+    for r in rows:
+        for tool in {c.get("tool") for c in r.get("calls") or [] if c.get("tool")}:
+            per_tool[tool] = per_tool.get(tool, 0) + 1
     started = sum(bool(r.get("calls")) for r in rows)
-    return {"n": n, "calculator_call_share": round(100 * wrote / n, 1) if n else None,
-            "call_started_share": round(100 * started / n, 1) if n else None, "calculator_calls": wrote}
+    pct = (lambda k: round(100 * k / n, 1) if n else None)
+    return {"n": n, "calculator_call_share": pct(wrote), "any_call_share": pct(any_tool),
+            "call_started_share": pct(started), "calculator_calls": wrote, "calls_per_tool": per_tool}
 
 
 def perplexity_texts(data: Path, n: int) -> list[str]:

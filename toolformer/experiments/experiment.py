@@ -6,6 +6,10 @@ evaluate, resumable, most important results first.
     <output_dir>/seed<s>/no_<option>/rounds/r1/  the same seed with one C* option off (bootstrap.ablations)
     <output_dir>/base/                         the base model, plain and prompted with tools (seed-free)
 
+The same machinery runs every experiment: its config says what (``jobs/configs/math.yaml``: the Calculator on
+ASDiv; ``jobs/configs/multitool.yaml``: one C* from several sources, every tool where it helps, its corpus
+built first by ``build_sources``), and ``bootstrap.report`` which report it writes.
+
 A *unit* is one (seed, setting, round) or the base evaluation; each runs in a process of its own (vLLM and Ray
 Train in one process for hours are not worth the risk) and its steps write markers (``bootstrap.Round``), so a
 rerun of the same command skips what is done, also inside a unit. Units run in this order: round 1 of every
@@ -36,7 +40,7 @@ from toolformer.experiments.bootstrap import Round, round_config, round_dir
 from toolformer.config import RunConfig
 
 # C* options that change only the merge: a setting with one of them off reuses the default setting's annotation
-MERGE_ONLY = ("result_check",)
+MERGE_ONLY = ("result_check", "keep_uncalled")
 DEFAULT = "default"
 # Positions at word/number boundaries or anywhere: round 1's default annotation reads both position sets in one
 # pass (annotate.position_sets) when boundary_positions is measured, so its ablation annotates nothing either and
@@ -100,9 +104,10 @@ def setting_config(cfg: RunConfig, seed: int, setting: str, r: int | None = None
     sc.output_dir = str(Path(cfg.output_dir) / f"seed{seed}" / setting)
     if setting != DEFAULT:
         option = setting.removeprefix("no_")
-        if not hasattr(sc.annotate, option):
-            raise ValueError(f"bootstrap.ablations: {option!r} is not an annotate option")
-        setattr(sc.annotate, option, False)
+        section = sc.annotate if hasattr(sc.annotate, option) else sc.merge if hasattr(sc.merge, option) else None
+        if section is None:
+            raise ValueError(f"bootstrap.ablations: {option!r} is not an annotate or merge option")
+        setattr(section, option, False)
     if r is not None and shares_positions(cfg, r) and (setting == DEFAULT or reuses_default(cfg, setting, r)):
         sc.annotate.position_sets = ["boundary", "free"]
         sc.merge.position_set = "free" if setting == f"no_{BOUNDARY}" else "boundary"
@@ -128,6 +133,49 @@ def _reuse_annotation(src: Path, rnd: Round) -> dict:
     return {"funnel": info["funnel"], "docs_skipped": info.get("docs_skipped") or {}, "reused_from": str(src)}
 
 
+def annotation_source(cfg: RunConfig | None, unit: Unit) -> Unit | None:
+    """The unit whose annotation this one merges instead of annotating: the same seed's default setting (a
+    merge-only option off), or, with ``bootstrap.share_annotation``, the first seed's (seeds then differ in
+    training order only); None when it annotates its own."""
+    if unit.seed is None:
+        return None
+    first = cfg.bootstrap.seeds[0] if cfg is not None else unit.seed
+    shared = cfg is not None and cfg.bootstrap.share_annotation and unit.round == 1 and unit.seed != first
+    if shared:
+        return Unit(first, DEFAULT, 1)
+    if reuses_default(cfg, unit.setting, unit.round):
+        return Unit(unit.seed, DEFAULT, unit.round)
+    return None
+
+
+def build_sources(cfg: RunConfig, log: Callable[[str], None] = print) -> dict | None:
+    """The experiment's corpus from several sources (``bootstrap.sources``), written once where corpus.paths
+    reads it; None when the corpus is read as configured."""
+    if not cfg.bootstrap.sources:
+        return None
+    from toolformer.experiments.multitool.sources import build_corpus
+    from toolformer.paths import shared_data
+
+    target = Path(cfg.corpus.paths[0]) if len(cfg.corpus.paths) == 1 else None
+    if target is None or target.name != "corpus.jsonl":
+        raise ValueError("bootstrap.sources writes <dir>/corpus.jsonl: corpus.paths must name that one file")
+    t0 = time.time()
+    info = build_corpus(dict(cfg.bootstrap.sources), target.parent, shared_data(cfg.eval.data_dir),
+                        cfg.bootstrap.sources_seed, cfg.corpus.holdout_fold or 0)
+    log(f"sources: {info['texts']} ({time.time() - t0:.0f} s)")
+    return info
+
+
+def build_indexes(cfg: RunConfig, log: Callable[[str], None] = print) -> None:
+    """The search index a tool reads, built once where its options name it (``bootstrap.lama_index``)."""
+    if not cfg.bootstrap.lama_index:
+        return
+    from toolformer.experiments.multitool.index import lama_index
+
+    info = lama_index(Path(cfg.bootstrap.lama_index), cfg.eval.data_dir)
+    log(f"LAMA index: {info}")
+
+
 def unit_config(cfg: RunConfig, unit: Unit, base: str) -> RunConfig:
     """A unit's round config: its folder, its model (the previous round's best, or ``base``) and what its
     evaluation reads. Every model of round 1's default setting and the base rows read the same item ids."""
@@ -150,10 +198,12 @@ def unit_config(cfg: RunConfig, unit: Unit, base: str) -> RunConfig:
 
 def run_unit(cfg: RunConfig, unit: Unit, log: Callable[[str], None] = print) -> None:
     """One unit's steps, each skipped when done (call it in a process of its own: ``python -m
-    jobs.math_experiment --unit NAME``)."""
+    jobs.experiment --unit NAME``)."""
     from toolformer.models import resolve_model
 
     base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
+    build_sources(cfg, log)
+    build_indexes(cfg, log)
     rc = unit_config(cfg, unit, base)
     if unit.seed is None:
         rnd = Round(rc, log)
@@ -165,8 +215,9 @@ def run_unit(cfg: RunConfig, unit: Unit, log: Callable[[str], None] = print) -> 
     rounds = cfg.bootstrap.baseline_rounds
     control = unit.setting == DEFAULT and cfg.bootstrap.baseline and (rounds is None or r in rounds)
     rnd = Round(rc, log)
-    if reuses_default(cfg, unit.setting, r):
-        src = round_dir(setting_config(cfg, unit.seed, DEFAULT, r), r)
+    source = annotation_source(cfg, unit)
+    if source is not None:
+        src = round_dir(setting_config(cfg, source.seed, DEFAULT, r), r)
         if not (src / "steps" / "annotate.json").exists():
             raise RuntimeError(f"{unit.name} reuses {src}'s annotation, which is not done")
         rnd.step("annotate", lambda: _reuse_annotation(src, rnd))
@@ -202,8 +253,9 @@ def needs(unit: Unit, cfg: RunConfig | None = None) -> list[str]:
     out = []
     if unit.round > 1:
         out.append(Unit(unit.seed, unit.setting, unit.round - 1).name)
-    if reuses_default(cfg, unit.setting, unit.round):
-        out.append(Unit(unit.seed, DEFAULT, unit.round).name)
+    source = annotation_source(cfg, unit)
+    if source is not None:
+        out.append(source.name)
     return out
 
 
@@ -240,7 +292,7 @@ def run_experiment(cfg: RunConfig, config_path: str, overrides: list[str], log: 
         t0, load = time.time(), os.getloadavg()
         logf = root / "logs" / (unit.name.replace("/", "_") + ".log")
         logf.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "jobs.math_experiment", "--unit", unit.name]
+        cmd = [sys.executable, "-m", "jobs.experiment", "--unit", unit.name]
         cmd += (["--config", config_path] if config_path else []) + list(overrides)
         with open(logf, "a") as out:
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)

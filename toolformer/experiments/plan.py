@@ -14,7 +14,14 @@ RATES_FILE = Path("benchmarks/results/math/rates.json")
 # two workers and optimizer-state checkpoints, 400 items evaluated in 2:14 with two models.
 FIRST_RATES = {"annotate_texts_per_s": 0.70, "finetune_s_per_text_epoch": 0.34, "finetune_overhead_s": 60.0,
                "eval_items_per_s": 6.0, "engine_start_s": 30.0, "source": "issue 33's single-unit figures"}
-FULL_SIZES = {"asdiv": 396, "svamp": 1000, "mawps": 50}  # numeric-answer items of each evaluated set
+FULL_SIZES = {"asdiv": 396, "svamp": 1000, "mawps": 50,  # numeric-answer items of each evaluated set
+              "lama_squad": 305, "lama_trex": 560, "lama_google_re": 300, "dateset": 300}
+INDEX_BUILD_S = 215.0  # the LAMA index, built once before the first unit (benchmarks/results/qa_ceiling.json)
+
+
+def texts_of(cfg: RunConfig) -> int:
+    """Texts a round annotates: corpus.limit, or the sum of bootstrap.sources."""
+    return cfg.corpus.limit or sum((cfg.bootstrap.sources or {}).values())
 
 
 def load_rates(path: Path = RATES_FILE) -> dict:
@@ -44,11 +51,14 @@ def estimate(cfg: RunConfig, unit, rates: dict) -> dict[str, float]:
     per_model = rates["engine_start_s"] + items / rates["eval_items_per_s"]
     if unit.seed is None:
         return {"evaluate": 2 * per_model - rates["engine_start_s"]}  # plain and prompted share one engine
-    texts = cfg.corpus.limit or 0
+    texts = texts_of(cfg)
     train = rates["finetune_overhead_s"] + (cfg.train.epochs or 1) * texts * rates["finetune_s_per_text_epoch"]
     out: dict[str, float] = {}
     reuses = unit.setting != DEFAULT and unit.setting.removeprefix("no_") in MERGE_ONLY + ("boundary_positions",)
-    out["annotate"] = 0.0 if reuses else texts / rates["annotate_texts_per_s"]
+    shared = b.share_annotation and unit.round == 1 and unit.seed != b.seeds[0]
+    if b.lama_index and unit.seed == b.seeds[0] and unit.setting == DEFAULT and unit.round == 1:
+        out["index"] = INDEX_BUILD_S
+    out["annotate"] = 0.0 if reuses or shared else texts / rates["annotate_texts_per_s"]
     out["finetune"] = train
     rounds = b.baseline_rounds
     control = unit.setting == DEFAULT and b.baseline and (rounds is None or unit.round in rounds)
@@ -79,7 +89,7 @@ def measured_rates(cfg: RunConfig, timeline: list[dict], base: dict | None = Non
     from toolformer.experiments.experiment import Unit
 
     rates = dict(base or load_rates())
-    limit, epochs = cfg.corpus.limit or 0, cfg.train.epochs or 1
+    limit, epochs = texts_of(cfg), cfg.train.epochs or 1
     ann, ft, ev = [], [], []
     for x in timeline:
         ph = x.get("phases_s") or {}
