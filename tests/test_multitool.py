@@ -131,3 +131,75 @@ def test_the_experiment_plans_its_units_and_shares_one_annotation():
     assert needs(Unit(2, "default", 1), cfg) == ["seed0/default/r1"]
     assert setting_config(cfg, 0, "no_keep_uncalled", 1).merge.keep_uncalled is False
     assert cfg.merge.keep_uncalled is True
+
+
+TOOL_OF = {"lama_trex": "QA", "lama_google_re": "QA", "lama_squad": "QA", "asdiv": "Calculator", "svamp": "Calculator",
+           "mawps": "Calculator", "dateset": "Calendar"}
+
+
+def _unit(root: Path, unit: str, settings: dict[str, dict[str, list[bool]]]) -> None:
+    """An evaluated unit as the experiment stores it (eval/results.json, generations.jsonl, a marker)."""
+    d = root / "base" if unit == "base" else root / unit.split("/")[0] / unit.split("/")[1] / "rounds" / unit.split("/")[2]
+    (d / "eval").mkdir(parents=True)
+    (d / "steps").mkdir(parents=True)
+    results, gens = [], []
+    for name, per_set in settings.items():
+        tasks = {}
+        calls_allowed = name in ("finetuned + tools", "base + tools (prompted)")
+        for task, right in per_set.items():
+            tasks[task] = {"n": len(right), "accuracy": round(100 * sum(right) / len(right), 1), "call_share": {}}
+            for i, ok in enumerate(right):
+                # the tools model calls the set's tool on the first 30 items, and nothing on the other 10
+                calls = ([{"tool": TOOL_OF[task], "input": "Who is it?", "result": "Paris" if ok else "Rome",
+                           "ok": True}] if calls_allowed and i < 30 else [])
+                gens.append({"setting": name, "task": task, "uid": str(i), "correct": ok, "answers": ["Paris"],
+                             "calls": calls, "generation": "Paris" if ok else "Lyon"})
+        entry = {"setting": {"name": name}, "tasks": tasks, "perplexity": {"perplexity": 20.0 if name == "base" else 20.5}}
+        if calls_allowed:
+            entry["false_call"] = {"webtext": {"n": 100, "any_call_share": 4.0, "calculator_call_share": 1.0,
+                                               "call_started_share": 9.0, "calls_per_tool": {"QA": 3, "Calculator": 1}}}
+        results.append(entry)
+    (d / "eval" / "results.json").write_text(json.dumps(results))
+    (d / "eval" / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
+    (d / "steps" / "evaluate.json").write_text("{}")
+
+
+def test_the_report_gives_every_goal_a_verdict_and_stores_every_item(tmp_path):
+    import gzip
+
+    from jobs.experiment import write_report
+    from toolformer.config import load_config
+    from toolformer.experiments.multitool.goals import SETS
+
+    run, n = tmp_path / "run", 40
+    strong, weak = [i < 24 for i in range(n)], [i < 8 for i in range(n)]  # 60 % and 20 %
+    for s in (0, 1, 2):
+        _unit(run, f"seed{s}/default/r1", {"baseline-finetuned": {t: weak for t in SETS},
+                                           "finetuned + tools": {t: strong for t in SETS}})
+    _unit(run, "base", {"base": {t: weak for t in SETS}, "base + tools (prompted)": {t: weak for t in SETS}})
+    cfg = load_config(str(CONFIG), [f"output_dir={run}"])
+    out = write_report(cfg, str(tmp_path / "res"), str(tmp_path / "multitool.md"))
+    s = out["summary"]
+    goals = {g["goal"].split(",")[0].split(" ")[0]: g for g in s["goals"]}
+    assert len(s["goals"]) == 7 and all(g["met"] in (True, False) for g in s["goals"]), s["goals"]
+    trex = goals["lama_trex"]
+    assert trex["met"] is True and trex["per_seed"]["seed0"]["control"]["difference"] == 40.0
+    assert trex["per_seed"]["seed1"]["calls"]["QA_share"] == 100.0
+    assert goals["asdiv"]["met"] is True  # 60 % >= 30 %, +40 points, every math call the Calculator
+    assert goals["svamp"]["met"] is True and goals["dateset"]["met"] is True
+    assert goals["any"]["met"] is True  # 4 % of plain-text prompts, no Calculator call on LAMA
+    assert goals["plain-text"]["met"] is True  # +2.5 %
+    assert goals["the"]["met"] is True  # the seeds agree
+    # the tool-choice table pooled over seeds: 30 QA choices and 10 none per seed on T-REx
+    trex_choice = s["choice"]["finetuned + tools"]["pooled"]["lama_trex"]
+    assert trex_choice["QA"]["n"] == 90 and trex_choice["none"]["n"] == 30
+    # why missed: the tools model's wrong T-REx items called QA (its answer wrong) on items 24-29, none after
+    why = s["why_missed"]["seed0/default/r1"]["finetuned + tools"]["lama_trex"]
+    assert why == {"QA's answer wrong": 6, "no call": 10}
+    with gzip.open(tmp_path / "res" / "items.jsonl.gz", "rt") as f:
+        items = [json.loads(line) for line in f]
+    assert len(items) == 4 * 2 * len(SETS) * n  # 3 seeds and the base, 2 settings each
+    called = next(r for r in items if r["calls"])
+    assert set(called["calls"][0]) == {"tool", "input", "output"} and "generation" in called
+    page = (tmp_path / "multitool.md").read_text()
+    assert "**met**" in page and "Which tool each model chose" in page

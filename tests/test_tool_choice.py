@@ -26,3 +26,9 @@ def test_the_table_counts_each_choice_and_its_accuracy():
     md = choice_table(table).splitlines()
     assert md[2] == "| asdiv | Calculator | 2 | 66.7 % | 50.0 % | 2 of 2 |"
     assert md[-1] == "| lama_trex | none | 1 | 20.0 % | 0.0 % | – |" and len(md) == 2 + 5
+
+
+def test_a_call_that_parsed_as_no_tool_is_its_own_choice():
+    table = tool_choice([_row("dateset", False, (None, False)), _row("dateset", True, ("Calendar", True))])
+    assert table["dateset"]["malformed"] == {"n": 1, "right": 0, "accuracy": 0.0, "share": 50.0, "worked": 0}
+    assert table["dateset"]["Calendar"]["n"] == 1

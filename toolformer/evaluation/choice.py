@@ -2,20 +2,21 @@
 is a model that picks among its tools (QA on facts, the Calendar on dates, the Calculator on math, nothing on plain
 text), so a report shows the pick, not only the accuracy.
 
-An item's choice is the tool of its first call (``none`` when it called none), whether or not the call returned a
-result: what the model decided. ``worked`` counts the choices whose call did return one."""
+An item's choice is the tool of its first call (``none`` when it called none; ``malformed`` when what it wrote
+after ``[`` parsed as no call of its tools), whether or not the call returned a result: what the model decided.
+``worked`` counts the choices whose call did return one."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Iterable
 
-NONE = "none"
+NONE, MALFORMED = "none", "malformed"
 
 
 def choice_of(row: dict) -> str:
     calls = row.get("calls") or []
-    return calls[0]["tool"] if calls else NONE
+    return (calls[0].get("tool") or MALFORMED) if calls else NONE
 
 
 def tool_choice(rows: Iterable[dict]) -> dict[str, dict[str, dict]]:
