@@ -203,3 +203,17 @@ def test_the_report_gives_every_goal_a_verdict_and_stores_every_item(tmp_path):
     assert set(called["calls"][0]) == {"tool", "input", "output"} and "generation" in called
     page = (tmp_path / "multitool.md").read_text()
     assert "**met**" in page and "Which tool each model chose" in page
+
+
+def test_the_math_configuration_still_plans_and_reports_through_the_general_command(tmp_path, capsys):
+    from jobs.experiment import main
+
+    assert main(["--config", str(REPO / "jobs" / "configs" / "math.yaml"), "--plan"]) == 0
+    printed = capsys.readouterr().out
+    assert "plan of 7 units" in printed and "seed0/no_result_check/r1" in printed
+    _unit(tmp_path / "run", "seed0/default/r1", {"baseline-finetuned": {"asdiv": [True, False]},
+                                                 "finetuned + tools": {"asdiv": [True, True]}})
+    out = main(["--config", str(REPO / "jobs" / "configs" / "math.yaml"), "--report-only",
+                f"output_dir={tmp_path / 'run'}", "--results", str(tmp_path / "res"), "--docs", str(tmp_path / "m.md")])
+    assert out["summary"]["pooled"]["asdiv"]["r1 finetuned + tools"]["mean"] == 100.0  # the math report, as before
+    assert (tmp_path / "m.md").read_text().startswith("# ")
