@@ -237,3 +237,90 @@ def test_each_chunk_of_a_batch_reports_progress(tokenizer):
     actor = StageActor(cfg, "select", chunk_rows=1)
     actor(texts)
     assert actor.telemetry.record["progress"] == n and actor.telemetry.record["batches"] == 1
+
+
+class _Engine:
+    """``greedy`` answers while ``alive``."""
+
+    doc_start = (1,)
+
+    def __init__(self, alive: bool):
+        self.alive = alive
+
+    def encode(self, text):
+        return [5]
+
+    def greedy(self, prompts, **kw):
+        if not self.alive:
+            raise RuntimeError("engine core gone")
+        return ["x"]
+
+
+class _Exit(Exception):
+    pass
+
+
+@pytest.fixture()
+def check(monkeypatch):
+    from toolformer.annotate.failures import EngineCheck, InflightRecord
+
+    notes = []
+
+    def make(engine, dead_after=3):
+        record = InflightRecord(None, None, "lm")
+        monkeypatch.setattr(record, "note", notes.append)
+        c = EngineCheck(engine, record, StageClock(), dead_after)
+
+        def exit_():
+            raise _Exit()
+
+        monkeypatch.setattr(c, "_exit", exit_)
+        return c
+
+    make.notes = notes
+    return make
+
+
+def test_a_batch_error_with_a_live_engine_is_the_inputs(check):
+    c = check(_Engine(alive=True))
+    c.failed(ValueError("bad row"))  # returns: the shard's rows get the error
+    c.worked()
+    c.failed(ValueError("bad row"))
+    c.failed(ValueError("bad row"))
+    assert check.notes == []
+
+
+def test_a_dead_engine_ends_the_actor_with_its_cause_noted(check):
+    from toolformer.engine import EngineDead
+
+    with pytest.raises(_Exit):
+        check(_Engine(alive=True)).failed(EngineDead("EngineDeadError"))
+    assert check.notes[-1].startswith("engine dead") and "EngineDead" in check.notes[-1]
+    with pytest.raises(_Exit):  # a batch error, then a failed probe
+        check(_Engine(alive=False)).failed(ValueError("CUDA error: an illegal memory access"))
+    assert "failed a one-token probe" in check.notes[-1]
+
+
+def test_errors_in_a_row_end_the_actor_whatever_the_probe_says(check):
+    c = check(_Engine(alive=True), dead_after=2)
+    c.failed(ValueError("x"))
+    with pytest.raises(_Exit):
+        c.failed(ValueError("x"))
+    assert "2 chunks in a row" in check.notes[-1]
+
+
+def test_the_dying_engine_fault_answers_then_raises_on_every_call(monkeypatch, tmp_path):
+    from toolformer.engine import EngineDead, engine_is_dead
+    from toolformer.run.faults import dead_engine_fault
+
+    monkeypatch.setenv("TOOLFORMER_FAULT_DEAD_ENGINE_AFTER", "2")
+    monkeypatch.setenv("TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE", str(tmp_path / "died"))
+    e = dead_engine_fault(_Engine(alive=True))
+    assert e.greedy([[1]]) == ["x"] and e.greedy([[1]]) == ["x"] and e.encode("a") == [5]
+    for _ in range(3):
+        with pytest.raises(EngineDead) as err:
+            e.greedy([[1]])
+        assert engine_is_dead(err.value)
+    healthy = dead_engine_fault(_Engine(alive=True))  # the once file: the replacement engine lives
+    for _ in range(4):
+        assert healthy.greedy([[1]]) == ["x"]

@@ -351,6 +351,33 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     _assert_same(list(got.values()), [want[k] for k in got])
 
 
+def test_a_dead_engine_ends_its_actor_and_charges_no_shard(ray_head, config_file, reference_run, tmp_path):
+    """Issue 43 item 1: an LM actor whose engine dies (vLLM's EngineDeadError after a CUDA error; here the fault
+    point: the first engine raises on every call after 3) while the actor lives on ends its own process; Ray
+    replaces it and the shard it held is retried. No shard is charged (on main every shard that actor pulled got
+    error rows and was charged), every shard commits as the uninterrupted run, and the node ledger says why."""
+    from toolformer.annotate.blame import read_nodes
+    from toolformer.run.store import Store
+
+    run = tmp_path / "run"
+    _job(["jobs.prepare", f"output_dir={run}", "shards.docs_per_shard=1", "prepare.runner=local"], config_file)
+    env = {**_ray_env(), "TOOLFORMER_FAULT_DEAD_ENGINE_AFTER": "3",
+           "TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE": str(tmp_path / "engine-died")}
+    _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED, "shards.max_failures=2",
+          "shards.verify_checksums=false"], config_file, env=env)
+    assert (tmp_path / "engine-died").exists(), "the engine never died"
+    assert not list((run / "failures").glob("annotate/*")), [p.read_text()[:500] for p in (run / "failures").rglob("*.json")]
+    assert not (run / "quarantine").exists()
+    nodes = read_nodes(Store(str(run)))
+    causes = {c: n for v in nodes.values() for c, n in v["by_cause"].items()}
+    assert causes.get("engine_dead", 0) >= 1 and all(v["charged_to"].get("shard", 0) == 0 for v in nodes.values()), nodes
+    _accounted(run)
+    got = _rows_by_key(_annotations(run))
+    want = _rows_by_key(_annotations(reference_run))
+    assert set(got) == set(want)
+    _assert_same(list(got.values()), [want[k] for k in got])
+
+
 @pytest.mark.slow  # the small chaos soak (test_soak.py) kills and resubmits a driver and starts a second one in make test
 def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepared, config_file, reference_run, tmp_path):
     run = _copy(prepared, tmp_path / "run")

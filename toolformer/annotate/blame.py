@@ -83,6 +83,8 @@ def classify(record: dict, nodes: dict[str, dict], exits: dict[int, str]) -> tup
     exit_ = exits.get(record.get("pid"), "")
     if note.startswith("watchdog"):
         return "watchdog", note
+    if note.startswith("engine dead"):
+        return "engine_dead", note
     if "NODE_OUT_OF_MEMORY" in exit_:  # Ray's memory monitor (the kernel's OOM killer reads as a plain death)
         return "oom", exit_
     return "worker_died", exit_ or "the worker process died (no exit detail recorded)"

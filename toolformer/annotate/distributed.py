@@ -31,7 +31,7 @@ from toolformer.annotate.stages import ExecuteCalls, SampleCalls, SampleExecuteS
 from toolformer.annotate.telemetry import ActorTelemetry, StageClock
 from toolformer.arrow import empty_lists
 from toolformer.config import RayConfig, RunConfig, StageResources
-from toolformer.annotate.failures import InflightRecord, SetupWatchdog, Watchdog
+from toolformer.annotate.failures import EngineCheck, InflightRecord, SetupWatchdog, Watchdog
 from toolformer.run.faults import LM_STAGES, batch_fault, fault_point, setup_fault
 from toolformer.schemas import SHARD, STAGED, WORK, conform
 from toolformer.run.shards import sha256_bytes
@@ -113,6 +113,9 @@ class StageActor:
         self.watchdog = Watchdog(cfg.ray.lm_batch_timeout_s, self.inflight) if stage in LM_STAGES else None
         if self.watchdog is not None:
             self.clock.watch(self.watchdog)
+        # a dead engine ends this actor (EngineCheck): the death path, never error rows for healthy shards
+        self.engine_check = EngineCheck(getattr(self.stage, "engine", None), self.inflight, self.clock,
+                                        cfg.ray.lm_dead_after_errors) if stage in LM_STAGES else None
         self.telemetry.ready()
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -158,9 +161,15 @@ class StageActor:
 
     def _run(self, table: pa.Table) -> pa.Table:
         try:
-            return self.stage(table)
+            out = self.stage(table)
         except Exception as exc:  # noqa: BLE001 - find the shard that fails: each one's rows alone
+            if self.engine_check is not None:
+                self.engine_check.failed(exc)  # ends this process when the engine, not the input, is at fault
             return self._run_apart(table, exc)
+        else:
+            if self.engine_check is not None:
+                self.engine_check.worked()
+            return out
         finally:
             self.telemetry.progress(self.clock)  # a chunk done: a long batch shows it is moving
 

@@ -10,6 +10,10 @@ Three small records close the gap:
 - ``Watchdog`` (actor side): an engine call (sampling, scoring) still running after ``ray.lm_batch_timeout_s``
   is stuck; the watchdog notes that in the in-flight record and ends the process, so Ray restarts the actor and
   retries the batch as any killed one. Tool calls are not timed by it (they have their own timeouts).
+- ``EngineCheck`` (actor side): after an engine call raised, whether the engine itself is dead (vLLM's
+  ``EngineDeadError``, a failed one-token probe, or ``ray.lm_dead_after_errors`` failing chunks in a row); if so it
+  notes ``engine dead: ...`` in the in-flight record and ends the process (exit 72), so the death path applies
+  (restart, node ledger, exclusion) instead of error rows charged to the healthy shards the actor would pull.
 - ``explain`` (driver side): the shard's failure record says how its actor died: Ray's exit type and detail for
   that worker process (from the GCS worker table: Ray's own words, e.g. "Worker unexpectedly exits ... killed by
   the OOM killer ... SIGSEGV"), the watchdog's note if it was the watchdog, and the dead process's last log
@@ -108,6 +112,49 @@ class Watchdog:
                 self.record.note(message)
                 print(message, file=sys.stderr, flush=True)
                 self._exit()
+
+    def _exit(self) -> None:
+        os._exit(self.EXIT_CODE)
+
+
+class EngineCheck:
+    """Ends this process when its engine is dead, keeping the shard in flight (see the module's docstring)."""
+
+    EXIT_CODE = 72
+
+    def __init__(self, engine, record: InflightRecord, clock=None, dead_after: int = 3):
+        self.engine, self.record, self.clock, self.dead_after = engine, record, clock, max(0, int(dead_after))
+        self.in_a_row = 0
+
+    def worked(self) -> None:
+        self.in_a_row = 0
+
+    def failed(self, exc: BaseException) -> None:
+        """A chunk raised ``exc``: return when the input is to blame (the engine still answers), else exit."""
+        from toolformer.engine.base import engine_is_dead, probe
+
+        self.in_a_row += 1
+        why = None
+        if engine_is_dead(exc):
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"
+        elif self.engine is not None:
+            if self.clock is not None:
+                with self.clock.engine("probe"):  # a probe that hangs is a hung engine: the watchdog times it
+                    bad = probe(self.engine)
+            else:
+                bad = probe(self.engine)
+            if bad is not None:
+                why = (f"{type(exc).__name__} in a batch, then the engine failed a one-token probe "
+                       f"({type(bad).__name__}: {str(bad)[:160]})")
+        if why is None and self.dead_after and self.in_a_row >= self.dead_after:
+            why = f"{self.in_a_row} chunks in a row raised (ray.lm_dead_after_errors), the last {type(exc).__name__}"
+        if why is None:
+            return
+        message = (f"engine dead: the {self.record.stage} actor (pid {os.getpid()}) on node {socket.gethostname()} "
+                   f"ends itself to be replaced: {why}")
+        self.record.note(message)
+        print(message, file=sys.stderr, flush=True)
+        self._exit()
 
     def _exit(self) -> None:
         os._exit(self.EXIT_CODE)

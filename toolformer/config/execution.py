@@ -57,6 +57,11 @@ class RayConfig:
     # hung engine): the watchdog ends its actor, and the batch is retried as a killed one. Tool calls are not timed
     # by it (annotate.tool_timeout_s). Size it well above one engine call's time.
     lm_batch_timeout_s: float = 900.0
+    # An LM actor whose engine is dead (vLLM's EngineDeadError after a CUDA error or a GPU OOM, or an engine that
+    # also fails a one-token probe after a batch raised) ends its own process, so the death path applies (restart,
+    # in-flight record, node ledger, exclusion when it repeats) instead of error rows charged to healthy shards.
+    # Also after this many chunks in a row raised, whatever the probe says (0: never on a count alone).
+    lm_dead_after_errors: int = 3
     # The driver stops waiting when no row reaches it, no commit lands and no actor reports for this long: it cuts
     # the pass, charges the shards its actors hold and resumes the rest with fresh actors (or stops, naming the
     # pools, when nothing was in flight). None: 2 x lm_batch_timeout_s (an engine call that long is ended by the

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from toolformer.engine.base import Engine, Sample, StartProbs, doc_start_ids
+from toolformer.engine.base import Engine, EngineDead, Sample, StartProbs, doc_start_ids, engine_is_dead, probe
 from toolformer.models import resolve_model
 
 
 def build_engine(cfg) -> Engine:
     """An engine from a RunConfig (its `model`, `engine` and `seed` sections)."""
+    from toolformer.run.faults import dead_engine_fault
+
+    return dead_engine_fault(_build(cfg))
+
+
+def _build(cfg) -> Engine:
     path = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
     e = cfg.engine
     if e.backend == "hf":
@@ -37,4 +43,5 @@ def build_engine(cfg) -> Engine:
     raise ValueError(f"unknown engine backend {e.backend!r} (vllm | hf)")
 
 
-__all__ = ["Engine", "Sample", "StartProbs", "build_engine", "doc_start_ids", "resolve_model"]
+__all__ = ["Engine", "EngineDead", "Sample", "StartProbs", "build_engine", "doc_start_ids", "engine_is_dead", "probe",
+           "resolve_model"]

@@ -50,6 +50,34 @@ class Greedy:
     stopped_by: str | None  # the stop string that ended it, or None (length / end of text)
 
 
+class EngineDead(RuntimeError):
+    """The engine can no longer compute (its core process died): every later call would fail too."""
+
+
+# vLLM's names for an engine whose core process is gone (vllm.v1.engine.exceptions); matched by name so that the
+# check needs no vLLM import (the transformers engine has no such state).
+DEAD_ENGINE_ERRORS = ("EngineDeadError", "EngineDead")
+
+
+def engine_is_dead(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) says the engine itself is dead, not this batch's input."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if type(exc).__name__ in DEAD_ENGINE_ERRORS:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def probe(engine) -> BaseException | None:
+    """One greedy token of a fixed prompt: None when the engine answers, else what it raised."""
+    try:
+        engine.greedy([list(engine.doc_start) + engine.encode("The")], max_tokens=1, top_k=1)
+        return None
+    except Exception as exc:  # noqa: BLE001 - whatever it raises says it cannot compute
+        return exc
+
+
 def doc_start_ids(tokenizer) -> list[int]:
     """What a document starts with in pretraining: the BOS the tokenizer adds, else ``<|endoftext|>``.
 

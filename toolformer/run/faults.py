@@ -21,6 +21,9 @@ Faults that fire every time (no flag file), for the chaos soak and the failure t
   for ``ray.lm_setup_timeout_s``;
 - ``TOOLFORMER_FAULT_HANG_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_HANG_TEXT=<text_id>``): that tool's calls
   (of that text only) hang, for the per-call tool timeout;
+- ``TOOLFORMER_FAULT_DEAD_ENGINE_AFTER=<n>``: an engine answers its first ``n`` calls, then raises ``EngineDead`` on
+  every call, as vLLM does once its engine core died (a CUDA error, a GPU OOM) while the actor lives on; with
+  ``TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE`` only the first engine to get there dies (its replacement is healthy);
 - ``TOOLFORMER_FAULT_GIL_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_GIL_TEXT=<text_id>``): that tool's calls
   compute a huge power in C while holding the GIL (a thread in their process cannot end or outwait them).
 """
@@ -103,3 +106,40 @@ def fault_point(point: str, *, stage: str | None = None, step: int | str | None 
         return
     if hit:
         os._exit(code)
+
+
+_ENGINE_CALLS = ("start_probs", "token_logprobs_after", "sequence_logprobs", "sample", "greedy")
+
+
+class _DyingEngine:
+    """An engine that answers ``after`` calls, then raises ``EngineDead`` on every one (the fault above)."""
+
+    def __init__(self, engine, after: int, once: str | None):
+        self._engine, self._left, self._once, self._dead = engine, after, once, False
+
+    def __getattr__(self, name):
+        attr = getattr(self._engine, name)
+        if name not in _ENGINE_CALLS:
+            return attr
+
+        def call(*args, **kwargs):
+            if not self._dead and self._left <= 0 and (not self._once or fire_once(self._once, "engine died")):
+                self._dead = True
+                print(f"fault injection: the engine of pid {os.getpid()} is dead from now on", file=sys.stderr,
+                      flush=True)
+            if self._dead:
+                from toolformer.engine.base import EngineDead
+
+                raise EngineDead("fault injection: the engine core died (EngineDeadError)")
+            self._left -= 1
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def dead_engine_fault(engine):
+    """The engine as built, or one that dies after some calls when a test asked (``TOOLFORMER_FAULT_DEAD_ENGINE_AFTER``)."""
+    after = os.environ.get("TOOLFORMER_FAULT_DEAD_ENGINE_AFTER")
+    if not after:
+        return engine
+    return _DyingEngine(engine, int(after), os.environ.get("TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE") or None)
