@@ -324,3 +324,27 @@ def test_the_dying_engine_fault_answers_then_raises_on_every_call(monkeypatch, t
     healthy = dead_engine_fault(_Engine(alive=True))  # the once file: the replacement engine lives
     for _ in range(4):
         assert healthy.greedy([[1]]) == ["x"]
+
+
+def test_transient_errors_are_told_from_the_rest():
+    from toolformer.annotate.transient import is_transient
+    from toolformer.run.conditional import StoreUnavailable
+
+    class RpcError(Exception):  # ray.exceptions.RpcError, by name
+        pass
+
+    class ClientError(Exception):
+        def __init__(self, status):
+            self.response = {"ResponseMetadata": {"HTTPStatusCode": status}}
+
+    assert is_transient(StoreUnavailable("no answer")) and is_transient(RpcError("GCS unavailable"))
+    assert is_transient(ClientError(503)) and not is_transient(ClientError(403))
+    assert is_transient(ConnectionResetError(104, "reset"))
+    try:
+        try:
+            raise TimeoutError("read timed out")
+        except TimeoutError as exc:
+            raise RuntimeError("the pass broke") from exc
+    except RuntimeError as wrapped:
+        assert is_transient(wrapped)  # what it was raised from counts
+    assert not is_transient(ValueError("model path does not exist")) and not is_transient(KeyError("x"))

@@ -351,6 +351,27 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     _assert_same(list(got.values()), [want[k] for k in got])
 
 
+def test_a_transient_error_that_ends_a_pass_costs_an_idle_pass_not_the_run(ray_head, prepared, config_file,
+                                                                          reference_run, tmp_path):
+    """Issue 43 item 4: a transient error escaping a pass (here a connection reset at its start, as a store 5xx or a
+    Ray RPC error gives) is an idle pass of ray.max_passes_without_progress: with a budget of 1 the run stops saying
+    so (nothing charged), with 2 the next pass commits every shard (on main: exit 1 at the first error)."""
+    run = _copy(prepared, tmp_path / "run")
+    env = {**_ray_env(), "TOOLFORMER_FAULT_PASS_TRANSIENT": "1"}
+    common = [f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED]
+    stopped = _job(["jobs.annotate", *common, "ray.max_passes_without_progress=1"], config_file, env=env, rc=1)
+    assert "1 passes in a row committed no shard" in stopped.stdout + stopped.stderr, stopped.stderr[-2000:]
+    assert "a transient error ends pass start 1" in stopped.stdout + stopped.stderr
+    assert not (run / "markers").exists() and not list((run / "failures").glob("annotate/*"))
+    _job(["jobs.annotate", *common, "ray.max_passes_without_progress=2"], config_file, env=env)
+    stats = json.loads((run / "stats.json").read_text())
+    assert len(stats["transient_pass_errors"]) == 1 and stats["shards"]["done"] == stats["shards"]["total"], stats
+    assert not list((run / "failures").glob("annotate/*"))
+    got, want = _rows_by_key(_annotations(run)), _rows_by_key(_annotations(reference_run))
+    assert set(got) == set(want)
+    _assert_same(list(got.values()), [want[k] for k in got])
+
+
 def test_a_dead_engine_ends_its_actor_and_charges_no_shard(ray_head, config_file, reference_run, tmp_path):
     """Issue 43 item 1: an LM actor whose engine dies (vLLM's EngineDeadError after a CUDA error; here the fault
     point: the first engine raises on every call after 3) while the actor lives on ends its own process; Ray

@@ -70,6 +70,7 @@ class Outcome:
     store_paid: list[str] = field(default_factory=list)  # left uncharged: the store failed their commit (retried)
     verdict: Verdict | None = None
     systemic: str | None = None  # the first pass failed as a whole: its charges were taken back
+    transient: str | None = None  # a transient error ended the pass (annotate/transient.py): an idle pass
 
 
 def progress_timeout(cfg) -> float:

@@ -44,6 +44,7 @@ from toolformer.annotate.observe import Guard, Metrics, Progress
 from toolformer.annotate.passes import Pass
 from toolformer.annotate.telemetry import start_sink, summarize
 from toolformer.config import RunConfig, config_hash
+from toolformer.run.faults import pass_fault
 from toolformer.run.lease import Lease, LeaseLost
 from toolformer.report import sum_funnels
 from toolformer.run.shards import Manifest, RunState
@@ -83,6 +84,7 @@ class RayAnnotator:
         self.actor_deaths = 0
         self.pool_deaths: list[str] = []  # each pass cut by a pool that died for good
         self.cuts: list[str] = []  # every pass cut, with its verdict
+        self.transient: list[str] = []  # passes a transient error ended (is_transient), each an idle pass
         self.causes: dict[str, int] = {}  # this run's charges to shards, by cause
         self.ledger = NodeLedger(self.store, cfg.ray, cfg.shards.max_failures, fence=self._fence, log_fn=log)
         self.sink_name: str | None = None
@@ -201,10 +203,19 @@ class RayAnnotator:
 
     def _pass(self, ids: list[str], sink, sink_name: str | None, first: bool):
         try:
+            pass_fault()
             out = Pass(self, ids, sink, sink_name, first).run()
         except LeaseLost as exc:
             raise ExecutionError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - the execution itself broke: no shard is to blame
+            from toolformer.annotate.passes import Outcome
+            from toolformer.annotate.transient import is_transient
+
+            if is_transient(exc):  # a rerun would heal it: this pass is lost (an idle one), not the run
+                message = f"pass ended by a transient error, no shard charged: {type(exc).__name__}: {str(exc)[:500]}"
+                self.log(message)
+                self.transient.append(message[:2000])
+                return Outcome(transient=message)
             raise self._stopped(
                 f"the Ray execution stopped: {type(exc).__name__}: {str(exc)[:1500]}\nThis is not a shard's fault, "
                 f"so no shard was charged: fix the cause (model path, index, cluster) and run the same command "
@@ -274,6 +285,8 @@ class RayAnnotator:
                 self.cuts.append(last[:2000])
                 if out.verdict.kind == "pool_dead":
                     self.pool_deaths.append(out.verdict.message[:2000])
+            if out.transient:
+                last = out.transient
             if out.store_paid and out.verdict is None:  # why the next pass runs them again (uncharged)
                 last = f"the store failed the commits of {len(out.store_paid)} shard(s): {', '.join(out.store_paid[:5])}"
             self.guard("progress", self.progress.maybe_flush, force=True)
@@ -303,6 +316,7 @@ class RayAnnotator:
             "actor_deaths_in_batches": self.actor_deaths,  # each one a retry of its shard's batch
             "pool_deaths": self.pool_deaths,
             "pass_cuts": self.cuts,
+            "transient_pass_errors": self.transient,  # passes a transient error ended (each an idle pass)
             "charges_by_cause": self.causes,  # this run's charges to shards
             "nodes": self.ledger.summary(),  # every node's deaths, by cause and by who paid; excluded ones
             "observability_failures": dict(self.guard.failures),

@@ -24,6 +24,8 @@ Faults that fire every time (no flag file), for the chaos soak and the failure t
 - ``TOOLFORMER_FAULT_DEAD_ENGINE_AFTER=<n>``: an engine answers its first ``n`` calls, then raises ``EngineDead`` on
   every call, as vLLM does once its engine core died (a CUDA error, a GPU OOM) while the actor lives on; with
   ``TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE`` only the first engine to get there dies (its replacement is healthy);
+- ``TOOLFORMER_FAULT_PASS_TRANSIENT=<n>``: the first ``n`` annotate passes of a driver end at their start with a
+  transient error (a connection reset, as a store or Ray RPC gives), which must cost an idle pass, not the run;
 - ``TOOLFORMER_FAULT_GIL_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_GIL_TEXT=<text_id>``): that tool's calls
   compute a huge power in C while holding the GIL (a thread in their process cannot end or outwait them).
 """
@@ -143,3 +145,15 @@ def dead_engine_fault(engine):
     if not after:
         return engine
     return _DyingEngine(engine, int(after), os.environ.get("TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE") or None)
+
+
+_passes_failed = 0
+
+
+def pass_fault() -> None:
+    """An annotate pass starts: raise a transient error here for the first passes a test asked for."""
+    global _passes_failed
+    n = int(os.environ.get("TOOLFORMER_FAULT_PASS_TRANSIENT") or 0)
+    if _passes_failed < n:
+        _passes_failed += 1
+        raise ConnectionResetError(104, f"fault injection: a transient error ends pass start {_passes_failed} of {n}")
