@@ -60,13 +60,53 @@ def parse(description: str, argv: Sequence[str] | None = None, default_config: s
     return cfg, args
 
 
+EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped from outside (a spot node reclaimed, a pod evicted); a rerun resumes
+EXIT_TRANSIENT = 76  # an error a rerun would heal (annotate/transient.py) escaped the job outside an annotate pass
+
+
+class Terminated(SystemExit):
+    """SIGTERM: unwinds the job (the lease is released on the way out), exit 143."""
+
+    def __init__(self):
+        super().__init__(EXIT_TERMINATED)
+        self.last_line = (f"stopped by SIGTERM: the run's lease was released and what was committed is kept; the same "
+                          f"command resumes it (exit {EXIT_TERMINATED})")
+
+
+def _on_sigterm(signum, frame) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 def run_job(description: str, argv: Sequence[str] | None, default_config: str | None, job: str,
             fn: Callable[[RunConfig], Any]) -> Any:
     """What every config-driven job does: offline by default, parse the config, route framework output to
-    ``<output_dir>/logs/<job>.log`` (unless ``--verbose``), run ``fn(cfg)``."""
+    ``<output_dir>/logs/<job>.log`` (unless ``--verbose``), run ``fn(cfg)``. SIGTERM unwinds it (exit 143, the
+    lease released); an error a rerun would heal ends it with exit 76 (docs/operations.md, exit codes)."""
+    import signal
+    import threading
+
     from toolformer.console import job_console
 
     offline_by_default()
     cfg, args = parse(description, argv, default_config)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     with job_console(cfg.output_dir, job, args.verbose):
-        return fn(cfg)
+        try:
+            return fn(cfg)
+        except Terminated as exc:
+            print(exc.last_line, file=sys.stderr, flush=True)
+            raise
+        except Exception as exc:
+            from toolformer.annotate.transient import is_transient
+
+            if not is_transient(exc):
+                raise
+            end = SystemExit(EXIT_TRANSIENT)
+            end.last_line = (f"stopped by an error a rerun would heal ({type(exc).__name__}: {str(exc)[:300]}); "  # type: ignore[attr-defined]
+                             f"the same command resumes (exit {EXIT_TRANSIENT})")
+            print(end.last_line, file=sys.stderr, flush=True)  # type: ignore[attr-defined]
+            raise end from exc

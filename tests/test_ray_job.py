@@ -372,6 +372,25 @@ def test_a_transient_error_that_ends_a_pass_costs_an_idle_pass_not_the_run(ray_h
     _assert_same(list(got.values()), [want[k] for k in got])
 
 
+def test_sigterm_releases_the_lease_and_exits_143(ray_head, prepared, config_file, tmp_path):
+    """Issue 43 item 4: a driver told to stop (SIGTERM: a spot node reclaimed, a pod evicted) unwinds, releases the
+    run's lease and exits 143; the next driver starts at once (on main: killed by the signal, lease left behind)."""
+    run = _copy(prepared, tmp_path / "run")
+    args = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}",
+            f"ray.address={ray_head['address']}", *FUSED]
+    driver = subprocess.Popen(args, cwd=REPO, env=_ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "_lease.json").exists() and driver.poll() is None:
+        time.sleep(0.1)
+    assert (run / "_lease.json").exists(), "the driver never took the lease"
+    time.sleep(3)  # into its pass
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, (driver.returncode, err[-3000:])
+    assert "stopped by SIGTERM" in err and not (run / "_lease.json").exists()
+
+
 def test_a_dead_engine_ends_its_actor_and_charges_no_shard(ray_head, config_file, reference_run, tmp_path):
     """Issue 43 item 1: an LM actor whose engine dies (vLLM's EngineDeadError after a CUDA error; here the fault
     point: the first engine raises on every call after 3) while the actor lives on ends its own process; Ray
@@ -403,7 +422,7 @@ def test_a_dead_engine_ends_its_actor_and_charges_no_shard(ray_head, config_file
 def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepared, config_file, reference_run, tmp_path):
     run = _copy(prepared, tmp_path / "run")
     args = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}",
-            f"ray.address={ray_head['address']}", *FUSED]
+            f"ray.address={ray_head['address']}", *FUSED, "shards.lease_wait_s=0"]
     driver = subprocess.Popen(args, cwd=REPO, env=_ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     markers = run / "markers" / "annotate"
@@ -412,7 +431,7 @@ def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepar
         time.sleep(0.1)
     # A second driver on the same run (a RayJob resubmitted, a user rerunning) refuses, naming the holder.
     second = subprocess.run(args, cwd=REPO, env=_ray_env(), capture_output=True, text=True, timeout=300)
-    assert second.returncode != 0 and f"pid {driver.pid}" in second.stdout + second.stderr, second.stdout[-2000:]
+    assert second.returncode == 75 and f"pid {driver.pid}" in second.stdout + second.stderr, second.stdout[-2000:]
     assert "being written by another driver" in second.stdout + second.stderr
     while time.time() < deadline and not list(markers.glob("*.json")) and driver.poll() is None:
         time.sleep(0.1)

@@ -32,6 +32,33 @@ def test_second_driver_refuses_naming_the_holder(tmp_path):
     assert not store.exists(LEASE)  # released at the end
 
 
+def test_a_held_lease_is_waited_for_then_refused_with_its_own_code(tmp_path):
+    """Issue 43 item 4: a second driver waits up to shards.lease_wait_s (default: the TTL) for a held lease, then
+    exits 75 (try again later), not 1; a holder that finishes meanwhile hands the run over at once."""
+    import threading
+
+    from toolformer.config import RunConfig
+    from toolformer.run.lease import EXIT_LEASE_HELD, lease_wait
+
+    store = Store(tmp_path)
+    said: list[str] = []
+    with Lease(store, ttl_s=60, heartbeat_s=0.1, log=lambda _: None):
+        t0 = time.monotonic()
+        with pytest.raises(LeaseHeld) as refused:
+            Lease(store, ttl_s=60, heartbeat_s=0.2, log=said.append, wait_s=1.0).acquire()
+        assert time.monotonic() - t0 >= 1.0
+        assert refused.value.code == EXIT_LEASE_HELD == 75 and "another driver" in str(refused.value)
+        assert any("waiting up to" in s for s in said) and "exit 75" in said[-1]
+    holder = Lease(store, ttl_s=60, heartbeat_s=0.1, log=lambda _: None).acquire()
+    threading.Timer(0.5, holder.release).start()
+    with Lease(store, ttl_s=60, heartbeat_s=0.2, log=lambda _: None, wait_s=30) as second:  # taken once released
+        assert json.loads(store.read_bytes(LEASE))["owner"] == second.owner
+    cfg = RunConfig()
+    assert lease_wait(cfg.shards) == cfg.shards.lease_ttl_s == 120  # the default: up to the TTL
+    cfg.shards.lease_wait_s = 0
+    assert lease_wait(cfg.shards) == 0
+
+
 def test_lease_of_a_dead_driver_is_taken_over_at_once(tmp_path):
     """A driver killed with SIGKILL leaves its lease; on the same host, a dead pid is enough to take it over."""
     store = Store(tmp_path)

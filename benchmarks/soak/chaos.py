@@ -73,7 +73,7 @@ class Chaos:
         s, a = self.s, self.a
         env = dict(s.env)
         extra = [f"shards.max_failures={a.max_failures}", f"ray.batch_attempts={a.batch_attempts}",
-                 "shards.lease_ttl_s=30", "shards.lease_heartbeat_s=2", "annotate.tool_timeout_s=2",
+                 "shards.lease_ttl_s=30", "shards.lease_heartbeat_s=2", "shards.lease_wait_s=0", "annotate.tool_timeout_s=2",
                  f"ray.lm_batch_timeout_s={a.lm_batch_timeout_s}"]
         if t.get("poison"):
             env["TOOLFORMER_FAULT_POISON_SHARD"] = t["poison"]

@@ -45,7 +45,7 @@ from toolformer.annotate.passes import Pass
 from toolformer.annotate.telemetry import start_sink, summarize
 from toolformer.config import RunConfig, config_hash
 from toolformer.run.faults import pass_fault
-from toolformer.run.lease import Lease, LeaseLost
+from toolformer.run.lease import Lease, LeaseLost, lease_wait
 from toolformer.report import sum_funnels
 from toolformer.run.shards import Manifest, RunState
 from toolformer.run.store import Store
@@ -192,7 +192,7 @@ class RayAnnotator:
                 return self._run()
             s = self.cfg.shards
             with Lease(self.store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=self.log,
-                       margin_s=s.lease_margin_s) as lease:
+                       margin_s=s.lease_margin_s, wait_s=lease_wait(s)) as lease:
                 self.lease = lease
                 try:
                     return self._run()
@@ -343,7 +343,8 @@ def annotate_on_ray(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
 
     s = cfg.shards
     store = Store(cfg.output_dir)
-    with Lease(store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=log, margin_s=s.lease_margin_s) as lease:
+    with Lease(store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=log, margin_s=s.lease_margin_s,
+               wait_s=lease_wait(s)) as lease:
         if not store.exists("manifest.json"):
             init_ray(cfg)
             log(f"{store.uri} has no manifest: preparing its shards with Ray first")

@@ -107,6 +107,6 @@ def config_hash(cfg: RunConfig) -> str:
     for key in ("tool_workers", "tool_in_process", "tool_setup_timeout_s", "tool_max_restarts"):  # where tools run
         data.get("annotate", {}).pop(key, None)
     for key in ("max_failures", "progress_every_shards", "progress_every_s", "lease_ttl_s", "lease_heartbeat_s",
-                "lease_margin_s", "retry_after_stops"):
+                "lease_margin_s", "lease_wait_s", "retry_after_stops"):
         data.get("shards", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -108,6 +108,9 @@ class ShardsConfig:
     # over (None: the larger of two heartbeats and a quarter of the TTL). On s3:// or gs:// it must exceed the 26 s
     # a conditional write may take to land after its fence check (conditional.WRITE_WINDOW_S; checked at load).
     lease_margin_s: Optional[float] = None
+    # A second driver waits this long for the run's lease before it exits 75 (another driver holds the run; a rerun
+    # later resumes it). None: lease_ttl_s, the time a holder that died elsewhere takes to go stale; 0: refuse at once.
+    lease_wait_s: Optional[float] = None
     # A run whose last max_failures starts all stopped on an error of the execution, with nothing committed since,
     # refuses to start (a resubmitting job would loop); true lifts that for this start, once the cause is fixed.
     retry_after_stops: bool = False

@@ -299,14 +299,14 @@ def prepare_ray(cfg: RunConfig, log: Callable[[str], None] = print, keep_work: b
     (``lease``, or one of its own): one driver prepares a run, and one that lost the lease writes no manifest."""
     import ray
 
-    from toolformer.run.lease import Lease
+    from toolformer.run.lease import Lease, lease_wait
 
     store = Store(cfg.output_dir)
     if (manifest := Manifest.prepared(store, config_hash(cfg), log)) is not None:
         return manifest
     s = cfg.shards
     own = None if lease is not None else Lease(store, ttl_s=s.lease_ttl_s, heartbeat_s=s.lease_heartbeat_s, log=log,
-                                               margin_s=s.lease_margin_s)
+                                               margin_s=s.lease_margin_s, wait_s=lease_wait(s))
     started = not ray.is_initialized()
     with own if own is not None else contextlib.nullcontext(lease) as held:
         if started:

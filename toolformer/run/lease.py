@@ -7,6 +7,9 @@
 ``_lease.json`` names the holder (a random owner token, host, pid, start time, the command), its **epoch** (one
 more than the lease it replaced: ``_lease.epoch`` keeps the count across releases) and when it was last renewed.
 
+- A second driver waits for the lease up to ``wait_s`` (``shards.lease_wait_s``: by default the lease TTL, the
+  time a holder that died elsewhere takes to go stale), then refuses with exit code 75 (``LeaseHeld``: try again
+  later; a rerun heals). A holder that finishes meanwhile hands the run over at once.
 - A second driver refuses while the lease is fresh. It takes the lease over when the holder is a dead process on
   the same host, or when the lease has not been renewed for ``ttl_s`` (a driver on a lost node, a paused one). A
   holder on another host is never judged by its pid.
@@ -47,8 +50,19 @@ STORE_DOWN_ENV = "TOOLFORMER_FAULT_LEASE_STORE_DOWN"  # test hook: while this fi
 log = logging.getLogger(__name__)
 
 
+EXIT_LEASE_HELD = 75  # EX_TEMPFAIL: another driver holds the run; the same command later resumes it
+
+
 class LeaseHeld(SystemExit):
-    """Another driver holds the run."""
+    """Another driver holds the run (after ``wait_s``): exit 75, the message said last."""
+
+    def __init__(self, message: str):
+        super().__init__(EXIT_LEASE_HELD)
+        self.message = message
+        self.last_line = f"{message} (exit {EXIT_LEASE_HELD}: the run is another driver's; try again later)"
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class LeaseLost(RuntimeError):
@@ -154,10 +168,16 @@ def lease_margin(ttl_s: float, heartbeat_s: float, margin_s: float | None = None
     return min(margin_s if margin_s is not None else default, 0.9 * ttl_s)
 
 
+def lease_wait(shards) -> float:
+    """How long a job waits for a held lease (``shards.lease_wait_s``; None: the TTL)."""
+    return float(shards.lease_ttl_s if shards.lease_wait_s is None else shards.lease_wait_s)
+
+
 class Lease:
     def __init__(self, store: Store, ttl_s: float = 120.0, heartbeat_s: float = 15.0,
-                 log: Callable[[str], None] = print, margin_s: float | None = None):
+                 log: Callable[[str], None] = print, margin_s: float | None = None, wait_s: float = 0.0):
         self.store, self.ttl_s, self.heartbeat_s, self.say = store, ttl_s, max(0.05, heartbeat_s), log
+        self.wait_s = max(0.0, float(wait_s or 0.0))
         self.margin_s = lease_margin(ttl_s, heartbeat_s, margin_s)
         self.cas = conditional(store)
         self.owner = uuid.uuid4().hex
@@ -210,6 +230,23 @@ class Lease:
 
     # -- acquire / renew / release -----------------------------------------------------------------------------
     def acquire(self) -> "Lease":
+        """Take the lease, waiting up to ``wait_s`` while another driver holds it (then ``LeaseHeld``)."""
+        deadline = deadline_clock() + self.wait_s
+        told = False
+        while True:
+            try:
+                return self._acquire_once()
+            except LeaseHeld as held:
+                left = deadline - deadline_clock()
+                if left <= 0:
+                    self.say(held.last_line)
+                    raise
+                if not told:
+                    self.say(f"{held.message}\nwaiting up to {left:.0f} s for it (shards.lease_wait_s)")
+                    told = True
+                time.sleep(min(left, max(0.5, min(5.0, self.heartbeat_s))))
+
+    def _acquire_once(self) -> "Lease":
         for _ in range(5):  # bounded: each round creates, refuses, or lost a race to another taker
             try:
                 with self.cas.exclusive(LEASE):
