@@ -174,6 +174,9 @@ def build_indexes(cfg: RunConfig, log: Callable[[str], None] = print) -> None:
 
     info = lama_index(Path(cfg.bootstrap.lama_index), cfg.eval.data_dir)
     log(f"LAMA index: {info}")
+    record = Path(cfg.output_dir) / "index_build.json"  # what the build took (the timeline's first unit holds it)
+    if "seconds" in info and not record.exists():
+        record.write_text(json.dumps(info))
 
 
 def unit_config(cfg: RunConfig, unit: Unit, base: str) -> RunConfig:

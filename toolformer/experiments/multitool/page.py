@@ -147,7 +147,10 @@ def page(s: dict, notes: str) -> str:
         total += x.get("minutes") or 0
         phases = ", ".join(f"{k} {v / 60:.1f}" for k, v in (x.get("phases_s") or {}).items() if v)
         out.append(f"| {x['unit']} | {x['status']} | {x['minutes']} | {phases} | {x.get('load_at_start')} | {x.get('commit')} |")
-    out += ["", f"Unit time in all: {total:.0f} min.", "", "## Setup", "",
+    built = s.get("index_build") or {}
+    out += ["", f"Unit time in all: {total:.0f} min."
+            + (f" The LAMA index ({built.get('passages'):,} passages) was built once, inside the first unit, in "
+               f"{built['seconds'] / 60:.1f} min." if built.get("seconds") else ""), "", "## Setup", "",
             f"Tools annotated: {cfg.get('tools')}; evaluated: {cfg.get('eval_tools')} (each set offers the paper's "
             f"subset: LAMA without WikiSearch). Sources: {cfg.get('sources')}; one annotation shared by the seeds: "
             f"{cfg.get('share_annotation')} (the seeds then differ in training order only). C* keeps texts without a "

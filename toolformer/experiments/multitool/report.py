@@ -123,6 +123,8 @@ def collect(cfg: RunConfig) -> dict:
             entry["eval"][name]["choice"] = tool_choice(r for r in rows if r["setting"] == name)
         data["units"][unit] = entry
     data["timeline"] = _read_jsonl(root / "timeline.jsonl")
+    built = root / "index_build.json"
+    data["index_build"] = json.loads(built.read_text()) if built.is_file() else None
     return data
 
 
@@ -280,7 +282,7 @@ def summarize(cfg: RunConfig, data: dict) -> dict:
             "finetune": {u: {"model": d.get("finetune"), "control": d.get("control")}
                          for u, d in data["units"].items() if d.get("finetune")},
             "units_done": sorted(u for u, d in data["units"].items() if d.get("eval")),
-            "timeline": data["timeline"],
+            "timeline": data["timeline"], "index_build": data.get("index_build"),
             "tests": {"per seed": "exact McNemar (two-sided, binomial on the discordant pairs), Wilson 95 % intervals",
                       "pooled over seeds": "paired sign-flip permutation test over items on d_i = mean over seeds of "
                                            "right with tools - mean over seeds of right with the other"}}
