@@ -189,7 +189,8 @@ class Pass:
         self.counts: dict[str, int] = defaultdict(int)
         self.settled: set[str] = set()  # all rows written: committed or being committed
         self.out = Outcome()
-        self.fresh = {s for s in shard_ids if not a.state.failures(s)}
+        failed = a.state.failed()  # one listing, not a read per shard: a pass starts in seconds at 100k shards
+        self.fresh = {s for s in shard_ids if s not in failed}
         self.fresh_failed: list[tuple[str, str]] = []  # (shard, attempt id) charged this pass, fresh shards
         self.commits = Commits(a, self.staging)
         a.ledger.refresh()
