@@ -351,22 +351,38 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     _assert_same(list(got.values()), [want[k] for k in got])
 
 
-def test_a_transient_error_that_ends_a_pass_costs_an_idle_pass_not_the_run(ray_head, prepared, config_file,
-                                                                          reference_run, tmp_path):
-    """Issue 43 item 4: a transient error escaping a pass (here a connection reset at its start, as a store 5xx or a
-    Ray RPC error gives) is an idle pass of ray.max_passes_without_progress: with a budget of 1 the run stops saying
-    so (nothing charged), with 2 the next pass commits every shard (on main: exit 1 at the first error)."""
+def test_a_transient_pass_error_and_a_dead_engine_charge_no_shard(ray_head, prepared, config_file, reference_run,
+                                                                  tmp_path):
+    """Issue 43 items 1 and 4, on one run (one run keeps the suite short):
+
+    - a transient error escaping a pass (a connection reset at its start, as a store 5xx or a Ray RPC error gives)
+      is an idle pass of ray.max_passes_without_progress: with a budget of 1 the run stops saying so (nothing
+      charged), with 2 the next pass goes on (on main: exit 1 at the first error);
+    - an LM actor whose engine dies while the actor lives (vLLM's EngineDeadError after a CUDA error; here the fault
+      point: the first engine raises on every call after 3) ends its own process; Ray replaces it and the shard it
+      held is retried. No shard is charged (on main every shard that actor pulled got error rows and was charged),
+      every shard commits as the uninterrupted run, and the node ledger says why."""
+    from toolformer.annotate.blame import read_nodes
+    from toolformer.run.store import Store
+
     run = _copy(prepared, tmp_path / "run")
-    env = {**_ray_env(), "TOOLFORMER_FAULT_PASS_TRANSIENT": "1"}
-    common = [f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED]
+    env = {**_ray_env(), "TOOLFORMER_FAULT_PASS_TRANSIENT": "1", "TOOLFORMER_FAULT_DEAD_ENGINE_AFTER": "3",
+           "TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE": str(tmp_path / "engine-died")}
+    common = [f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED, "shards.max_failures=2"]
     stopped = _job(["jobs.annotate", *common, "ray.max_passes_without_progress=1"], config_file, env=env, rc=1)
     assert "1 passes in a row committed no shard" in stopped.stdout + stopped.stderr, stopped.stderr[-2000:]
     assert "a transient error ends pass start 1" in stopped.stdout + stopped.stderr
     assert not (run / "markers").exists() and not list((run / "failures").glob("annotate/*"))
     _job(["jobs.annotate", *common, "ray.max_passes_without_progress=2"], config_file, env=env)
+    assert (tmp_path / "engine-died").exists(), "the engine never died"
     stats = json.loads((run / "stats.json").read_text())
     assert len(stats["transient_pass_errors"]) == 1 and stats["shards"]["done"] == stats["shards"]["total"], stats
-    assert not list((run / "failures").glob("annotate/*"))
+    assert not list((run / "failures").glob("annotate/*")), [p.read_text()[:500] for p in (run / "failures").rglob("*.json")]
+    assert not (run / "quarantine").exists()
+    nodes = read_nodes(Store(str(run)))
+    causes = {c: n for v in nodes.values() for c, n in v["by_cause"].items()}
+    assert causes.get("engine_dead", 0) >= 1 and all(v["charged_to"].get("shard", 0) == 0 for v in nodes.values()), nodes
+    _accounted(run)
     got, want = _rows_by_key(_annotations(run)), _rows_by_key(_annotations(reference_run))
     assert set(got) == set(want)
     _assert_same(list(got.values()), [want[k] for k in got])
@@ -389,33 +405,6 @@ def test_sigterm_releases_the_lease_and_exits_143(ray_head, prepared, config_fil
     out, err = driver.communicate(timeout=120)
     assert driver.returncode == 143, (driver.returncode, err[-3000:])
     assert "stopped by SIGTERM" in err and not (run / "_lease.json").exists()
-
-
-def test_a_dead_engine_ends_its_actor_and_charges_no_shard(ray_head, config_file, reference_run, tmp_path):
-    """Issue 43 item 1: an LM actor whose engine dies (vLLM's EngineDeadError after a CUDA error; here the fault
-    point: the first engine raises on every call after 3) while the actor lives on ends its own process; Ray
-    replaces it and the shard it held is retried. No shard is charged (on main every shard that actor pulled got
-    error rows and was charged), every shard commits as the uninterrupted run, and the node ledger says why."""
-    from toolformer.annotate.blame import read_nodes
-    from toolformer.run.store import Store
-
-    run = tmp_path / "run"
-    _job(["jobs.prepare", f"output_dir={run}", "shards.docs_per_shard=1", "prepare.runner=local"], config_file)
-    env = {**_ray_env(), "TOOLFORMER_FAULT_DEAD_ENGINE_AFTER": "3",
-           "TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE": str(tmp_path / "engine-died")}
-    _job(["jobs.annotate", f"output_dir={run}", f"ray.address={ray_head['address']}", *FUSED, "shards.max_failures=2",
-          "shards.verify_checksums=false"], config_file, env=env)
-    assert (tmp_path / "engine-died").exists(), "the engine never died"
-    assert not list((run / "failures").glob("annotate/*")), [p.read_text()[:500] for p in (run / "failures").rglob("*.json")]
-    assert not (run / "quarantine").exists()
-    nodes = read_nodes(Store(str(run)))
-    causes = {c: n for v in nodes.values() for c, n in v["by_cause"].items()}
-    assert causes.get("engine_dead", 0) >= 1 and all(v["charged_to"].get("shard", 0) == 0 for v in nodes.values()), nodes
-    _accounted(run)
-    got = _rows_by_key(_annotations(run))
-    want = _rows_by_key(_annotations(reference_run))
-    assert set(got) == set(want)
-    _assert_same(list(got.values()), [want[k] for k in got])
 
 
 @pytest.mark.slow  # the small chaos soak (test_soak.py) kills and resubmits a driver and starts a second one in make test

@@ -126,6 +126,9 @@ def page(s: dict, notes: str) -> str:
                    f"Facts: {(corpus.get('facts') or {}).get('relations')} relations, "
                    f"{(corpus.get('facts') or {}).get('dropped_stating_a_held_out_fact')} texts dropped for stating a held-out fact.")
         out.append("")
+    ops = (s.get("eval_operations") or {}).get("asdiv")
+    if ops:
+        out += [f"The evaluated ASDiv fold's operations: {ops}.", ""]
     for unit, c in (s.get("cstar") or {}).items():
         out.append(f"- `{unit}`: {c['texts']} texts ({c.get('texts_without_calls')} without a call), calls per tool "
                    f"{c.get('calls_per_tool')}; per source {c.get('per_source')}")

@@ -179,6 +179,20 @@ def diagnose(rows: list[dict], prompts: dict[tuple[str, str], str]) -> dict:
     return out
 
 
+def eval_operations(cfg: RunConfig) -> dict | None:
+    """The operation mix of the evaluated ASDiv fold (beside the training sample's, ``sources.json``)."""
+    from collections import Counter
+
+    from toolformer.evaluation.evaluate import data_dir
+    from toolformer.evaluation.tasks import load_task
+
+    try:
+        items = load_task("asdiv", data_dir(cfg), ids=cfg.eval.task_ids.get("asdiv"))
+    except (OSError, ValueError):
+        return None
+    return dict(Counter(e.meta.get("operation") for e in items).most_common())
+
+
 def load_prompts(cfg: RunConfig) -> dict[tuple[str, str], str]:
     """(task, item id) -> the prompt, read as the evaluation reads it (for the QA question check)."""
     from toolformer.evaluation.evaluate import data_dir
@@ -335,6 +349,7 @@ def write_report(cfg: RunConfig, results_dir: str | Path = "benchmarks/results/m
                          "per_tool": {k: {f: x for f, x in vars(v).items() if x is not None}
                                       for k, v in cfg.annotate.per_tool.items()}}
     summary["corpus"] = json.loads(sources.read_text()) if sources is not None and sources.is_file() else None
+    summary["eval_operations"] = {"asdiv": eval_operations(cfg)}
     summary = relative_paths(json.loads(json.dumps(summary, default=str)))
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     store(cfg, data, out)
