@@ -15,6 +15,21 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+def gcs_filesystem() -> pafs.FileSystem:
+    """pyarrow's GCS filesystem with its retries bounded (``conditional.REQUEST_BOUND_S``); against the emulator
+    ``STORAGE_EMULATOR_HOST`` names (as google-cloud-storage honours it; pyarrow's ``from_uri`` does not)."""
+    import datetime as dt
+
+    from toolformer.run.conditional.base import REQUEST_BOUND_S
+
+    opts: dict[str, Any] = {"retry_time_limit": dt.timedelta(seconds=REQUEST_BOUND_S)}
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if host:
+        scheme, _, address = host.rpartition("://")
+        opts.update(anonymous=True, scheme=scheme or "http", endpoint_override=address)
+    return pafs.GcsFileSystem(**opts)
+
+
 class Store:
     """A run directory on a local disk or an object store, through pyarrow's filesystems."""
 
@@ -24,6 +39,8 @@ class Store:
         if self.local:
             self.fs: pafs.FileSystem = pafs.LocalFileSystem()
             self.root = str(Path(root.removeprefix("file://")).resolve())
+        elif root.startswith("gs://"):
+            self.fs, self.root = gcs_filesystem(), root.removeprefix("gs://").rstrip("/")
         else:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
         self.uri = root

@@ -20,14 +20,29 @@ def _gcs_bounds() -> dict:
     return {"timeout": (CONNECT_TIMEOUT_S, READ_TIMEOUT_S), "retry": retry}
 
 
+def gcs_client():
+    """A google-cloud-storage client (anonymous against the emulator ``STORAGE_EMULATOR_HOST`` names); a clear
+    error when the package is missing (requirements.txt, cluster/requirements-gpu.txt, ``pip install .[gcs]``)."""
+    import os
+
+    try:
+        from google.cloud import storage
+    except ImportError as exc:
+        raise ImportError("a gs:// run directory needs google-cloud-storage (in requirements.txt and "
+                          "cluster/requirements-gpu.txt; or pip install 'toolformer[gcs]')") from exc
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="toolformer-emulator", credentials=AnonymousCredentials())
+    return storage.Client()
+
+
 class GCSConditional(VersionedConditional):
     """GCS preconditions: ``if_generation_match=0`` to create, ``=<generation>`` to replace or delete."""
 
     def _blob(self, name: str):
-        from google.cloud import storage
-
         if "client" not in _gcs_clients:
-            _gcs_clients["client"] = storage.Client()
+            _gcs_clients["client"] = gcs_client()
         bucket, key = self.store.path(name).split("/", 1)
         return _gcs_clients["client"].bucket(bucket).blob(key)
 
