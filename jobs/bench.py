@@ -10,6 +10,7 @@
     python -m jobs.bench first_try     # unseen web pages, one tool at a time, 2-document shards: finishes on its first try
     python -m jobs.bench math_levers   # the math corpus: kept Calculator calls per 1k sampled tokens, lever by lever
     python -m jobs.bench qa_ceiling    # the QA tool alone on held-out LAMA facts, cloze and question forms
+    python -m jobs.bench pass_start    # an annotate pass start on S3 (moto) at 10k and 100k shards
     python cluster/gpu_bench_train.py  # (GPU machine) 1B Llama-shaped model, ZeRO-2: tokens/s, MFU
 
 A benchmark whose checks fail exits with status 1 after printing its JSON.
@@ -24,7 +25,8 @@ from typing import Sequence
 
 from jobs.cli import offline_by_default
 
-BENCHMARKS = ("annotate", "tools", "ray", "scale", "train", "eval", "soak", "first_try", "math_levers", "qa_ceiling")
+BENCHMARKS = ("annotate", "tools", "ray", "scale", "train", "eval", "soak", "first_try", "math_levers", "qa_ceiling",
+              "pass_start")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
