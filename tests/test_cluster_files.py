@@ -584,3 +584,18 @@ def test_the_rayjob_resubmits_once_because_the_job_heals_itself():
     job = yaml.safe_load((REPO / "cluster" / "rayjob.yaml").read_text())
     assert job["spec"]["backoffLimit"] == 1
     assert "exit 3" in (REPO / "cluster" / "rayjob.yaml").read_text()
+
+
+def test_the_rayjob_is_spot_ready():
+    """Issue 43 item 4: the head (the driver and its lease) on on-demand capacity, the GPU workers on spot (with the
+    spot taint tolerated), and the job rerun on the codes a rerun heals only (jobs.retry, tests/test_retry.py)."""
+    import yaml
+
+    job = yaml.safe_load((REPO / "cluster" / "rayjob.yaml").read_text())
+    cluster = job["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["nodeSelector"] == {"karpenter.sh/capacity-type": "on-demand"}
+    gpu = [g for g in cluster["workerGroupSpecs"] if "nvidia.com/gpu" in str(g["template"])]
+    assert gpu and all(g["template"]["spec"]["nodeSelector"] == {"karpenter.sh/capacity-type": "spot"} for g in gpu)
+    assert all(any(t.get("value") == "spot" for t in g["template"]["spec"]["tolerations"]) for g in gpu)
+    assert job["spec"]["entrypoint"].split()[:5] == ["python", "-m", "jobs.retry", "--", "python"]
