@@ -208,3 +208,16 @@ def test_a_node_that_kills_its_actors_is_excluded_and_no_shard_is_charged(tmp_pa
     # 80 shards: the node must kill two different shards (and restart its actor in between) before the run ends
     result = _scenario(tmp_path, "node_kill", "--shards", "80", "--every-s", "10", "--max-events", "8")
     assert result["checks"]["node_excluded"]["ok"]
+
+
+def test_an_inferred_event_is_saved_on_every_lost_node(tmp_path, nodes):
+    """Issue 43 item 5: a shard that ended incomplete while two nodes were lost: each node's stored record says its
+    event was inferred (a later driver must not count it as a death that followed the shard)."""
+    led = _ledger(tmp_path)
+    nodes[A].update(alive=False, reason=2)
+    nodes[B].update(alive=False, reason=2)
+    led.lost_nodes_event("s9", {A, B}, "ShardIncomplete: …")
+    again = _ledger(tmp_path)  # what a later driver reads back
+    for n in (A, B):
+        (event,) = [e for e in again.records[n]["events"] if e["shard"] == "s9"]
+        assert event.get("inferred") is True, (n, event)

@@ -296,7 +296,7 @@ class NodeLedger:
             cause = _NODE_REASONS.get(self.nodes.get(nid, {}).get("reason", 0), "node_lost")
             self.add(nid, shard, cause, detail, "node", pass_id)
             self.records[nid]["events"][-1]["inferred"] = True
-        self._save(sorted(lost)[-1] if lost else "unknown")
+            self._save(nid)  # every node's record, each with its flag (a later driver reads them back)
 
     def describe(self, node_id: str | None) -> str:
         """A node as the log names it: its IP and the start of its id."""
