@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,22 @@ def test_an_inferred_event_is_saved_on_every_lost_node(tmp_path, nodes):
     for n in (A, B):
         (event,) = [e for e in again.records[n]["events"] if e["shard"] == "s9"]
         assert event.get("inferred") is True, (n, event)
+
+
+def test_a_death_relabelled_its_nodes_loss_takes_back_the_shards_charge(tmp_path, nodes):
+    """Issue 43 item 5: a death charged to the shard (it followed the shard onto a second node) whose node the GCS
+    then marks dead just after is relabelled the node's loss, and the charge it made is taken back, once."""
+    led = _ledger(tmp_path)
+    taken: list[tuple[str, str]] = []
+    led.on_relabel = lambda shard, attempt: taken.append((shard, attempt))
+    assert led.blame("s1", [_death(A, 11) | {"_name": "r1"}], {})[0] == "node"
+    who, _ = led.blame("s1", [_death(B, 12) | {"_name": "r2"}], {})
+    assert who == "shard"
+    led.note_charge("s1", ["r2"], "attempt-7")
+    nodes[B].update(alive=False, reason=2, end_t=time.time() + 5)  # the GCS: B was gone all along
+    led.refresh()
+    event = next(e for e in led.records[B]["events"] if e.get("record") == "r2")
+    assert event["cause"] == "node_lost" and event["charged_to"] == "node" and event["charge_taken_back"] is True
+    assert taken == [("s1", "attempt-7")]
+    led.refresh()  # once only
+    assert taken == [("s1", "attempt-7")]

@@ -105,6 +105,10 @@ class NodeLedger:
         self.nodes: dict[str, dict] = {}  # node table, refreshed by ``refresh``
         self.noted: set[str] = set()  # in-flight records already on the ledger (a node loss, noted when seen)
         self.grace_s = NODE_GRACE_S
+        # called with (shard, attempt) when a death charged to the shard is relabelled its node's loss (the driver
+        # retracts the charge); set by the annotator
+        self.on_relabel: Callable[[str, str], None] | None = None
+        self.taken_back: set[tuple[str, str]] = set()
         self.records: dict[str, dict] = {}
         for name in store.names(*NODES, suffix=".json"):
             try:
@@ -141,7 +145,37 @@ class NodeLedger:
                                                       f"marked dead by the GCS {max(0.0, end - e['t']):.0f} s after "
                                                       f"this death was seen: {e['detail']}")[:400]
                     changed = True
+                    if e["charged_to"] == "shard":  # the node's loss after all: the shard's charge is taken back
+                        e["charged_to"] = "node"
+                        self._take_back(e)
             if changed:
+                self._save(nid)
+
+    def _take_back(self, event: dict) -> None:
+        """Retract the charge this death made (``note_charge``), once, through ``on_relabel(shard, attempt)``."""
+        attempt = event.get("charge")
+        if not attempt or (event["shard"], attempt) in self.taken_back or self.on_relabel is None:
+            return
+        self.taken_back.add((event["shard"], attempt))
+        try:
+            self.on_relabel(event["shard"], attempt)
+            event["charge_taken_back"] = True
+            self.log(f"  {event['shard']}: its charge was taken back: the death was its node's loss")
+        except Exception:  # noqa: BLE001 - a retraction that fails leaves the charge (as before), never the run
+            log.warning("could not take back the charge of %s", event["shard"], exc_info=True)
+
+    def note_charge(self, shard: str, records: list[str | None], attempt: str | None) -> None:
+        """The charge ``blame`` led to (its attempt id) on the deaths that caused it, so a relabel can retract it."""
+        if not attempt:
+            return
+        names = {r for r in records if r}
+        for nid, rec in self.records.items():
+            hit = False
+            for e in rec["events"]:
+                if e["shard"] == shard and e.get("record") in names and e["charged_to"] == "shard":
+                    e["charge"] = attempt
+                    hit = True
+            if hit:
                 self._save(nid)
 
     def alive(self) -> set[str]:

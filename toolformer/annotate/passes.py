@@ -198,14 +198,16 @@ class Pass:
         self.node_cut: Verdict | None = None  # a node excluded mid-pass: the pass is cut and rebuilt without it
 
     # -- charges -----------------------------------------------------------------------------------------------
-    def charge(self, sid: str, error: str | BaseException, details: str = "") -> None:
+    def charge(self, sid: str, error: str | BaseException, details: str = "") -> str | None:
+        """Charge the shard (once per pass); returns the attempt's id."""
         if sid in self.out.charged or sid in self.out.committed or sid in self.out.node_paid or \
                 sid in self.out.store_paid:
-            return
+            return None
         attempt = self.a.charge(sid, error, details)
         self.out.charged.append(sid)
         if sid in self.fresh and attempt and not str(error).startswith(FATAL):  # bad bytes: the shard's own fault
             self.fresh_failed.append((sid, attempt))
+        return attempt
 
     def _systemic(self) -> bool:
         """The first pass: every fresh shard that settled so far failed, and at least 3 did (not for their bytes)."""
@@ -327,7 +329,9 @@ class Pass:
         who, why = a.ledger.blame(sid, records, exits, pass_id=self.staging)
         if who == "shard":
             message, details = explain(sid, records, exits)
-            self.charge(sid, f"{message} [charged to the shard: {why}]", details)
+            attempt = self.charge(sid, f"{message} [charged to the shard: {why}]", details)
+            # a death later relabelled its node's loss takes this charge back (blame.NodeLedger._relabel_losses)
+            self._guarded(lambda: a.ledger.note_charge(sid, [r.get("_name") for r in records], attempt))
             return
         self.out.node_paid.append(sid)
         a.log(f"  {sid}: its actor died {len(records)} time(s) ({why}): charged to the node; the shard is "

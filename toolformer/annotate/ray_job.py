@@ -87,6 +87,7 @@ class RayAnnotator:
         self.transient: list[str] = []  # passes a transient error ended (is_transient), each an idle pass
         self.causes: dict[str, int] = {}  # this run's charges to shards, by cause
         self.ledger = NodeLedger(self.store, cfg.ray, cfg.shards.max_failures, fence=self._fence, log_fn=log)
+        self.ledger.on_relabel = lambda sid, attempt: self.retract([(sid, attempt)])
         self.sink_name: str | None = None
 
     def _fence(self):
