@@ -241,3 +241,23 @@ def test_a_death_relabelled_its_nodes_loss_takes_back_the_shards_charge(tmp_path
     assert taken == [("s1", "attempt-7")]
     led.refresh()  # once only
     assert taken == [("s1", "attempt-7")]
+
+
+def test_the_grace_follows_rays_own_health_check_settings():
+    """Issue 43 item 5: the grace before charging a shard is Ray's bound on marking a lost node dead (threshold x
+    (period + timeout), read from Ray's settings), at least 70 s; ray.node_grace_s overrides it."""
+    code = ("from toolformer.annotate.blame import node_grace_s, node_death_bound_s\n"
+            "from toolformer.config import RunConfig\n"
+            "print(node_death_bound_s(), node_grace_s(RunConfig().ray))")
+    def run(env):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **env}).stdout.split()
+        return float(out[0]), float(out[1])
+
+    assert run({}) == (65.0, 70.0)  # Ray's defaults: 5 x (3 + 10) s; at least 70
+    assert run({"RAY_health_check_period_ms": "10000"}) == (100.0, 105.0)  # a cluster slowed to 100 s
+    from toolformer.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.ray.node_grace_s = 12
+    assert blame.node_grace_s(cfg.ray) == 12.0

@@ -35,8 +35,9 @@ from toolformer.run.store import Store
 NODES = ("failures", "_nodes")
 MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the run
 # The GCS marks a node dead some seconds after it is gone (its health checks must fail first): before a death is
-# charged to a shard because its node looked alive, the driver waits this long for the node table to say otherwise.
-NODE_GRACE_S = 30.0
+# charged to a shard because its node looked alive, the driver waits for the node table to say otherwise, as long as
+# Ray's health checks may take (``node_grace_s``), never less than this.
+MIN_NODE_GRACE_S = 70.0
 # How late the GCS may mark a node dead after its raylet is gone: its health checks (every 3 s, 10 s timeout) must
 # fail 5 times in a row, 15 s when refused at once, up to 5 x (3 + 10) = 65 s when they time out (56 s measured in
 # the soak). Worker deaths on the node noted within this much before its time of death are relabelled the node's
@@ -46,6 +47,33 @@ log = logging.getLogger(__name__)
 
 # GCS NodeDeathInfo.Reason → our cause of an actor lost with its node
 _NODE_REASONS = {0: "node_lost", 1: "node_removed", 2: "node_lost", 3: "node_preempted", 4: "node_removed"}
+
+
+def node_death_bound_s() -> float:
+    """How long the GCS may take to mark a lost node dead, from Ray's health-check settings as this driver's Ray
+    read them (the cluster's ``_system_config`` and ``RAY_health_check_*``): threshold x (period + timeout)."""
+    try:
+        from ray._raylet import Config as c
+
+        return c.health_check_failure_threshold() * (c.health_check_period_ms() + c.health_check_timeout_ms()) / 1000
+    except Exception:  # noqa: BLE001 - an older or newer Ray: its defaults, 5 x (3 + 10) s
+        return 65.0
+
+
+def node_grace_s(ray_cfg) -> float:
+    """``ray.node_grace_s``, or Ray's own bound plus 5 s, at least ``MIN_NODE_GRACE_S``."""
+    given = getattr(ray_cfg, "node_grace_s", None)
+    return float(given) if given is not None else max(MIN_NODE_GRACE_S, node_death_bound_s() + 5.0)
+
+
+def _driver_node() -> str | None:
+    """The node this driver runs on: it cannot be lost while the driver runs (no grace to wait for it)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _now() -> str:
@@ -104,7 +132,7 @@ class NodeLedger:
         self.log = log_fn
         self.nodes: dict[str, dict] = {}  # node table, refreshed by ``refresh``
         self.noted: set[str] = set()  # in-flight records already on the ledger (a node loss, noted when seen)
-        self.grace_s = NODE_GRACE_S
+        self.grace_s = node_grace_s(ray_cfg)
         # called with (shard, attempt) when a death charged to the shard is relabelled its node's loss (the driver
         # retracts the charge); set by the annotator
         self.on_relabel: Callable[[str, str], None] | None = None
@@ -246,9 +274,10 @@ class NodeLedger:
         ``pass_id``: the pass these deaths happened in (a death again in a later pass follows the shard)."""
         self.refresh()
         causes, who, why = self._decide(shard, deaths, exits, committed, pass_id)
-        if who == "shard" and why != "no other live node could run its pool" and self.grace_s > 0:
-            # the nodes may be gone without the GCS knowing yet: a lost node is never the shard's fault
-            alive = {d.get("node_id") for d, c, _ in causes if not is_node_loss(c)}
+        # on every branch (one machine left included): the nodes may be gone without the GCS knowing yet, and a lost
+        # node is never the shard's fault; the driver's own node cannot be lost while it runs
+        alive = {d.get("node_id") for d, c, _ in causes if not is_node_loss(c)} - {_driver_node()}
+        if who == "shard" and alive and self.grace_s > 0:
             deadline = time.monotonic() + self.grace_s
             while time.monotonic() < deadline and not any(self._gone(n) for n in alive):
                 time.sleep(min(2.0, self.grace_s))

@@ -76,5 +76,9 @@ class RayConfig:
     # A node whose workers died holding this many different shards within the window is excluded (blame.py).
     node_max_failures: int = 2
     node_failure_window_s: float = 3600.0
+    # Before a death is charged to a shard because its node looked alive, the driver waits this long for the GCS to
+    # say the node is gone (it marks a lost node dead only after its health checks fail). None: Ray's own bound from
+    # the cluster's health-check settings, threshold x (period + timeout), at least 70 s (65 s with Ray's defaults).
+    node_grace_s: Optional[float] = None
     # An LM actor not set up (engine started) after this long ends itself and is replaced. None: no bound.
     lm_setup_timeout_s: Optional[float] = 1800.0
