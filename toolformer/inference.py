@@ -54,6 +54,9 @@ class _State:
     start_text: str = "["
 
 
+TOOL_BATCH = 16  # calls of one tool sent together in a decoding round
+
+
 class ToolDecoder:
     def __init__(self, engine: Engine, tools: Mapping[str, object], cfg: DecodeConfig | None = None):
         self.engine, self.tools, self.cfg = engine, dict(tools), cfg or DecodeConfig()
@@ -78,6 +81,23 @@ class ToolDecoder:
             if call:
                 self._call_round(call)
         return [Decoded(self.engine.tokenizer.decode(s.ids[s.n_prompt :], skip_special_tokens=True), s.calls) for s in states]
+
+    def _run_tools(self, states: list[_State], calls: list) -> list[str | None]:
+        """Each parsed call's result: the calls of one tool go to it together, ``TOOL_BATCH`` at a time (a QA model
+        answers a batch in about the time of one question; each batch stays within the tool's deadline). A tool
+        catches and logs what it raises: a failure costs the call, never the decoding."""
+        results: list[str | None] = [None] * len(calls)
+        by_tool: dict[str, list[int]] = {}
+        for i, call in enumerate(calls):
+            if call is not None:
+                by_tool.setdefault(call.tool, []).append(i)
+        for tool, idx in by_tool.items():
+            for k in range(0, len(idx), TOOL_BATCH):
+                part = idx[k : k + TOOL_BATCH]
+                got = self.tools[tool]([ToolRequest(calls[i].input, states[i].context) for i in part])
+                for i, r in zip(part, got):
+                    results[i] = r
+        return results
 
     def _can_call(self, s: _State) -> bool:
         return not self.cfg.disabled and len(s.calls) < self.cfg.max_calls and bool(s.tools)
@@ -116,11 +136,14 @@ class ToolDecoder:
     def _call_round(self, states: list[_State]) -> None:
         outs = self.engine.greedy([s.ids for s in states], max_tokens=self.cfg.max_call_tokens, top_k=1,
                                   stop=["->", "→", "]"])
+        writes, calls = [], []
         for s, out in zip(states, outs):
             written = "[" + out.text
-            call = parse_call(written + ("]" if not written.endswith("]") else ""), s.tools) if out.stopped_by else None
-            # Tool.call catches and logs what a tool raises: a failure costs the call, never the decoding.
-            result = self.tools[call.tool]([ToolRequest(call.input, s.context)])[0] if call is not None else None
+            writes.append(written)
+            calls.append(parse_call(written + ("]" if not written.endswith("]") else ""), s.tools)
+                         if out.stopped_by else None)
+        results = self._run_tools(states, calls)
+        for s, written, call, result in zip(states, writes, calls, results):
             record = {"tool": call.tool if call else None, "input": call.input if call else None,
                       "written": written, "result": result, "ok": bool(result)}
             s.calls.append(record)
