@@ -351,6 +351,7 @@ def test_faults_charge_only_their_shard(ray_head, config_file, reference_run, tm
     _assert_same(list(got.values()), [want[k] for k in got])
 
 
+@pytest.mark.slow  # two annotate runs (~3 min): make test-slow; make test stays under 20 minutes
 def test_a_transient_pass_error_and_a_dead_engine_charge_no_shard(ray_head, prepared, config_file, reference_run,
                                                                   tmp_path):
     """Issue 43 items 1 and 4, on one run (one run keeps the suite short):
@@ -388,6 +389,7 @@ def test_a_transient_pass_error_and_a_dead_engine_charge_no_shard(ray_head, prep
     _assert_same(list(got.values()), [want[k] for k in got])
 
 
+@pytest.mark.slow  # a driver started and stopped (~1 min): make test-slow
 def test_sigterm_releases_the_lease_and_exits_143(ray_head, prepared, config_file, tmp_path):
     """Issue 43 item 4: a driver told to stop (SIGTERM: a spot node reclaimed, a pod evicted) unwinds, releases the
     run's lease and exits 143; the next driver starts at once (on main: killed by the signal, lease left behind)."""
