@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from benchmarks.harness import REPO, finish, peak_rss_mb
 

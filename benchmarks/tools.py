@@ -84,7 +84,7 @@ def _bench_passages():
 
 def lama_index(index_dir: Path) -> dict:
     """The LAMA index in ``index_dir`` (built, or reused when an earlier run in the same work folder finished it)."""
-    from toolformer.experiments.multitool.index import lama_index as build
+    from toolformer.experiments.lama_index import lama_index as build
 
     return build(index_dir)
 

@@ -310,15 +310,15 @@ def test_errors_in_a_row_end_the_actor_whatever_the_probe_says(check):
 
 
 def test_the_dying_engine_fault_answers_then_raises_on_every_call(monkeypatch, tmp_path):
-    from toolformer.engine import EngineDead, engine_is_dead
-    from toolformer.run.faults import dead_engine_fault
+    from toolformer.engine import engine_is_dead
+    from toolformer.run.faults import EngineDeadError, dead_engine_fault
 
     monkeypatch.setenv("TOOLFORMER_FAULT_DEAD_ENGINE_AFTER", "2")
     monkeypatch.setenv("TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE", str(tmp_path / "died"))
     e = dead_engine_fault(_Engine(alive=True))
     assert e.greedy([[1]]) == ["x"] and e.greedy([[1]]) == ["x"] and e.encode("a") == [5]
     for _ in range(3):
-        with pytest.raises(EngineDead) as err:
+        with pytest.raises(EngineDeadError) as err:
             e.greedy([[1]])
         assert engine_is_dead(err.value)
     healthy = dead_engine_fault(_Engine(alive=True))  # the once file: the replacement engine lives

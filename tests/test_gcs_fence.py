@@ -106,3 +106,10 @@ def test_two_drivers_one_run_on_gcs(bucket):
     texts = sorted(n for n in store.names("texts"))
     assert texts == [marker["outputs"]["texts"]["path"].removeprefix("texts/")]
     assert len(state.failures("shard-00001")) == 1
+
+
+def test_the_gcs_filesystem_bound_is_the_conditional_writes():
+    from toolformer.run.conditional.base import REQUEST_BOUND_S
+    from toolformer.run.store import GCS_RETRY_S
+
+    assert GCS_RETRY_S == REQUEST_BOUND_S

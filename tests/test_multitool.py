@@ -15,7 +15,7 @@ CONFIG = REPO / "jobs" / "configs" / "multitool.yaml"
 
 @pytest.fixture(scope="module")
 def corpus(shared_data, tmp_path_factory):
-    from toolformer.experiments.multitool.sources import build_corpus
+    from toolformer.experiments.sources import build_corpus
 
     out = tmp_path_factory.mktemp("sources")
     info = build_corpus({"math": 60, "facts": 80, "dated": 10, "plain": 10}, out, shared_data)
@@ -32,7 +32,7 @@ def test_every_source_gives_what_was_asked_and_says_where_each_text_is_from(corp
 
 
 def test_no_evaluation_fact_is_in_the_training_text(corpus, shared_data):
-    from toolformer.experiments.multitool.sources import held_out_facts
+    from toolformer.experiments.sources import held_out_facts
     from toolformer.tasksets.lama import states
 
     _, rows, _ = corpus
@@ -62,7 +62,7 @@ def test_no_evaluated_text_or_held_out_problem_is_trained_on(corpus, shared_data
 
 
 def test_the_corpus_is_the_same_on_a_rebuild(corpus, shared_data, tmp_path):
-    from toolformer.experiments.multitool.sources import build_corpus
+    from toolformer.experiments.sources import build_corpus
 
     _, rows, _ = corpus
     build_corpus({"math": 60, "facts": 80, "dated": 10, "plain": 10}, tmp_path, shared_data)
@@ -70,7 +70,7 @@ def test_the_corpus_is_the_same_on_a_rebuild(corpus, shared_data, tmp_path):
 
 
 def test_a_source_that_cannot_give_enough_is_a_clear_error(shared_data, tmp_path):
-    from toolformer.experiments.multitool.sources import build_corpus
+    from toolformer.experiments.sources import build_corpus
 
     with pytest.raises(ValueError, match="could not give"):
         build_corpus({"plain": 10_000}, tmp_path, shared_data)

@@ -127,7 +127,7 @@ class BootstrapConfig:
     # Round 1 of every seed merges the first seed's annotation instead of sampling its own: the seeds then differ
     # in training order only (the page says so); what lets three seeds fit the time a small machine has.
     share_annotation: bool = False
-    # The corpus built from several sources before the first unit (toolformer/experiments/multitool/sources.py),
+    # The corpus built from several sources before the first unit (toolformer/experiments/sources.py),
     # texts per source: {math: 120, facts: 150, dated: 30, plain: 30}; written to corpus.paths' one corpus.jsonl.
     sources: dict[str, int] = field(default_factory=dict)
     sources_seed: int = 0  # the sample of every source: the same texts for every seed

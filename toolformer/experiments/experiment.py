@@ -153,7 +153,7 @@ def build_sources(cfg: RunConfig, log: Callable[[str], None] = print) -> dict | 
     reads it; None when the corpus is read as configured."""
     if not cfg.bootstrap.sources:
         return None
-    from toolformer.experiments.multitool.sources import build_corpus
+    from toolformer.experiments.sources import build_corpus
     from toolformer.paths import shared_data
 
     target = Path(cfg.corpus.paths[0]) if len(cfg.corpus.paths) == 1 else None
@@ -170,7 +170,7 @@ def build_indexes(cfg: RunConfig, log: Callable[[str], None] = print) -> None:
     """The search index a tool reads, built once where its options name it (``bootstrap.lama_index``)."""
     if not cfg.bootstrap.lama_index:
         return
-    from toolformer.experiments.multitool.index import lama_index
+    from toolformer.experiments.lama_index import lama_index
 
     info = lama_index(Path(cfg.bootstrap.lama_index), cfg.eval.data_dir)
     log(f"LAMA index: {info}")

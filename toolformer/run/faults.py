@@ -21,7 +21,7 @@ Faults that fire every time (no flag file), for the chaos soak and the failure t
   for ``ray.lm_setup_timeout_s``;
 - ``TOOLFORMER_FAULT_HANG_TOOL=<Tool>`` (optionally ``TOOLFORMER_FAULT_HANG_TEXT=<text_id>``): that tool's calls
   (of that text only) hang, for the per-call tool timeout;
-- ``TOOLFORMER_FAULT_DEAD_ENGINE_AFTER=<n>``: an engine answers its first ``n`` calls, then raises ``EngineDead`` on
+- ``TOOLFORMER_FAULT_DEAD_ENGINE_AFTER=<n>``: an engine answers its first ``n`` calls, then raises ``EngineDeadError`` on
   every call, as vLLM does once its engine core died (a CUDA error, a GPU OOM) while the actor lives on; with
   ``TOOLFORMER_FAULT_DEAD_ENGINE_ONCE_FILE`` only the first engine to get there dies (its replacement is healthy);
 - ``TOOLFORMER_FAULT_PASS_TRANSIENT=<n>``: the first ``n`` annotate passes of a driver end at their start with a
@@ -110,6 +110,10 @@ def fault_point(point: str, *, stage: str | None = None, step: int | str | None 
         os._exit(code)
 
 
+class EngineDeadError(RuntimeError):
+    """What the dying engine raises: named as vLLM's (``toolformer.engine.base.engine_is_dead`` matches by name)."""
+
+
 _ENGINE_CALLS = ("start_probs", "token_logprobs_after", "sequence_logprobs", "sample", "greedy")
 
 
@@ -129,10 +133,8 @@ class _DyingEngine:
                 self._dead = True
                 print(f"fault injection: the engine of pid {os.getpid()} is dead from now on", file=sys.stderr,
                       flush=True)
-            if self._dead:
-                from toolformer.engine.base import EngineDead
-
-                raise EngineDead("fault injection: the engine core died (EngineDeadError)")
+            if self._dead:  # vLLM's own class name, which engine_is_dead recognises (no engine import here)
+                raise EngineDeadError("fault injection: the engine core died")
             self._left -= 1
             return attr(*args, **kwargs)
 

@@ -15,14 +15,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+GCS_RETRY_S = 12.0  # = conditional.REQUEST_BOUND_S (the conditional writes import this module, not the reverse)
+
+
 def gcs_filesystem() -> pafs.FileSystem:
-    """pyarrow's GCS filesystem with its retries bounded (``conditional.REQUEST_BOUND_S``); against the emulator
+    """pyarrow's GCS filesystem with its retries bounded (``GCS_RETRY_S``); against the emulator
     ``STORAGE_EMULATOR_HOST`` names (as google-cloud-storage honours it; pyarrow's ``from_uri`` does not)."""
     import datetime as dt
 
-    from toolformer.run.conditional.base import REQUEST_BOUND_S
-
-    opts: dict[str, Any] = {"retry_time_limit": dt.timedelta(seconds=REQUEST_BOUND_S)}
+    opts: dict[str, Any] = {"retry_time_limit": dt.timedelta(seconds=GCS_RETRY_S)}
     host = os.environ.get("STORAGE_EMULATOR_HOST")
     if host:
         scheme, _, address = host.rpartition("://")

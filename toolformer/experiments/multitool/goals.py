@@ -14,7 +14,7 @@ or null only while units it needs are missing (``reason`` says which). Fixed bef
 
 from __future__ import annotations
 
-from toolformer.experiments.paired import BASE, CONTROL, MCNEMAR, PROMPTED, TOOLS
+from toolformer.experiments.paired import BASE, MCNEMAR, TOOLS
 
 SETS = ("lama_trex", "lama_google_re", "lama_squad", "asdiv", "svamp", "mawps", "dateset")
 MAIN_SETS = ("lama_trex", "asdiv", "svamp", "dateset")
