@@ -30,14 +30,11 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
+from toolformer.annotate.nodes import (MIN_NODE_GRACE_S, NODES, driver_node, node_death_bound_s, node_grace_s,  # noqa: F401
+                                      node_table, read_nodes, summarize_nodes)
 from toolformer.run.store import Store
 
-NODES = ("failures", "_nodes")
 MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the run
-# The GCS marks a node dead some seconds after it is gone (its health checks must fail first): before a death is
-# charged to a shard because its node looked alive, the driver waits for the node table to say otherwise, as long as
-# Ray's health checks may take (``node_grace_s``), never less than this.
-MIN_NODE_GRACE_S = 70.0
 # How late the GCS may mark a node dead after its raylet is gone: its health checks (every 3 s, 10 s timeout) must
 # fail 5 times in a row, 15 s when refused at once, up to 5 x (3 + 10) = 65 s when they time out (56 s measured in
 # the soak). Worker deaths on the node noted within this much before its time of death are relabelled the node's
@@ -49,55 +46,8 @@ log = logging.getLogger(__name__)
 _NODE_REASONS = {0: "node_lost", 1: "node_removed", 2: "node_lost", 3: "node_preempted", 4: "node_removed"}
 
 
-def node_death_bound_s() -> float:
-    """How long the GCS may take to mark a lost node dead, from Ray's health-check settings as this driver's Ray
-    read them (the cluster's ``_system_config`` and ``RAY_health_check_*``): threshold x (period + timeout)."""
-    try:
-        from ray._raylet import Config as c
-
-        return c.health_check_failure_threshold() * (c.health_check_period_ms() + c.health_check_timeout_ms()) / 1000
-    except Exception:  # noqa: BLE001 - an older or newer Ray: its defaults, 5 x (3 + 10) s
-        return 65.0
-
-
-def node_grace_s(ray_cfg) -> float:
-    """``ray.node_grace_s``, or Ray's own bound plus 5 s, at least ``MIN_NODE_GRACE_S``."""
-    given = getattr(ray_cfg, "node_grace_s", None)
-    return float(given) if given is not None else max(MIN_NODE_GRACE_S, node_death_bound_s() + 5.0)
-
-
-def _driver_node() -> str | None:
-    """The node this driver runs on: it cannot be lost while the driver runs (no grace to wait for it)."""
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def node_table() -> dict[str, dict]:
-    """Every node the cluster has known: id → alive, address, death reason, resources (GCS; no dashboard)."""
-    from ray._private.state import state
-
-    out = {}
-    for n in state.node_table():
-        out[n["NodeID"]] = {"alive": bool(n.get("Alive")), "ip": n.get("NodeManagerAddress"),
-                            "reason": int(n.get("DeathReason") or 0), "message": n.get("DeathReasonMessage") or "",
-                            "resources": dict(n.get("Resources") or {}), "end_t": None}
-    try:  # when the GCS marked each dead node dead (not in the table above): see NodeLedger.refresh
-        from ray._private.worker import global_worker
-
-        for nid, info in global_worker.gcs_client.get_all_node_info(timeout=5).items():
-            if nid.hex() in out and info.end_time_ms:
-                out[nid.hex()]["end_t"] = info.end_time_ms / 1000
-    except Exception:  # noqa: BLE001 - an older Ray or a GCS hiccup: deaths keep the cause they were noted with
-        log.debug("could not read the nodes' end times", exc_info=True)
-    return out
 
 
 def classify(record: dict, nodes: dict[str, dict], exits: dict[int, str]) -> tuple[str, str]:
@@ -276,7 +226,7 @@ class NodeLedger:
         causes, who, why = self._decide(shard, deaths, exits, committed, pass_id)
         # on every branch (one machine left included): the nodes may be gone without the GCS knowing yet, and a lost
         # node is never the shard's fault; the driver's own node cannot be lost while it runs
-        alive = {d.get("node_id") for d, c, _ in causes if not is_node_loss(c)} - {_driver_node()}
+        alive = {d.get("node_id") for d, c, _ in causes if not is_node_loss(c)} - {driver_node()}
         if who == "shard" and alive and self.grace_s > 0:
             deadline = time.monotonic() + self.grace_s
             while time.monotonic() < deadline and not any(self._gone(n) for n in alive):
@@ -403,27 +353,3 @@ class NodeLedger:
         table now explains them (a node the GCS marked dead since the last look relabels its deaths)."""
         self.refresh()
         return summarize_nodes(self.records.values())
-
-
-def summarize_nodes(records) -> dict:
-    out = {}
-    for rec in records:
-        causes: dict[str, int] = {}
-        paid: dict[str, int] = {}
-        for e in rec["events"]:
-            causes[e["cause"]] = causes.get(e["cause"], 0) + 1
-            paid[e["charged_to"]] = paid.get(e["charged_to"], 0) + 1
-        out[rec["node_id"]] = {"ip": rec.get("ip"), "deaths": len(rec["events"]), "by_cause": causes,
-                               "charged_to": paid, "excluded_at": rec.get("excluded_at")}
-    return out
-
-
-def read_nodes(store: Store) -> dict:
-    """The node ledger of a run as ``summarize_nodes`` gives it (for jobs.status; no Ray needed)."""
-    recs = []
-    for name in store.names(*NODES, suffix=".json"):
-        try:
-            recs.append(store.read_json(*NODES, name))
-        except Exception:  # noqa: BLE001
-            continue
-    return summarize_nodes(recs)

@@ -106,8 +106,7 @@ class Commits:
         import ray
 
         a = self.a
-        # max_retries: Ray reruns a task whose worker or node died (never one that raised): a lost node is not
-        # the shard's fault, and its staged rows are still there
+        # max_retries: Ray reruns a task whose worker or node died (not one that raised); its staged rows remain
         task = ray.remote(commit_shard).options(num_cpus=a.cfg.ray.io_num_cpus,
                                                 memory=a.cfg.ray.io_memory_gb * 1024**3, max_retries=3)
         fence = a.lease.fence() if a.lease is not None else None
@@ -189,8 +188,7 @@ class Pass:
         self.counts: dict[str, int] = defaultdict(int)
         self.settled: set[str] = set()  # all rows written: committed or being committed
         self.out = Outcome()
-        failed = a.state.failed()  # one listing, not a read per shard: a pass starts in seconds at 100k shards
-        self.fresh = {s for s in shard_ids if s not in failed}
+        self.fresh = set(shard_ids) - a.state.failed()  # one listing, not a read per shard (100k shards: seconds)
         self.fresh_failed: list[tuple[str, str]] = []  # (shard, attempt id) charged this pass, fresh shards
         self.commits = Commits(a, self.staging)
         a.ledger.refresh()
@@ -198,8 +196,7 @@ class Pass:
         self.node_cut: Verdict | None = None  # a node excluded mid-pass: the pass is cut and rebuilt without it
 
     # -- charges -----------------------------------------------------------------------------------------------
-    def charge(self, sid: str, error: str | BaseException, details: str = "") -> str | None:
-        """Charge the shard (once per pass); returns the attempt's id."""
+    def charge(self, sid: str, error: str | BaseException, details: str = "") -> str | None:  # the attempt's id
         if sid in self.out.charged or sid in self.out.committed or sid in self.out.node_paid or \
                 sid in self.out.store_paid:
             return None
@@ -330,8 +327,7 @@ class Pass:
         if who == "shard":
             message, details = explain(sid, records, exits)
             attempt = self.charge(sid, f"{message} [charged to the shard: {why}]", details)
-            # a death later relabelled its node's loss takes this charge back (blame.NodeLedger._relabel_losses)
-            self._guarded(lambda: a.ledger.note_charge(sid, [r.get("_name") for r in records], attempt))
+            self._guarded(lambda: a.ledger.note_charge(sid, [r.get("_name") for r in records], attempt))  # take-back
             return
         self.out.node_paid.append(sid)
         a.log(f"  {sid}: its actor died {len(records)} time(s) ({why}): charged to the node; the shard is "
@@ -361,8 +357,7 @@ class Pass:
         left = self._guarded(lambda: inflight_deaths(a.store, self.staging)) or {}
         # A cut pass: its forced shutdown killed the actors, so only the deaths seen before the cut count.
         deaths = verdict.dead_shards if verdict else left
-        # A shard whose batch an actor died computing and whose retry then committed is never charged: its deaths
-        # are noted on their nodes' ledger (a node that keeps killing workers is excluded even when retries work).
+        # A shard whose actor died and whose retry committed is never charged: its deaths go on their nodes' ledger.
         recovered = {s: v for s, v in left.items() if s in self.settled and s not in self.out.charged}
         if recovered:
             exits = worker_exits({d["pid"] for v in recovered.values() for d in v})
@@ -372,8 +367,7 @@ class Pass:
         open_ = [s for s in self.ids if s not in self.settled and s not in self.out.charged
                  and s not in self.out.node_paid]
         if verdict is None and any(s not in deaths for s in open_):
-            # Ray Data ends an execution whose last actor died for good with the blocks it still held errored, not
-            # computed: shards without a death of their own were only waiting for that pool.
+            # Ray Data ends an execution whose last actor died for good with its blocks errored: waiting shards.
             dead = self._guarded(watch.died_for_good) or []
             if dead:
                 verdict = self.out.verdict = Verdict("pool_dead", dead_message(dead, deaths) + watch.setup_notes(),
@@ -399,7 +393,7 @@ class Pass:
             elif verdict is None:
                 self.charge(sid, f"ShardIncomplete: the pass ended with {self.counts[sid]} of {self.expected[sid]} "
                                  f"rows written (a task of it failed in Ray: see the log)")
-            # else: a cut pass leaves it pending, uncharged: it was only waiting for a dead pool
+            # else: a cut pass leaves it pending, uncharged (it was only waiting for a dead pool)
         self._exclude(watch)
 
 
