@@ -92,8 +92,9 @@ def run_job(description: str, argv: Sequence[str] | None, default_config: str | 
 
     offline_by_default()
     cfg, args = parse(description, argv, default_config)
+    before = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        before = signal.signal(signal.SIGTERM, _on_sigterm)
     with job_console(cfg.output_dir, job, args.verbose):
         try:
             return fn(cfg)
@@ -110,3 +111,6 @@ def run_job(description: str, argv: Sequence[str] | None, default_config: str | 
                              f"the same command resumes (exit {EXIT_TRANSIENT})")
             print(end.last_line, file=sys.stderr, flush=True)  # type: ignore[attr-defined]
             raise end from exc
+        finally:
+            if before is not None:  # a job run inside another program (a test, a notebook) leaves its handler as it was
+                signal.signal(signal.SIGTERM, before)
