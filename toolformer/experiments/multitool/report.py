@@ -19,6 +19,7 @@ from toolformer.config import RunConfig
 from toolformer.evaluation.choice import tool_choice
 from toolformer.experiments.multitool.goals import CHOSEN_TOOL, SETS, goals
 from toolformer.experiments.paired import BASE, CONTROL, PROMPTED, TOOLS, compare, items_check, items_warning
+from toolformer.experiments.math.report import _finetune_facts  # the same markers, read the same way
 from toolformer.experiments.stats import wilson
 
 FALSE_CALL = "false_call_webtext"
@@ -77,15 +78,6 @@ def source_of(doc_id: str) -> str:
         if str(doc_id).startswith(prefix):
             return name
     return "other"
-
-
-def _finetune_facts(rdir: Path, step: str) -> dict | None:
-    path = rdir / "steps" / f"{step}.json"
-    if not path.exists():
-        return None
-    f = json.loads(path.read_text())
-    return {k: f.get(k) for k in ("train_texts", "train_sequences", "train_tokens_per_epoch", "dev_texts", "epochs",
-                                  "steps", "best_dev_ppl", "seconds")}
 
 
 def item_row(unit: str, r: dict) -> dict:
