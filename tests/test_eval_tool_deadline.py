@@ -28,3 +28,25 @@ def test_an_evaluation_tool_call_that_hangs_is_ended_and_the_next_one_answers(mo
         assert calc.describe()["restarts"] >= 1
     finally:
         close_tools(tools)
+
+
+
+def test_only_the_tools_some_item_may_call_are_started(tmp_path):
+    """Tools no item may call are not started: a LAMA evaluation (the paper withholds WikiSearch there) with the
+    five default tools never starts WikiSearch, and a set that may call nothing starts nothing."""
+    from toolformer.evaluation.evaluate import tools_offered
+    from toolformer.tasksets.files import Example
+
+    everything = ["Calculator", "Calendar", "WikiSearch", "QA", "MT"]
+    lama = [Example("lama_trex", "1", "Hans Scharoun died in", ["Berlin"], "cloze",
+                    ("Calculator", "Calendar", "QA", "MT"))]
+    assert tools_offered(everything, lama) == ["Calculator", "Calendar", "QA", "MT"]
+    assert tools_offered(["WikiSearch"], lama) == []
+    assert build_tools(load_config(None, []), tools_offered(["WikiSearch"], lama)) == {}
+
+
+def test_the_math_corpus_round_evaluates_with_the_tool_it_annotates():
+    """math_corpus annotates with the Calculator only; its evaluation starts the Calculator only (with all five it
+    waited on the QA reader and the Wikipedia index build, 600 s on a fresh machine: CI failed on it)."""
+    cfg = load_config("jobs/configs/math_corpus.yaml", [])
+    assert list(cfg.eval.tools) == list(cfg.annotate.tools) == ["Calculator"]

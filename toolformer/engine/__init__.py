@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from toolformer.engine.base import Engine, EngineDead, Sample, StartProbs, doc_start_ids, engine_is_dead, probe
-from toolformer.models import resolve_model
+from toolformer.models import resolve_dtype, resolve_model
 
 
 def build_engine(cfg) -> Engine:
@@ -16,16 +16,17 @@ def build_engine(cfg) -> Engine:
 def _build(cfg) -> Engine:
     path = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
     e = cfg.engine
+    dtype = resolve_dtype(cfg.model.dtype)  # auto: bf16 where the hardware has it, else fp32
     if e.backend == "hf":
         from toolformer.engine.hf import HFEngine
 
-        return HFEngine(path, cfg.model.dtype, max_batch_tokens=e.hf_max_batch_tokens)
+        return HFEngine(path, dtype, max_batch_tokens=e.hf_max_batch_tokens)
     if e.backend == "vllm":
         from toolformer.engine.vllm_engine import VLLMEngine
 
         return VLLMEngine(
             path,
-            cfg.model.dtype,
+            dtype,
             seed=cfg.seed,
             max_model_len=e.max_model_len,
             enforce_eager=e.enforce_eager,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 from toolformer.config import RunConfig
 from toolformer.evaluation.runner import Setting, evaluate_setting, write_results
@@ -34,19 +34,32 @@ def settings(cfg: RunConfig, base_path: str) -> list[Setting]:
     return out
 
 
-def build_tools(cfg: RunConfig) -> dict:
-    """The evaluated tools, each call under its deadline as in annotation: worker processes a timeout ends (the
-    Calendar in process), ``annotate.tool_timeout_s`` per call. Close them with ``close_tools``."""
+def tools_offered(names: Sequence[str], examples: Iterable) -> list[str]:
+    """The tools of ``names`` that some example may call: only those are started (a math evaluation does not wait
+    for the QA reader to load or the Wikipedia index to build)."""
+    from toolformer.tools import canonical_name
+
+    offered = {canonical_name(t) for ex in examples for t in ex.tools}
+    return [name for name in names if canonical_name(name) in offered]
+
+
+def build_tools(cfg: RunConfig, names: Sequence[str] | None = None) -> dict:
+    """The evaluated tools (``names``, default ``eval.tools``), each call under its deadline as in annotation:
+    worker processes a timeout ends (the Calendar in process), ``annotate.tool_timeout_s`` per call. Close them
+    with ``close_tools``."""
     from toolformer.tools import canonical_name
     from toolformer.tools.runners import BoundedTool, start_runners
 
     a = cfg.annotate
-    runners = start_runners(cfg.eval.tools, a.tool_options, workers=a.tool_workers,
+    names = list(cfg.eval.tools if names is None else names)
+    if not names:
+        return {}
+    runners = start_runners(names, a.tool_options, workers=a.tool_workers,
                             in_process=a.tool_in_process or [], setup_timeout_s=a.tool_setup_timeout_s,
                             max_restarts=a.tool_max_restarts)
     per_tool = {canonical_name(k): v for k, v in (a.tool_timeout_s_per_tool or {}).items()}
     return {name: BoundedTool(runners[canonical_name(name)], per_tool.get(canonical_name(name), a.tool_timeout_s))
-            for name in cfg.eval.tools}
+            for name in names}
 
 
 def close_tools(tools: dict) -> None:
@@ -67,14 +80,18 @@ def run_evaluate(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
                                   templama_path=e.templama_path, path=e.task_paths.get(task),
                                   ids=e.task_ids.get(task))
     log(f"{len(examples)} examples from {len(e.tasks)} tasks")
-    tools = build_tools(cfg)
+    from toolformer.evaluation import language
+
+    false_call = {s: language.false_call_examples(data_dir(cfg), s, e.false_call_n, e.items_seed, tuple(e.tools))
+                  for s in e.false_call_sets}
+    tools = build_tools(cfg, tools_offered(e.tools, examples + [p for ps in false_call.values() for p in ps]))
     try:
-        return _evaluate(cfg, e, examples, tools, log)
+        return _evaluate(cfg, e, examples, false_call, tools, log)
     finally:
         close_tools(tools)
 
 
-def _evaluate(cfg: RunConfig, e, examples: list, tools: dict, log: Callable[[str], None]) -> dict:
+def _evaluate(cfg: RunConfig, e, examples: list, false_call: dict, tools: dict, log: Callable[[str], None]) -> dict:
     from toolformer.engine import build_engine
     from toolformer.models import resolve_model
 
@@ -82,8 +99,6 @@ def _evaluate(cfg: RunConfig, e, examples: list, tools: dict, log: Callable[[str
     base = resolve_model(cfg.model.name_or_path, cfg.model.cache_dir)
     from toolformer.evaluation import language
 
-    false_call = {s: language.false_call_examples(data_dir(cfg), s, e.false_call_n, e.items_seed, tuple(e.tools))
-                  for s in e.false_call_sets}
     ppl_texts = language.perplexity_texts(data_dir(cfg), e.perplexity_texts) if e.perplexity_texts else []
     results, engines, ppl = [], {}, {}
     for setting in settings(cfg, base):

