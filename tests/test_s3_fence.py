@@ -28,7 +28,7 @@ from toolformer.run.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = [sys.executable, str(REPO / "tests" / "lease_driver.py")]
-LEASE_FILES = {"_lease.json", "_lease.epoch"}  # the only objects a driver rewrites (compare-and-swap)
+LEASE_FILES = {"_lease.json", "_lease.epoch", "_lease.epochs.json"}  # the only objects a driver rewrites (CAS)
 
 
 def _free_port() -> int:

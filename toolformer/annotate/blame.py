@@ -27,14 +27,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 from toolformer.annotate.nodes import (MIN_NODE_GRACE_S, NODES, driver_node, node_death_bound_s, node_grace_s,  # noqa: F401
                                       node_table, read_nodes, summarize_nodes)
+from toolformer.run.conditional import conditional
+from toolformer.run.epochs import LAST_WRITE, Epochs, read_clean, stamped_update
 from toolformer.run.store import Store
 
 MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the run
+LEDGER_FLAGS = ("excluded_at",)  # what one save may set: a stale save's exclusion is dropped with its events
 # How late the GCS may mark a node dead after its raylet is gone: its health checks (every 3 s, 10 s timeout) must
 # fail 5 times in a row, 15 s when refused at once, up to 5 x (3 + 10) = 65 s when they time out (56 s measured in
 # the soak). Worker deaths on the node noted within this much before its time of death are relabelled the node's
@@ -88,9 +92,10 @@ class NodeLedger:
         self.on_relabel: Callable[[str, str], None] | None = None
         self.taken_back: set[tuple[str, str]] = set()
         self.records: dict[str, dict] = {}
+        epochs = Epochs.load(store)
         for name in store.names(*NODES, suffix=".json"):
-            try:
-                rec = store.read_json(*NODES, name)
+            try:  # a stale driver's last write (after a takeover) left out: its events and its exclusion
+                rec = read_clean(store, "events", *NODES, name, flags=LEDGER_FLAGS, epochs=epochs)
                 self.records[rec["node_id"]] = rec
             except Exception:  # noqa: BLE001 - a half-written record (object store): start that node afresh
                 continue
@@ -182,13 +187,26 @@ class NodeLedger:
     def _save(self, node_id: str) -> None:
         rec = self.records[node_id]
         rec["events"] = rec["events"][-MAX_EVENTS:]
-        with self.fence():
-            self.store.write_json(rec, *NODES, f"{node_id}.json")
+
+        def merged(old: dict | None) -> dict:
+            # conditional on the version read: a stale driver's save never replaces a newer one; events another
+            # writer added are kept, this driver's own as it has them now
+            mine = {e.get("id") for e in rec["events"]}
+            theirs = [e for e in (old or {}).get("events", []) if e.get("id") and e.get("id") not in mine]
+            out = {**rec, "events": sorted(theirs + rec["events"], key=lambda e: e.get("t", 0))[-MAX_EVENTS:]}
+            if not out.get("excluded_at") and (old or {}).get("excluded_at"):
+                out["excluded_at"], out["excluded_for"] = old["excluded_at"], old.get("excluded_for")
+            return {k: v for k, v in out.items() if k != LAST_WRITE}
+
+        with self.fence() as epoch:
+            stamped_update(conditional(self.store), self.store, "/".join((*NODES, f"{node_id}.json")), merged, epoch,
+                           "events", flags=LEDGER_FLAGS)
 
     def add(self, node_id: str | None, shard: str, cause: str, detail: str, charged_to: str,
             pass_id: str | None = None, record: str | None = None) -> None:
         node_id = node_id or "unknown"
-        self._record(node_id)["events"].append({"at": _now(), "t": time.time(), "shard": shard, "cause": cause,
+        self._record(node_id)["events"].append({"id": uuid.uuid4().hex[:12], "at": _now(), "t": time.time(),
+                                                "shard": shard, "cause": cause,
                                                 "detail": detail[:400], "charged_to": charged_to, "pass": pass_id,
                                                 "record": record})
         self._save(node_id)

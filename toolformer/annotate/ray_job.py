@@ -44,6 +44,8 @@ from toolformer.annotate.observe import Guard, Metrics, Progress
 from toolformer.annotate.passes import Pass
 from toolformer.annotate.telemetry import start_sink, summarize
 from toolformer.config import RunConfig, config_hash
+from toolformer.run.conditional import conditional
+from toolformer.run.epochs import read_clean, stamped_update
 from toolformer.run.faults import pass_fault
 from toolformer.run.lease import Lease, LeaseLost, lease_wait
 from toolformer.report import sum_funnels
@@ -153,16 +155,17 @@ class RayAnnotator:
 
     # -- stops of the execution itself ---------------------------------------------------------------------------
     def _run_failures(self) -> list[dict]:
-        return self.store.read_json(*RUN_FAILURES)["stops"] if self.store.exists(*RUN_FAILURES) else []
+        return (read_clean(self.store, "stops", *RUN_FAILURES) or {}).get("stops", [])
 
     def _stopped(self, message: str) -> ExecutionError:
-        """Record a stop of the execution itself, then the error that ends the run."""
-        stops = self._run_failures() + [{"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                         "config_hash": config_hash(self.cfg), "done": len(self.state.done()),
-                                         "error": message[:2000]}]
+        """Record a stop of the execution itself (conditional, stamped: a stale driver's stop is dropped), then the
+        error that ends the run."""
+        stop = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "id": uuid.uuid4().hex[:12],
+                "config_hash": config_hash(self.cfg), "done": len(self.state.done()), "error": message[:2000]}
         try:
-            with self._fence():
-                self.store.write_json({"stops": stops[-20:]}, *RUN_FAILURES)
+            with self._fence() as epoch:
+                stamped_update(conditional(self.store), self.store, "/".join(RUN_FAILURES),
+                               lambda old: {"stops": ((old or {}).get("stops", []) + [stop])[-20:]}, epoch, "stops")
         except LeaseLost:
             pass
         return ExecutionError(message)

@@ -22,6 +22,9 @@ more than the lease it replaced: ``_lease.epoch`` keeps the count across release
 - Every commit carries the lease's owner and epoch (``Fence``): the store refuses it when the run's lease is no
   longer that one. On a local or POSIX disk the check and the write happen under the lease's lock, so a takeover
   cannot slip between them; on object stores the check immediately precedes the marker's create-if-absent.
+- Every epoch's start (the store's time of its lease record) and clean end go to ``_lease.epochs.json``, and every
+  driver-side record carries its writer's epoch: a write a frozen driver lands after a takeover is ignored by its
+  readers (``toolformer.run.epochs``).
 - A commit task checks the lease's deadline as the driver does (``Fence.hold``): the fence carries what was left of
   the driver's deadline when it was handed out, and the task counts it down on its own ``CLOCK_BOOTTIME``.
 """
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from toolformer.run.conditional import LockTimeout, conditional
+from toolformer.run.epochs import note_released, note_start
 from toolformer.run.store import Store
 
 LEASE = "_lease.json"
@@ -79,6 +83,13 @@ class LeaseExpired(StaleLease):
 
 def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _int(value) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -130,7 +141,7 @@ class Fence:
         return self.budget_s + renewed_since - elapsed
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self) -> Iterator[int]:
         """Run the block only while the run's lease is this one and its deadline has not passed (under the
         lease's lock on a local disk)."""
         cas = conditional(Store(self.uri))
@@ -146,7 +157,7 @@ class Fence:
                 raise LeaseExpired(f"{self.uri}: a write of lease epoch {self.epoch} refused: the lease was not "
                                    f"renewed in time ({-left:.1f} s past its deadline less the margin): another "
                                    "driver may take the run over")
-            yield
+            yield self.epoch  # stamped on the record written (toolformer.run.epochs)
 
 
 def deadline_clock() -> float:
@@ -224,8 +235,8 @@ class Lease:
 
     def _last_epoch(self) -> int:
         try:
-            return int(self.store.read_bytes(EPOCH).decode().strip() or 0)
-        except (FileNotFoundError, ValueError):
+            return _int(self.store.read_bytes(EPOCH).decode().strip())
+        except FileNotFoundError:
             return 0
 
     # -- acquire / renew / release -----------------------------------------------------------------------------
@@ -258,8 +269,11 @@ class Lease:
                     data = self._data()
                     won = self.cas.create_locked(LEASE, data) if held is None else \
                         self.cas.replace_locked(LEASE, data, held)
-                    if won:
-                        self.store.write_bytes(str(self.epoch).encode(), EPOCH)
+                    if won:  # the count only grows: a late write of an older count cannot lower it
+                        self.cas.update_json(EPOCH, lambda old: max(_int(old), self.epoch))
+                        gone = held is not None and why is not None and why.startswith("its driver (pid")
+                        note_start(self.store, self.cas, self.epoch, LEASE,
+                                   ended=int(held.get("epoch") or 0) if gone else None)
             except LockTimeout as exc:
                 raise LeaseHeld(str(exc)) from None
             if won:
@@ -323,12 +337,13 @@ class Lease:
                          issued_at=time.time())
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """A driver-side write: checked against the deadline, then fenced by the epoch."""
+    def writing(self) -> Iterator[int]:
+        """A driver-side write: checked against the deadline, then fenced by the epoch (yielded: the record's
+        stamp, ``toolformer.run.epochs``)."""
         self.check()
         try:
-            with self.fence().hold():
-                yield
+            with self.fence().hold() as epoch:
+                yield epoch
         except StaleLease as exc:
             with self._mutex:
                 self.lost = self.lost or str(exc)
@@ -343,6 +358,7 @@ class Lease:
         try:
             held = self.read()
             if held and held.get("owner") == self.owner:
+                note_released(self.cas, self.epoch)  # nothing of this epoch lands later: none of it is stale
                 self.cas.delete(LEASE, held)  # compare-and-delete: a lease taken meanwhile stays
         except Exception:  # noqa: BLE001 - an expired lease is harmless: the next driver takes it over
             log.warning("could not release the lease of %s", self.store.uri, exc_info=True)

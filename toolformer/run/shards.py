@@ -20,7 +20,8 @@ per object and the marker, created after the outputs, is what makes a shard done
 
 Writes that decide a shard's state (a marker, a failure, a quarantine) can be fenced: ``RunState(..., fence=f)``
 runs each under ``f()`` (``toolformer.run.lease.Fence.hold``), which refuses it once the run's lease is another
-driver's. The marker is created by one create-if-absent (``conditional.put_if_absent``): a shard is committed
+driver's; a failure or quarantine a frozen driver lands after a takeover anyway carries its epoch and is ignored
+(``toolformer.run.epochs``). The marker is created by one create-if-absent (``conditional.put_if_absent``): a shard is committed
 once, by one attempt. Its outputs are written under names of that attempt and the marker names them, so a writer
 that lost the run (or a slower attempt) can never replace the files of a committed shard; whatever reads a
 committed shard follows its marker (``RunState.output``). An attempt that does not commit deletes its files; one
@@ -44,6 +45,7 @@ from typing import Callable, Iterable
 import pyarrow as pa
 
 from toolformer.run.conditional import conditional
+from toolformer.run.epochs import Epochs, modified, read_clean, seconds, stamped_update
 from toolformer.run.store import Store
 
 
@@ -159,12 +161,30 @@ class RunState:
         return {n.removesuffix(".json") for n in self.store.names("markers", self.stage, suffix=".json")}
 
     def quarantined(self) -> set[str]:
-        return {n.removesuffix(".json") for n in self.store.names("quarantine", self.stage, suffix=".json")}
+        """Quarantined shards; a quarantine a stale driver wrote after a takeover is not one (``run.epochs``)."""
+        import pyarrow.fs as pafs
+
+        sel = pafs.FileSelector(self.store.path("quarantine", self.stage), allow_not_found=True)
+        infos = [i for i in self.store.fs.get_file_info(sel)
+                 if i.type == pafs.FileType.File and i.base_name.endswith(".json") and not i.base_name.startswith(".")]
+        epochs = Epochs.load(self.store) if infos else None
+        horizon = epochs.horizon() if epochs else None
+        out = set()
+        for info in infos:
+            name = info.base_name
+            mtime = seconds(info.mtime)
+            if horizon is not None and mtime is not None and mtime >= horizon:  # after a takeover: whose is it?
+                try:
+                    if epochs.stale(self.store.read_json("quarantine", self.stage, name).get("lease_epoch"), mtime):
+                        continue
+                except FileNotFoundError:  # retracted meanwhile
+                    continue
+            out.add(name.removesuffix(".json"))
+        return out
 
     def failures(self, shard_id: str) -> list[dict]:
-        if not self.store.exists("failures", self.stage, f"{shard_id}.json"):
-            return []
-        return self.store.read_json("failures", self.stage, f"{shard_id}.json")["attempts"]
+        record = read_clean(self.store, "attempts", "failures", self.stage, f"{shard_id}.json")
+        return (record or {}).get("attempts", [])
 
     def failed(self) -> set[str]:
         return {n.removesuffix(".json") for n in self.store.names("failures", self.stage, suffix=".json")}
@@ -189,23 +209,37 @@ class RunState:
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         else:
             message = error
-        with self.fence():
+        with self.fence() as epoch:
             if self.store.exists(*self._marker(shard_id)):
                 return Charge(quarantined=False)
             attempt = uuid.uuid4().hex[:12]
-            entry = {"at": _now(), "id": attempt, "error": message[:2000], "traceback": tb[-20000:]}
-            # Conditional on the version read (object stores): a charge written meanwhile is kept, not lost.
-            record = conditional(self.store).update_json(self._failures(shard_id), lambda old: _appended(old, shard_id, entry))
+            entry = {"at": _now(), "id": attempt, "error": message[:2000], "traceback": tb[-20000:],
+                     "lease_epoch": epoch}
+            # Conditional on the version read (object stores): a charge written meanwhile is kept, not lost; a
+            # stale driver's charge landed after a takeover is dropped (run.epochs)
+            cas = conditional(self.store)
+            record = stamped_update(cas, self.store, self._failures(shard_id),
+                                    lambda old: _appended(old, shard_id, entry), epoch, "attempts")
             attempts = record["attempts"]
             if fatal or len(attempts) >= self.max_failures:
-                # written whole, and the same whoever writes it: a plain put, not a read-modify-write
-                self.store.write_json(
-                    {"shard_id": shard_id, "attempts": len(attempts), "error": message[:2000],
-                     "traceback": tb[-20000:], "at": _now()},
-                    "quarantine", self.stage, f"{shard_id}.json",
-                )
+                self._quarantine(cas, shard_id, {"shard_id": shard_id, "attempts": len(attempts), "error": message[:2000],
+                                                 "traceback": tb[-20000:], "at": _now(), "lease_epoch": epoch})
                 return Charge(quarantined=True, attempt=attempt)
             return Charge(quarantined=False, attempt=attempt)
+
+    def _quarantine(self, cas, shard_id: str, record: dict) -> None:
+        """Created once, stamped with the writer's epoch (a stale one is not read as a quarantine, and is replaced)."""
+        name, data = f"quarantine/{self.stage}/{shard_id}.json", json.dumps(record, indent=2).encode()
+        if cas.put_if_absent(name, data):
+            return
+        parts = ("quarantine", self.stage, f"{shard_id}.json")
+        try:
+            held = self.store.read_json(*parts)
+        except FileNotFoundError:
+            held = None
+        if held is not None and Epochs.load(self.store).stale(held.get("lease_epoch"), modified(self.store, *parts)):
+            self.store.delete_file(*parts)
+            cas.put_if_absent(name, data)
 
     def retract(self, shard_id: str, attempt: str) -> None:
         """Take back one recorded attempt (and the quarantine it caused): it was not the shard's fault."""
@@ -214,8 +248,9 @@ class RunState:
             kept = [a for a in (old or {}).get("attempts", []) if a.get("id") != attempt]
             return {"shard_id": shard_id, "attempts": kept} if kept else None  # None: the record is deleted
 
-        with self.fence():
-            record = conditional(self.store).update_json(self._failures(shard_id), without)
+        with self.fence() as epoch:
+            record = stamped_update(conditional(self.store), self.store, self._failures(shard_id), without, epoch,
+                                    "attempts")
             if len((record or {}).get("attempts", [])) < self.max_failures:
                 self.store.delete_file("quarantine", self.stage, f"{shard_id}.json")
 
