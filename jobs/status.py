@@ -37,19 +37,20 @@ def run_status(output_dir: str) -> dict:
                  "skipped_by_prepare": manifest.skips.get("total", 0)},
         "calls_kept": {tool: v.get("kept_at_tool_tau_f", 0) for tool, v in f.items()},
         "candidates": {tool: v.get("candidates", 0) for tool, v in f.items()},
-        "failures_by_cause": _causes(store, state.failed()),
+        "failures_by_cause": _causes(state, state.failed()),
         "nodes": read_nodes(store),  # deaths per node, by cause and by who paid; excluded nodes
         "docs_per_s_recent": round(rate, 3) if rate else None,
         "eta_s": round(pending_docs / rate) if rate else None,
     }
 
 
-def _causes(store, failed: set[str]) -> dict[str, int]:
-    """Charges to shards by cause (the error's first word: ActorDied, Stalled, ShardIncomplete, ...)."""
+def _causes(state, failed: set[str]) -> dict[str, int]:
+    """Charges to shards by cause (the error's first word: ActorDied, Stalled, ShardIncomplete, ...); a stale
+    driver's late charge is not one (``toolformer.run.epochs``)."""
     out: dict[str, int] = {}
     for sid in sorted(failed):
         try:
-            attempts = store.read_json("failures", "annotate", f"{sid}.json")["attempts"]
+            attempts = state.failures(sid)
         except Exception:  # noqa: BLE001 - a record being rewritten: counted next time
             continue
         for a in attempts:

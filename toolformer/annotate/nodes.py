@@ -78,10 +78,12 @@ def summarize_nodes(records) -> dict:
 
 def read_nodes(store: Store) -> dict:
     """The node ledger of a run as ``summarize_nodes`` gives it (for jobs.status; no Ray needed)."""
-    recs = []
+    from toolformer.run.epochs import Epochs, read_clean
+
+    recs, epochs = [], Epochs.load(store)
     for name in store.names(*NODES, suffix=".json"):
-        try:
-            recs.append(store.read_json(*NODES, name))
+        try:  # as the driver reads it: a stale driver's last save left out
+            recs.append(read_clean(store, "events", *NODES, name, flags=("excluded_at",), epochs=epochs))
         except Exception:  # noqa: BLE001
             continue
     return summarize_nodes(recs)
