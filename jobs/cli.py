@@ -73,10 +73,14 @@ class Terminated(SystemExit):
                           f"command resumes it (exit {EXIT_TERMINATED})")
 
 
+_TERMINATED: list[bool] = []  # set by the handler: what the job ends with, whatever it is doing when told
+
+
 def _on_sigterm(signum, frame) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    _TERMINATED.append(True)
     raise Terminated()
 
 
@@ -93,14 +97,22 @@ def run_job(description: str, argv: Sequence[str] | None, default_config: str | 
     offline_by_default()
     cfg, args = parse(description, argv, default_config)
     before = None
+    _TERMINATED.clear()
     if threading.current_thread() is threading.main_thread():
         before = signal.signal(signal.SIGTERM, _on_sigterm)
     with job_console(cfg.output_dir, job, args.verbose):
         try:
             return fn(cfg)
-        except Terminated as exc:
-            print(exc.last_line, file=sys.stderr, flush=True)
-            raise
+        except SystemExit as exc:
+            if not _TERMINATED:
+                raise
+            # a signal that lands inside a Ray call (ray.get) comes out as Ray's own SystemExit(1): the job still
+            # ends as told, with its own code
+            end = exc if isinstance(exc, Terminated) else Terminated()
+            print(end.last_line, file=sys.stderr, flush=True)
+            if end is exc:
+                raise
+            raise end from exc
         except Exception as exc:
             from toolformer.annotate.transient import is_transient
 

@@ -389,6 +389,26 @@ def test_a_transient_pass_error_and_a_dead_engine_charge_no_shard(ray_head, prep
     _assert_same(list(got.values()), [want[k] for k in got])
 
 
+@pytest.mark.slow  # a driver started and stopped (~1 min): make test-slow
+def test_sigterm_releases_the_lease_and_exits_143(ray_head, prepared, config_file, tmp_path):
+    """Issue 43 item 4: a driver told to stop (SIGTERM: a spot node reclaimed, a pod evicted) unwinds, releases the
+    run's lease and exits 143; the next driver starts at once (before: Ray's own handler, installed by ray.init, ended it with exit 1 and the lease left behind)."""
+    run = _copy(prepared, tmp_path / "run")
+    args = [sys.executable, "-m", "jobs.annotate", "--config", str(config_file), f"output_dir={run}",
+            f"ray.address={ray_head['address']}", *FUSED]
+    driver = subprocess.Popen(args, cwd=REPO, env=_ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "_lease.json").exists() and driver.poll() is None:
+        time.sleep(0.1)
+    assert (run / "_lease.json").exists(), "the driver never took the lease"
+    time.sleep(3)  # into its pass
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, (driver.returncode, err[-3000:])
+    assert "stopped by SIGTERM" in out and not (run / "_lease.json").exists()  # the job's last word, on stdout
+
+
 @pytest.mark.slow  # the small chaos soak (test_soak.py) kills and resubmits a driver and starts a second one in make test
 def test_resume_after_driver_kill_redoes_only_unfinished_shards(ray_head, prepared, config_file, reference_run, tmp_path):
     run = _copy(prepared, tmp_path / "run")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from toolformer.config import RunConfig
 from toolformer.paths import repo_root
@@ -50,6 +51,33 @@ def init_ray(cfg: RunConfig) -> None:
     # Workers' output reaches the terminal only with --verbose; otherwise it stays in Ray's session logs.
     to_driver = not is_quiet()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    with _keeps_sigterm_handler():
+        _ray_init(cfg, address, env, to_driver)
+
+
+@contextlib.contextmanager
+def _keeps_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` installs its own SIGTERM handler in the driver (``sys.exit`` from wherever the driver is); a
+    job's own (``jobs.cli``: unwind, release the run's lease, exit 143) is put back after it."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    ours = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    except SystemExit as exc:  # a SIGTERM while Ray started: Ray's handler exited with the signal's number
+        if exc.code == signal.SIGTERM and callable(ours):
+            ours(signal.SIGTERM, None)
+        raise
+    finally:
+        if main and callable(ours) and signal.getsignal(signal.SIGTERM) is not ours:
+            signal.signal(signal.SIGTERM, ours)
+
+
+def _ray_init(cfg: RunConfig, address: str | None, env: dict, to_driver: bool) -> None:
+    import ray
+
     if address:
         # A cluster on loopback: Ray takes this machine's interface address as the driver's node address and then
         # finds no raylet there (the driver never connects); pin it to loopback as the cluster's nodes are.

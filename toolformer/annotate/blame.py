@@ -38,6 +38,7 @@ from toolformer.run.epochs import LAST_WRITE, Epochs, read_clean, stamped_update
 from toolformer.run.store import Store
 
 MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the run
+SETUP_EVENT = "set-up:"  # the "shard" of a failed engine set-up event: none was in it (one per set-up)
 LEDGER_FLAGS = ("excluded_at",)  # what one save may set: a stale save's exclusion is dropped with its events
 # How late the GCS may mark a node dead after its raylet is gone: its health checks (every 3 s, 10 s timeout) must
 # fail 5 times in a row, 15 s when refused at once, up to 5 x (3 + 10) = 65 s when they time out (56 s measured in
@@ -225,7 +226,8 @@ class NodeLedger:
 
     def suspects(self) -> set[str]:
         """Shards a node's death left uncharged: retried in the retry pass, each alone in its block."""
-        return {e["shard"] for rec in self.records.values() for e in rec["events"] if e["charged_to"] == "node"}
+        return {e["shard"] for rec in self.records.values() for e in rec["events"]
+                if e["charged_to"] == "node" and not e["shard"].startswith(SETUP_EVENT)}
 
     # -- blame -------------------------------------------------------------------------------------------------
     def _again_in_a_later_pass(self, shard: str, pass_id: str | None) -> bool:
@@ -301,9 +303,10 @@ class NodeLedger:
         when Ray gives up on its block. Returns whether anything new was noted."""
         from toolformer.annotate.failures import worker_exits
 
+        setups = self.note_setups(pass_id)
         new = [(sid, d) for sid, recs in dead.items() for d in recs if d.get("_name") and d["_name"] not in self.noted]
         if not new:
-            return False
+            return setups
         self.refresh()
         exits = worker_exits({d["pid"] for _, d in new if isinstance(d.get("pid"), int)})
         for sid, d in new:
@@ -312,6 +315,25 @@ class NodeLedger:
             self.add(d.get("node_id"), sid, cause, detail, paid, pass_id, d["_name"])
             self.noted.add(d["_name"])
         return True
+
+    def note_setups(self, pass_id: str | None) -> bool:
+        """Put each failed engine set-up of this pass (an exception, or its watchdog's timeout: the actor's notes in
+        ``<staging>/_setup``) on its node's ledger, charged to the node: no shard was in it yet. Each counts as one
+        failure towards the node's exclusion, like a death holding a shard. Returns whether anything new was noted."""
+        from toolformer.annotate.failures import SETUP
+
+        if not pass_id:
+            return False
+        new = [n for n in self.store.names(pass_id, SETUP, suffix=".json") if f"{pass_id}/{n}" not in self.noted]
+        for name in new:
+            self.noted.add(f"{pass_id}/{name}")
+            try:
+                note = self.store.read_json(pass_id, SETUP, name)
+            except Exception:  # noqa: BLE001 - half-written as the actor died: its log still says it
+                continue
+            self.add(note.get("node_id"), f"{SETUP_EVENT}{note.get('stage')}:{note.get('pid')}:{name[-11:-5]}",
+                     note.get("cause") or "setup_failed", note.get("message") or "", "node", pass_id, name)
+        return bool(new)
 
     def _settle_event(self, name: str, who: str, cause: str | None = None) -> None:
         for nid, rec in self.records.items():
@@ -353,8 +375,10 @@ class NodeLedger:
                 rec["excluded_at"], rec["excluded_for"] = _now(), sorted(shards)
                 self._save(nid)
                 alive = self.nodes.get(nid, {}).get("alive", False)
+                setups = sum(1 for x in shards if x.startswith(SETUP_EVENT))
                 self.log(f"node {self.describe(nid)} excluded from this run's pools: its workers died holding "
-                         f"{len(shards)} different shards within {window:g} s (ray.node_max_failures={limit})"
+                         f"{len(shards) - setups} different shards and {setups} engine set-ups failed there within "
+                         f"{window:g} s (ray.node_max_failures={limit})"
                          + ("" if alive else "; it is gone already"))
                 if alive:
                     out.append(nid)

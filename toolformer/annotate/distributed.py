@@ -102,10 +102,14 @@ class StageActor:
         self.telemetry.setting_up()  # heartbeats while the engine loads: set-up is progress, not silence
         # bounded: an engine that hangs in set-up ends this actor, which Ray replaces (a restart)
         bound = SetupWatchdog(cfg.ray.lm_setup_timeout_s if stage in LM_STAGES else None, stage, run_uri, staging)
-        setup_fault(stage)
-        self.stage = STAGES[stage](cfg)
-        if hasattr(self.stage, "setup"):
-            self.stage.setup()
+        try:
+            setup_fault(stage)
+            self.stage = STAGES[stage](cfg)
+            if hasattr(self.stage, "setup"):
+                self.stage.setup()
+        except BaseException as exc:  # the node's ledger hears of it (blame.note_setups), then Ray restarts the actor
+            bound.failed(exc)
+            raise
         bound.done()
         self.inflight = InflightRecord(run_uri, staging, stage)
         # the stage's clock: engine and tool time; the watchdog is told about engine calls only

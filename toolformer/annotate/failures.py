@@ -183,13 +183,26 @@ class SetupWatchdog:
                    f"({_node_id() or 'no Ray'}) was not ready after ray.lm_setup_timeout_s={timeout_s:g} s: ended to "
                    f"be replaced")
         print(message, file=sys.stderr, flush=True)
-        if self.run_uri and self.staging:
-            try:
-                Store(self.run_uri).write_json({"message": message, "at": time.time()}, self.staging, SETUP,
-                                               f"{self.stage}-{os.getpid()}.json")
-            except Exception:  # noqa: BLE001 - the line in its log still says it
-                pass
+        self._note("setup_timeout", message)
         os._exit(self.EXIT_CODE)
+
+    def failed(self, exc: BaseException) -> None:
+        """The set-up raised (the engine did not start): noted for the node's ledger; the caller re-raises."""
+        self.done()
+        self._note("setup_failed", f"the ray.{self.stage} actor (pid {os.getpid()}) on node {socket.gethostname()} "
+                                   f"failed its set-up: {type(exc).__name__}: {str(exc)[:600]}")
+
+    def _note(self, cause: str, message: str) -> None:
+        """One note per failed set-up, with its node: the driver puts it on the node's ledger (``blame``)."""
+        if not (self.run_uri and self.staging):
+            return
+        try:
+            Store(self.run_uri).write_json({"message": message, "at": time.time(), "cause": cause,
+                                            "node_id": _node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                                            "stage": self.stage}, self.staging, SETUP,
+                                           f"{self.stage}-{os.getpid()}-{uuid.uuid4().hex[:6]}.json")
+        except Exception:  # noqa: BLE001 - the line in its log still says it
+            pass
 
 
 def inflight_deaths(store: Store, staging: str) -> dict[str, list[dict]]:
