@@ -325,6 +325,8 @@ class NodeLedger:
         if not pass_id:
             return False
         new = [n for n in self.store.names(pass_id, SETUP, suffix=".json") if f"{pass_id}/{n}" not in self.noted]
+        if new:
+            self.refresh()  # whether the node is alive decides if its exclusion must cut the pass
         for name in new:
             self.noted.add(f"{pass_id}/{name}")
             try:

@@ -1,0 +1,65 @@
+"""The node pays for its failed engine set-ups (issue 43 item 3, the set-up part): an LM actor whose engine does
+not start (its set-up raised, or its watchdog ended it) leaves a note with its node; the driver puts each on that
+node's ledger, charged to the node (no shard was in it), and a node whose set-ups keep failing is excluded like
+one whose workers keep dying. No shard is charged or retried for it."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolformer.annotate import blame
+from toolformer.annotate.blame import SETUP_EVENT, NodeLedger
+from toolformer.annotate.failures import SETUP, SetupWatchdog
+from toolformer.config import load_config
+from toolformer.run.store import Store
+
+A, B = "a" * 56, "b" * 56
+
+
+@pytest.fixture
+def nodes(monkeypatch) -> dict:
+    table = {n: {"alive": True, "ip": "10.0.0.1", "reason": 0, "message": "", "resources": {"CPU": 1.0}} for n in (A, B)}
+    monkeypatch.setattr(blame, "node_table", lambda: {k: dict(v) for k, v in table.items()})
+    return table
+
+
+def _fail_setup(tmp_path, monkeypatch, node: str, n: int, staging: str = "_staging/p1") -> None:
+    """``n`` set-ups that raised on ``node``, as the stage actor reports them (``SetupWatchdog.failed``)."""
+    from toolformer.annotate import failures
+
+    monkeypatch.setattr(failures, "_node_id", lambda: node)
+    for _ in range(n):
+        SetupWatchdog(None, "lm", str(tmp_path), staging).failed(RuntimeError("CUDA error: no kernel image"))
+
+
+def test_failed_set_ups_go_on_the_node_and_exclude_it(tmp_path, nodes, monkeypatch):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "ray.node_max_failures=3"])
+    led = NodeLedger(Store(tmp_path), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+    _fail_setup(tmp_path, monkeypatch, A, 2)
+    notes = Store(tmp_path).names("_staging/p1", SETUP, suffix=".json")
+    assert len(notes) == 2 and Store(tmp_path).read_json("_staging/p1", SETUP, notes[0])["cause"] == "setup_failed"
+    assert led.note_deaths({}, "_staging/p1")  # the pass's look at its deaths notes the set-ups too
+    events = led.records[A]["events"]
+    assert [(e["cause"], e["charged_to"]) for e in events] == [("setup_failed", "node")] * 2
+    assert all(e["shard"].startswith(SETUP_EVENT) for e in events)
+    assert not led.note_deaths({}, "_staging/p1")  # each note once
+    assert led.maybe_exclude(set()) == []  # two failures: not yet
+    _fail_setup(tmp_path, monkeypatch, A, 1, "_staging/p2")  # the next pass's pool tried the node again
+    assert led.note_deaths({}, "_staging/p2")
+    assert led.maybe_exclude(set()) == [A] and led.excluded() == {A}
+    assert led.selector() == {"ray.io/node-id": f"!in({A})"}
+    assert led.suspects() == set()  # no shard was in a set-up: none is retried or charged for it
+    assert B not in led.records
+    # a later driver reads the same ledger back
+    again = NodeLedger(Store(tmp_path), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+    assert again.excluded() == {A} and len(again.records[A]["events"]) == 3
+
+
+def test_a_set_up_timeout_is_noted_with_its_node(tmp_path, monkeypatch):
+    from toolformer.annotate import failures
+
+    monkeypatch.setattr(failures, "_node_id", lambda: B)
+    SetupWatchdog(None, "lm", str(tmp_path), "_staging/p1")._note("setup_timeout", "not ready after 60 s")
+    (name,) = Store(tmp_path).names("_staging/p1", SETUP, suffix=".json")
+    note = Store(tmp_path).read_json("_staging/p1", SETUP, name)
+    assert (note["cause"], note["node_id"], note["stage"]) == ("setup_timeout", B, "lm")
