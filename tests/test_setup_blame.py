@@ -63,3 +63,42 @@ def test_a_set_up_timeout_is_noted_with_its_node(tmp_path, monkeypatch):
     (name,) = Store(tmp_path).names("_staging/p1", SETUP, suffix=".json")
     note = Store(tmp_path).read_json("_staging/p1", SETUP, name)
     assert (note["cause"], note["node_id"], note["stage"]) == ("setup_timeout", B, "lm")
+
+
+class _Pass:
+    """What ``settle_stalled`` reads of a pass: its host's ledger and log, its charges and node-paid shards."""
+
+    def __init__(self, ledger):
+        from types import SimpleNamespace
+
+        self.a = SimpleNamespace(ledger=ledger, log=lambda _: None)
+        self.out, self.staging, self.charged = SimpleNamespace(node_paid=[]), "_staging/p1", []
+
+    def charge(self, sid, error, tb=""):
+        self.charged.append((sid, error))
+
+
+def test_a_stall_is_the_nodes_unless_it_follows_the_shard_or_no_other_node_could_run_it(tmp_path, nodes):
+    from toolformer.annotate.stalls import settle_stalled
+    from toolformer.annotate.supervise import Verdict
+
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    led = NodeLedger(Store(tmp_path), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+
+    def stall(node):
+        rec = {"stage": "lm", "pid": 7, "node_id": node, "shards": ["s1"], "_name": f"lm-{node[:4]}.json"}
+        return Verdict("stalled", "no progress for 30 s", [], {}, {"s1": [rec]})
+
+    p = _Pass(led)
+    settle_stalled(p, "s1", stall(A))  # B could run the pool: A pays, s1 is retried
+    assert p.out.node_paid == ["s1"] and not p.charged
+    assert [(e["cause"], e["charged_to"]) for e in led.records[A]["events"]] == [("stalled", "node")]
+    assert led.suspects() == {"s1"}
+    p = _Pass(led)
+    settle_stalled(p, "s1", stall(B))  # it stalled again, on another node: the shard's own
+    assert not p.out.node_paid and p.charged[0][0] == "s1"
+    assert p.charged[0][1].startswith("Stalled: s1 was being computed") and "stalled on 2 nodes" in p.charged[0][1]
+    nodes.pop(B)  # one machine left: nobody else could have run it
+    p = _Pass(led)
+    settle_stalled(p, "s2", Verdict("stalled", "x", [], {}, {"s2": [{"stage": "lm", "pid": 8, "node_id": A}]}))
+    assert p.charged and "no other node could run its pool" in p.charged[0][1]

@@ -23,6 +23,7 @@ from toolformer.annotate.blame import NodeLedger
 from toolformer.annotate.commit import commit_shard
 from toolformer.annotate.distributed import FATAL, annotation_dataset, pool_names, shard_row_counts
 from toolformer.annotate.observe import Guard
+from toolformer.annotate.stalls import settle_stalled
 from toolformer.annotate.supervise import PassWatch, Verdict, dead_message
 from toolformer.config import RunConfig
 from toolformer.run.conditional import StoreFault
@@ -381,8 +382,7 @@ class Pass:
             if sid in deaths:
                 self._blame(sid, deaths[sid], exits)
             elif verdict is not None and verdict.kind == "stalled" and sid in verdict.live_shards:
-                self.charge(sid, f"Stalled: {sid} was being computed when the run stopped progressing: "
-                                 f"{verdict.message}")
+                settle_stalled(self, sid, verdict)  # its node(s) pay, unless it stalled on another node before
             elif verdict is None and lost:
                 # no death of its own on record (its actor's record went with the node, or a task of it ran there)
                 detail = (f"ShardIncomplete: the pass ended with {self.counts[sid]} of {self.expected[sid]} rows "
