@@ -79,7 +79,7 @@ class _Pass:
 
 
 def test_a_stall_is_the_nodes_unless_it_follows_the_shard_or_no_other_node_could_run_it(tmp_path, nodes):
-    from toolformer.annotate.stalls import settle_stalled
+    from toolformer.annotate.node_faults import settle_stalled
     from toolformer.annotate.supervise import Verdict
 
     cfg = load_config(None, [f"output_dir={tmp_path}"])
@@ -102,3 +102,25 @@ def test_a_stall_is_the_nodes_unless_it_follows_the_shard_or_no_other_node_could
     p = _Pass(led)
     settle_stalled(p, "s2", Verdict("stalled", "x", [], {}, {"s2": [{"stage": "lm", "pid": 8, "node_id": A}]}))
     assert p.charged and "no other node could run its pool" in p.charged[0][1]
+
+
+def test_a_full_disk_in_a_shards_rows_is_its_nodes(tmp_path, nodes, monkeypatch):
+    """A stage that raised ENOSPC on node A: A pays and the shard is retried; the same shard's own bug (any other
+    error) is still its own; ENOSPC again on another node makes it the shard's."""
+    from toolformer.annotate import failures
+    from toolformer.annotate.distributed import describe_error
+    from toolformer.annotate.node_faults import node_error
+
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    led = NodeLedger(Store(tmp_path), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+    monkeypatch.setattr(failures, "_node_id", lambda: A)
+    full = describe_error(OSError(28, "No space left on device"), "lm")
+    assert full.startswith("OSError: [Errno 28] No space left on device\n[on node " + A)
+    p = _Pass(led)
+    assert node_error(p, "s1", full) and p.out.node_paid == ["s1"] and not p.charged
+    assert [(e["cause"], e["charged_to"]) for e in led.records[A]["events"]] == [("disk_full", "node")]
+    assert not node_error(p, "s2", describe_error(ValueError("bad row"), "lm"))  # the shard's own: caller charges
+    monkeypatch.setattr(failures, "_node_id", lambda: B)
+    p = _Pass(led)
+    assert node_error(p, "s1", describe_error(OSError(28, "No space left on device"), "lm"))
+    assert p.charged and "disk_full on 2 nodes" in p.charged[0][1] and not p.out.node_paid

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import faulthandler
 import hashlib
+import socket
 import time
 import traceback
 from typing import Any
@@ -45,8 +46,12 @@ FATAL = "fatal: "  # an error that no retry can fix (the shard's bytes differ fr
 GIB = 1024**3
 
 
-def describe_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def describe_error(exc: BaseException, stage: str | None = None) -> str:
+    """The error's first line, where it happened (``node_faults.WHERE``: a full disk is its node's), its traceback."""
+    from toolformer.annotate.failures import _node_id
+
+    where = f"[on node {_node_id() or '?'} host {socket.gethostname()} stage {stage or '?'}]\n"
+    return f"{type(exc).__name__}: {exc}\n" + where + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def error_rows(shard_ids: list[str], errors: list[str], schema: pa.Schema = WORK) -> pa.Table:
@@ -181,14 +186,14 @@ class StageActor:
         """The chunk failed: each of its shards' rows alone, so that only the shard that fails is charged."""
         shards = pc.unique(table.column("shard_id")).to_pylist()
         if len(shards) == 1:
-            return error_rows(shards, [describe_error(exc)])
+            return error_rows(shards, [describe_error(exc, self.name)])
         out = []
         for sid in shards:
             rows = table.filter(pc.equal(table.column("shard_id"), sid))
             try:
                 out.append(self.stage(rows))
             except Exception as exc1:  # noqa: BLE001
-                out.append(error_rows([sid], [describe_error(exc1)]))
+                out.append(error_rows([sid], [describe_error(exc1, self.name)]))
         return pa.concat_tables(out)
 
     def __del__(self) -> None:

@@ -23,7 +23,7 @@ from toolformer.annotate.blame import NodeLedger
 from toolformer.annotate.commit import commit_shard
 from toolformer.annotate.distributed import FATAL, annotation_dataset, pool_names, shard_row_counts
 from toolformer.annotate.observe import Guard
-from toolformer.annotate.stalls import settle_stalled
+from toolformer.annotate.node_faults import node_error, settle_stalled
 from toolformer.annotate.supervise import PassWatch, Verdict, dead_message
 from toolformer.config import RunConfig
 from toolformer.run.conditional import StoreFault
@@ -287,8 +287,8 @@ class Pass:
             if sid in self.out.charged or sid in self.settled or sid in self.out.node_paid:
                 continue
             if err:
-                message, _, rest = err.partition("\n")
-                self.charge(sid, err, rest)
+                if not node_error(self, sid, err):  # a full disk, a GPU error: its node's (node_faults)
+                    self.charge(sid, err, err.partition("\n")[2])
                 continue
             self.counts[sid] += n
             if self.counts[sid] >= self.expected[sid]:
