@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -m jobs.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=25 tests
 
 # the longer end-to-end checks make test leaves out (two bootstrap rounds resumed, TP=3, driver kill on the real model,
 # a finetuned checkpoint's perplexity in vLLM, Ray vs one process on the real model, the small chaos soak, a hung
