@@ -204,6 +204,15 @@ def test_a_flaky_node_costs_no_shard_a_charge(tmp_path):
     assert result["stats"]["shards"]["done"] == result["shards"] and not result["stats"]["charges_by_cause"]
 
 
+@pytest.mark.slow  # ~8 min: make test-slow
+def test_node_loss_at_real_cluster_timing_charges_no_shard(tmp_path):
+    """Issue 43 item 5: the GCS takes ~60 s to mark a removed node dead (Ray's health-check settings slowed to a
+    real cluster's timing); the driver's grace is read from those settings (at least 70 s), so no shard is charged."""
+    result = _scenario(tmp_path, "flaky_node", "--shards", "40", "--every-s", "60", "--max-events", "2",
+                       "--health-check-s", "60")
+    assert result["stats"]["shards"]["done"] == result["shards"] and not result["stats"]["charges_by_cause"]
+
+
 @pytest.mark.slow  # ~5 min: make test-slow
 def test_a_node_that_kills_its_actors_is_excluded_and_no_shard_is_charged(tmp_path):
     # 80 shards: the node must kill two different shards (and restart its actor in between) before the run ends

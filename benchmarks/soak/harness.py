@@ -102,14 +102,22 @@ class SoakCluster:
     """A head and worker nodes on loopback in a private temp dir (its own address file: other Ray users of this
     machine never see it), stopped by its own handles."""
 
-    def __init__(self, temp_dir: Path, workers: int = 2, cpus: int = 1, memory_gib: float = 4.0):
+    def __init__(self, temp_dir: Path, workers: int = 2, cpus: int = 1, memory_gib: float = 4.0,
+                 health_check_s: float | None = None):
+        """``health_check_s``: the GCS marks a lost node dead only after about this long (Ray's health-check
+        settings, as a real cluster's 50-65 s), instead of a loopback's few seconds."""
         from ray.cluster_utils import Cluster
 
         self.temp_dir, self.cpus, self.memory = str(temp_dir), cpus, int(memory_gib * GIB)
         self.dashboard_port = _free_port()
+        slow = {}
+        if health_check_s:  # threshold x (period + timeout): 6 x (8 + 2) s = 60 s for health_check_s=60
+            period = max(1.0, health_check_s / 6 - 2.0)
+            slow = {"_system_config": {"health_check_failure_threshold": 6, "health_check_period_ms": int(period * 1000),
+                                       "health_check_timeout_ms": 2000, "health_check_initial_delay_ms": 1000}}
         self.cluster = Cluster(initialize_head=True, head_node_args=dict(
             num_cpus=cpus, memory=self.memory, node_ip_address="127.0.0.1", temp_dir=self.temp_dir,
-            include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=self.dashboard_port))
+            include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=self.dashboard_port, **slow))
         for _ in range(workers):
             self.add()
 

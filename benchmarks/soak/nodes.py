@@ -60,13 +60,13 @@ def _running(pid: int) -> bool:
 class NodeChaos:
     def __init__(self, scenario: str, shards: int, every_s: float, max_events: int, timeout: float,
                  work: Path | None = None, overrides: list[str] = (), cluster: SoakCluster | None = None,
-                 config: Path | None = None, env: dict | None = None):
+                 config: Path | None = None, env: dict | None = None, health_check_s: float | None = None):
         """``cluster``, ``config``, ``env``: run on the chaos soak's cluster with its config (its inputs: the run is
         their first ``shards`` documents), instead of a cluster of its own."""
         if scenario not in SCENARIOS:
             raise SystemExit(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         self.scenario, self.shards, self.every_s, self.max_events = scenario, shards, every_s, max_events
-        self.timeout, self.overrides = timeout, list(overrides)
+        self.timeout, self.overrides, self.health_check_s = timeout, list(overrides), health_check_s
         self.work = Path(work or tempfile.mkdtemp(prefix=f"toolformer-{scenario}-"))
         if self.work.exists() and any(self.work.iterdir()):
             if not (self.work / ".nodes").exists():
@@ -104,7 +104,7 @@ class NodeChaos:
             self.config = self.work / "nodes.yaml"
             self.config.write_text(CONFIG.format(model=model["path"], paths=json.dumps(list(inputs)), lm_actors=2,
                                                  lm_cpus=LM_CPUS))
-            self.cluster = SoakCluster(self.ray_tmp / "ray", workers=2)
+            self.cluster = SoakCluster(self.ray_tmp / "ray", workers=2, health_check_s=self.health_check_s)
             ray.init(address=self.cluster.address, log_to_driver=False, _node_ip_address="127.0.0.1")
             self.note(f"cluster: head + 2 workers on 127.0.0.1 ({self.cluster.address})")
         self.run_dir = self.work / "run"
@@ -275,10 +275,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--work-dir", default=None)
     p.add_argument("--results", default="")
+    p.add_argument("--health-check-s", type=float, default=None,
+                   help="the GCS marks a lost node dead after about this long (a real cluster's 50-65 s)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     out = NodeChaos(a.scenario, a.shards, a.every_s, a.max_events, a.timeout,
-                    Path(a.work_dir) if a.work_dir else None, a.overrides)()
+                    Path(a.work_dir) if a.work_dir else None, a.overrides, health_check_s=a.health_check_s)()
     text = json.dumps(out, indent=2, default=str)
     print(text)
     if a.results:
