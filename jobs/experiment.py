@@ -11,7 +11,9 @@ seed, the base model plain and prompted; one command, a rerun resumes. Its confi
     .venv/bin/python -m jobs.experiment --config jobs/configs/multitool.yaml --report-only   # the report, from what is stored
 
 Writes runs/<name>/ (every unit: seed<s>/<setting>/rounds/r<k>/ and base/), and after every unit the report:
-benchmarks/results/<name>/results.json and docs/<name>.md (``--results``, ``--docs`` to move them).
+benchmarks/results/<name>/results.json and docs/<name>.md (``--results``, ``--docs`` to move them), and each
+finished unit's state, small enough to commit (``<results>/state/``): a run on a fresh clone restores it first
+and skips what it holds (toolformer/experiments/state.py).
 ``--unit seed0/default/r1`` runs one unit in this process (what the experiment does in a child process).
 """
 
@@ -58,7 +60,11 @@ def main(argv: Sequence[str] | None = None, default_config: str = DEFAULT_CONFIG
     docs = args.docs or f"docs/{cfg.name}.md"
 
     def report() -> dict:
-        return write_report(cfg, results, docs)
+        from toolformer.experiments.state import save_state
+
+        out = write_report(cfg, results, docs)
+        save_state(cfg, results, log)  # what a fresh clone's run skips (<results>/state/)
+        return out
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -79,6 +85,9 @@ def main(argv: Sequence[str] | None = None, default_config: str = DEFAULT_CONFIG
 
         with job_console(cfg.output_dir, "experiment_" + args.unit.replace("/", "_")):
             return run_unit(cfg, Unit.parse(args.unit), log)
+    from toolformer.experiments.state import restore_state
+
+    restore_state(cfg, results, log)  # the units an earlier run finished and stored: not run again
     status = run_experiment(cfg, args.config, list(args.overrides), log, report)
     return 0 if all(v == "done" for v in status.values()) else 1
 
