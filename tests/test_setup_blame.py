@@ -124,3 +124,22 @@ def test_a_full_disk_in_a_shards_rows_is_its_nodes(tmp_path, nodes, monkeypatch)
     p = _Pass(led)
     assert node_error(p, "s1", describe_error(OSError(28, "No space left on device"), "lm"))
     assert p.charged and "disk_full on 2 nodes" in p.charged[0][1] and not p.out.node_paid
+
+
+def test_a_set_up_that_fails_on_every_node_excludes_none(tmp_path, nodes, monkeypatch):
+    """A bad model path fails everywhere: the execution's, not the nodes' (no node is excluded for it); and on one
+    machine a failed set-up is nobody's to exclude."""
+    cfg = load_config(None, [f"output_dir={tmp_path}", "ray.node_max_failures=2"])
+    led = NodeLedger(Store(tmp_path), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+    _fail_setup(tmp_path, monkeypatch, A, 1)
+    led.note_deaths({}, "_staging/p1")
+    assert [e["charged_to"] for e in led.records[A]["events"]] == ["node"]
+    _fail_setup(tmp_path, monkeypatch, B, 2, "_staging/p2")
+    led.note_deaths({}, "_staging/p2")
+    assert {e["charged_to"] for n in (A, B) for e in led.records[n]["events"]} == {"none"}  # A's taken back too
+    assert led.maybe_exclude(set()) == [] and not led.excluded()
+    nodes.pop(B)
+    one = NodeLedger(Store(tmp_path / "one"), cfg.ray, cfg.shards.max_failures, log_fn=lambda _: None)
+    _fail_setup(tmp_path / "one", monkeypatch, A, 3)
+    one.note_deaths({}, "_staging/p1")
+    assert {e["charged_to"] for e in one.records[A]["events"]} == {"none"} and one.maybe_exclude(set()) == []

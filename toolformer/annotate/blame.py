@@ -33,12 +33,12 @@ from typing import Callable
 
 from toolformer.annotate.nodes import (MIN_NODE_GRACE_S, NODES, driver_node, node_death_bound_s, node_grace_s,  # noqa: F401
                                       node_table, read_nodes, summarize_nodes)
+from toolformer.annotate.node_faults import SETUP_EVENT
 from toolformer.run.conditional import conditional
 from toolformer.run.epochs import LAST_WRITE, Epochs, read_clean, stamped_update
 from toolformer.run.store import Store
 
 MAX_EVENTS = 200  # per node: enough to see a pattern, bounded however long the run
-SETUP_EVENT = "set-up:"  # the "shard" of a failed engine set-up event: none was in it (one per set-up)
 LEDGER_FLAGS = ("excluded_at",)  # what one save may set: a stale save's exclusion is dropped with its events
 # How late the GCS may mark a node dead after its raylet is gone: its health checks (every 3 s, 10 s timeout) must
 # fail 5 times in a row, 15 s when refused at once, up to 5 x (3 + 10) = 65 s when they time out (56 s measured in
@@ -303,7 +303,9 @@ class NodeLedger:
         when Ray gives up on its block. Returns whether anything new was noted."""
         from toolformer.annotate.failures import worker_exits
 
-        setups = self.note_setups(pass_id)
+        from toolformer.annotate.node_faults import note_setups
+
+        setups = note_setups(self, pass_id)  # failed engine set-ups: the node's, as deaths are
         new = [(sid, d) for sid, recs in dead.items() for d in recs if d.get("_name") and d["_name"] not in self.noted]
         if not new:
             return setups
@@ -315,27 +317,6 @@ class NodeLedger:
             self.add(d.get("node_id"), sid, cause, detail, paid, pass_id, d["_name"])
             self.noted.add(d["_name"])
         return True
-
-    def note_setups(self, pass_id: str | None) -> bool:
-        """Put each failed engine set-up of this pass (an exception, or its watchdog's timeout: the actor's notes in
-        ``<staging>/_setup``) on its node's ledger, charged to the node: no shard was in it yet. Each counts as one
-        failure towards the node's exclusion, like a death holding a shard. Returns whether anything new was noted."""
-        from toolformer.annotate.failures import SETUP
-
-        if not pass_id:
-            return False
-        new = [n for n in self.store.names(pass_id, SETUP, suffix=".json") if f"{pass_id}/{n}" not in self.noted]
-        if new:
-            self.refresh()  # whether the node is alive decides if its exclusion must cut the pass
-        for name in new:
-            self.noted.add(f"{pass_id}/{name}")
-            try:
-                note = self.store.read_json(pass_id, SETUP, name)
-            except Exception:  # noqa: BLE001 - half-written as the actor died: its log still says it
-                continue
-            self.add(note.get("node_id"), f"{SETUP_EVENT}{note.get('stage')}:{note.get('pid')}:{name[-11:-5]}",
-                     note.get("cause") or "setup_failed", note.get("message") or "", "node", pass_id, name)
-        return bool(new)
 
     def _settle_event(self, name: str, who: str, cause: str | None = None) -> None:
         for nid, rec in self.records.items():

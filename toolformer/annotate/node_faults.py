@@ -2,6 +2,9 @@
 
 - **a stall**: a pass that stopped progressing is cut, and the shards its actors were computing are not settled. A
   hung engine is the node's trouble far more often than the shard's (a GPU in a bad state, a wedged driver);
+- **a failed engine set-up** (it raised, or its watchdog ended it): no shard was in it yet. The node pays when
+  another node could run the pool and no other node's set-up of that stage failed too (then it is the execution's:
+  a bad model path fails everywhere, and no node is excluded for it);
 - **a node's error in a shard's rows**: a stage that raised on a full or read-only disk (``No space left on
   device``) or a CUDA error is not the shard's fault; the error row says where it happened (``WHERE``).
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import re
 
 STALLED = "stalled"
+SETUP_EVENT = "set-up:"  # the "shard" of a failed engine set-up's ledger event: none was in it (one per set-up)
 # a stage's error row names where it was raised (``distributed.describe_error``)
 WHERE = re.compile(r"^\[on node (?P<node>\S+) host (?P<host>\S+) stage (?P<stage>\S+)\]$", re.M)
 NODE_ERRORS = {  # cause: what the error says (the node's disk or GPU, not the shard's data)
@@ -73,3 +77,36 @@ def node_error(p, shard: str, error: str) -> bool:
     p.a.log(f"  {shard}: {first[:200]} ({cause} on node {where['node'][:8]}): charged to the node; the shard is "
             f"retried in the retry pass")
     return True
+
+
+def note_setups(ledger, pass_id: str | None) -> bool:
+    """Put each failed engine set-up of this pass (the actors' notes in ``<staging>/_setup``) on its node's ledger;
+    each the node pays counts towards its exclusion like a death holding a shard. Returns whether any was new."""
+    from toolformer.annotate.failures import SETUP
+
+    if not pass_id:
+        return False
+    new = [n for n in ledger.store.names(pass_id, SETUP, suffix=".json") if f"{pass_id}/{n}" not in ledger.noted]
+    if new:
+        ledger.refresh()  # where the pool could run, and whether an excluded node must cut the pass
+    for name in new:
+        ledger.noted.add(f"{pass_id}/{name}")
+        try:
+            note = ledger.store.read_json(pass_id, SETUP, name)
+        except Exception:  # noqa: BLE001 - half-written as the actor died: its log still says it
+            continue
+        node, stage = note.get("node_id") or "unknown", note.get("stage") or "lm"
+        shard = f"{SETUP_EVENT}{stage}:{note.get('pid')}:{name[-11:-5]}"
+        elsewhere = {nid for nid, rec in ledger.records.items() if nid != node for e in rec["events"]
+                     if e["shard"].startswith(f"{SETUP_EVENT}{stage}:")}
+        paid = "node" if not elsewhere and ledger.elsewhere(node, stage) else "none"
+        ledger.add(node, shard, note.get("cause") or "setup_failed", note.get("message") or "", paid, pass_id, name)
+        if elsewhere:  # the same stage failed to start on other nodes too: the execution's, not theirs
+            for nid in elsewhere:
+                hit = [e for e in ledger.records[nid]["events"]
+                       if e["shard"].startswith(f"{SETUP_EVENT}{stage}:") and e["charged_to"] == "node"]
+                for e in hit:
+                    e["charged_to"] = "none"
+                if hit:
+                    ledger._save(nid)
+    return bool(new)
