@@ -114,7 +114,7 @@ def svamp_goal(data: dict, seeds: list[int], paired: dict, floor: float = 18.0) 
     if not comp:
         return _goal(f"svamp pooled over seeds: finetuned + tools at least {floor:g} %", [], ["svamp units"])
     ok = comp["first"] is not None and comp["first"] >= floor
-    missing = [f"seed{s}" for s in comp.get("seeds_missing") or []]
+    missing = [f"seed{str(s).removeprefix('seed')}" for s in comp.get("seeds_missing") or []]
     return _goal(f"svamp pooled over seeds: finetuned + tools at least {floor:g} % (item-level test against the control "
                  "stated)", [ok], missing, kind="pooled", set="svamp",
                  pooled={"tools": comp["first"], "control": comp["second"], "difference": comp["difference"],
