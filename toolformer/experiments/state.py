@@ -3,8 +3,9 @@
 A unit's run directory holds checkpoints and caches (gigabytes) beside what its later steps and the report read
 (kilobytes to megabytes). ``save_state`` packs the latter per unit into ``<results>/state/<unit>.tar.gz``:
 
-- a unit whose evaluation is done: its step markers, its merge summary and C* card, its corpus account, its
-  evaluation (results and every generation), its round config; so the unit is done again once restored;
+- a unit whose evaluation is done: its step markers, its merge summary, C* (parts and card), its corpus account,
+  its evaluation (results and every generation), its round config; so the unit is done again once restored, and
+  the report reads it as it read the run;
 - a unit whose annotation another unit reuses (``bootstrap.share_annotation``, merge-only settings): its annotation
   marker and files (texts, annotations, counts), even before its evaluation is done, so the units that merge it
   (and its own later steps) go on without annotating again.
@@ -25,7 +26,8 @@ from typing import Callable
 from toolformer.config import RunConfig
 from toolformer.experiments.experiment import annotation_source, plan, unit_dir, unit_done
 
-DONE_FILES = ("merge.json", "corpus_sources.json", "config.round.yaml", "cstar/README.md", "eval/results.json",
+DONE_FILES = ("merge.json", "corpus_sources.json", "config.round.yaml", "cstar/README.md", "cstar/part-*.parquet",
+              "eval/results.json",
               "eval/results.md", "eval/generations.jsonl", "steps/annotate.json", "steps/merge.json",
               "steps/finetune.json", "steps/baseline.json", "steps/evaluate.json")
 ANNOTATION_FILES = ("steps/annotate.json", "texts.parquet", "annotations.parquet", "stats.json",
@@ -50,7 +52,7 @@ def save_state(cfg: RunConfig, results: str | Path, log: Callable[[str], None] =
             names = ANNOTATION_FILES
         else:
             continue
-        files = sorted({n for n in names if (d / n).is_file()})
+        files = sorted({str(f.relative_to(d)) for n in names for f in d.glob(n) if f.is_file()})
         target = out / f"{unit.name}.tar.gz"
         if target.is_file() and _members(target) == files:
             continue
