@@ -36,7 +36,9 @@ def test_a_stored_unit_is_restored_and_skipped(tmp_path):
     assert save_state(cfg, tmp_path / "results", log=lambda _: None) == []  # nothing new: nothing rewritten
 
     shutil.rmtree(root)  # a fresh clone: no run directory
+    (tmp_path / "results" / "timeline.jsonl").write_text('{"unit": "base"}\n')
     restored = restore_state(cfg, tmp_path / "results", log=lambda _: None)
+    assert (root / "timeline.jsonl").read_text() == '{"unit": "base"}\n'  # the times so far, appended to next
     assert sorted(restored) == ["base", "seed0/default/r1"]
     assert unit_done(cfg, Unit(None, "default", 1))
     assert (base / "eval" / "generations.jsonl").read_text() == json.dumps({"f": "eval/generations.jsonl"})

@@ -81,6 +81,10 @@ def restore_state(cfg: RunConfig, results: str | Path, log: Callable[[str], None
     """Unpack the stored units the run directory lacks (never over a file that is there); returns them."""
     root, src = Path(cfg.output_dir), Path(results) / "state"
     restored = []
+    timeline = Path(results) / "timeline.jsonl"  # the units' times so far: the report's timeline goes on from them
+    if src.is_dir() and timeline.is_file() and not (root / "timeline.jsonl").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "timeline.jsonl").write_bytes(timeline.read_bytes())
     for unit in plan(cfg):
         archive = src / f"{unit.name}.tar.gz"
         if not archive.is_file() or unit_done(cfg, unit):
