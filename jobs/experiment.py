@@ -74,7 +74,9 @@ def main(argv: Sequence[str] | None = None, default_config: str = DEFAULT_CONFIG
         from toolformer.experiments.plan import RATES_FILE, load_rates, print_plan
 
         own = Path(results) / "rates.json"  # this experiment's measured rates once it ran, else the math run's
-        print_plan(cfg, plan(cfg), load_rates(own if own.exists() else RATES_FILE))
+        from toolformer.experiments.state import stored_done
+
+        print_plan(cfg, plan(cfg), load_rates(own if own.exists() else RATES_FILE), stored_done(cfg, results))
         return 0
     if args.report_only:
         out = report()

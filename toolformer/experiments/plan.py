@@ -68,12 +68,16 @@ def estimate(cfg: RunConfig, unit, rates: dict) -> dict[str, float]:
     return out
 
 
-def print_plan(cfg: RunConfig, units: list, rates: dict | None = None) -> float:
-    """The units in order with their estimated minutes; returns the total in minutes."""
+def print_plan(cfg: RunConfig, units: list, rates: dict | None = None, done: set[str] = frozenset()) -> float:
+    """The units in order with their estimated minutes (``done``: finished or stored, not counted); returns the
+    total in minutes."""
     rates = rates or load_rates()
     total = 0.0
     print(f"plan of {len(units)} units (estimated minutes, from {rates.get('source', RATES_FILE)}):")
     for u in units:
+        if u.name in done:
+            print(f"  {u.name:32s}   done (in the run, or in its stored state)")
+            continue
         est = estimate(cfg, u, rates)
         minutes = sum(est.values()) / 60
         total += minutes

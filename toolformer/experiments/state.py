@@ -104,4 +104,14 @@ def restore_state(cfg: RunConfig, results: str | Path, log: Callable[[str], None
     return restored
 
 
-__all__ = ["ANNOTATION_FILES", "DONE_FILES", "restore_state", "save_state"]
+def stored_done(cfg: RunConfig, results: str | Path) -> set[str]:
+    """Units done in the run directory or in the stored state (what a run would not do again)."""
+    out = set()
+    for unit in plan(cfg):
+        archive = Path(results) / "state" / f"{unit.name}.tar.gz"
+        if unit_done(cfg, unit) or (archive.is_file() and "steps/evaluate.json" in _members(archive)):
+            out.add(unit.name)
+    return out
+
+
+__all__ = ["ANNOTATION_FILES", "DONE_FILES", "restore_state", "save_state", "stored_done"]
